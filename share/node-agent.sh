@@ -1,0 +1,95 @@
+#!/bin/sh
+# dynsup node agent: runs ONE worker under a lease. POSIX sh + coreutils + setsid only, so any node can run it.
+#
+#   sh node-agent.sh RUNDIR NAME
+#
+# RUNDIR/NAME.spec (written by the head, mode 0600, sourced here) sets:
+#   A_MODE=pipe|spool   pipe: worker output on our stdout; spool: appended to RUNDIR/NAME.out (resumable)
+#   A_LEASE=30          seconds without a fresh RUNDIR/heartbeat before the worker is stopped
+#   A_GRACE=10          seconds between the stop signal and SIGKILL of the group
+#   A_SIG=TERM          stop signal
+#   A_WATCH_PID=        (pipe mode) stop at once when this pid (the supervisor) is gone
+#   A_UNSET='SLURM_*'   patterns of variables removed before the worker's own env is applied
+#   A_CWD=              working directory
+#   a_env()             function exporting the worker's variables
+#   set -- argv...      the worker's command line
+# Why a spec file rather than arguments: values (tokens) never show up in `ps` on the node, and quoting
+# is done once, by the head, with single quotes.
+#
+# Control lines go to stderr: "dynsup-agent pid PID", "dynsup-agent exit RC". The worker leads its own
+# session/process group (setsid), so PID is also its pgid; everything it starts is killed with it.
+set -u
+rundir=$1
+name=$2
+spec="$rundir/$name.spec"
+[ -r "$spec" ] || { echo "dynsup-agent error: no spec $spec" >&2; exit 127; }
+A_MODE=pipe A_LEASE=30 A_GRACE=10 A_SIG=TERM A_WATCH_PID='' A_UNSET='' A_CWD=''
+. "$spec"
+hb="$rundir/heartbeat"
+
+# Drop inherited variables matching A_UNSET (awk's ENVIRON lists names exactly, even with odd values).
+if [ -n "$A_UNSET" ]; then
+  for k in $(awk 'BEGIN { for (k in ENVIRON) print k }'); do
+    set -f
+    for p in $A_UNSET; do
+      set +f
+      # shellcheck disable=SC2254
+      case "$k" in $p) unset "$k" 2>/dev/null ;; esac
+      set -f
+    done
+    set +f
+  done
+fi
+a_env
+if [ -n "$A_CWD" ]; then cd "$A_CWD" || { echo "dynsup-agent error: cannot cd to $A_CWD" >&2; exit 126; }; fi
+
+# Stop the whole group: signal, wait up to the grace for every member to leave, then SIGKILL.
+stop_group() {
+  kill -"$1" -"$pid" 2>/dev/null || return 0
+  t=0
+  while kill -0 -"$pid" 2>/dev/null; do
+    [ "$t" -ge $((A_GRACE * 10)) ] && { kill -KILL -"$pid" 2>/dev/null; return 0; }
+    sleep 0.1; t=$((t + 1))
+  done
+}
+
+if [ "$A_MODE" = spool ]; then
+  setsid "$@" >>"$rundir/$name.out" 2>&1 </dev/null &
+else
+  setsid "$@" 2>&1 </dev/null &
+fi
+pid=$!
+echo "$pid" >"$rundir/$name.pid"
+echo "dynsup-agent pid $pid" >&2
+
+# Watchdog: the lease. Runs beside the worker; it is the only thing that can stop an unsupervised worker.
+(
+  trap '' PIPE HUP
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ -n "$A_WATCH_PID" ] && ! kill -0 "$A_WATCH_PID" 2>/dev/null; then
+      stop_group "$A_SIG"; exit 0
+    fi
+    now=$(date +%s)
+    beat=$(stat -c %Y "$hb" 2>/dev/null || echo 0)
+    if [ $((now - beat)) -gt "$A_LEASE" ]; then
+      echo "$(date -u +%FT%TZ) $name: lease expired (no heartbeat for $((now - beat))s), stopping pgid $pid" >>"$rundir/agent.log"
+      stop_group "$A_SIG"; exit 0
+    fi
+    sleep 1
+  done
+) </dev/null >/dev/null 2>&1 &
+watchdog=$!
+
+# If we are told to stop, the worker stops with us (never leave it behind).
+trap 'stop_group "$A_SIG"' TERM INT HUP
+trap '' PIPE
+rc=0
+wait "$pid" || rc=$?
+# `wait` returns early (>128) when a trapped signal arrives; wait again until the leader is really gone.
+while kill -0 "$pid" 2>/dev/null; do wait "$pid" && rc=0 || rc=$?; done
+kill "$watchdog" 2>/dev/null
+# The leader is gone: anything it left in its group goes too (children holding GPUs or our stdout).
+stop_group TERM
+echo "$rc" >"$rundir/$name.exit"
+echo "dynsup-agent exit $rc" >&2 2>/dev/null
+exit "$rc"

@@ -1,0 +1,25 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadCluster } from '../config/load.js';
+import { liveSupervisor, pidAlive, runtimePaths } from '../control/runtime-files.js';
+import { requestControl } from '../control/socket.js';
+import type { Flags } from './commands.js';
+import { cleanupLeftovers } from './up.js';
+
+export async function downCommand([file]: string[], flags: Flags): Promise<number> {
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  const paths = runtimePaths(cluster.stateDir);
+  const live = await liveSupervisor(paths);
+  if (live) {
+    process.stderr.write(`stopping cluster ${cluster.name} (supervisor pid ${live.pid})...\n`);
+    await requestControl(paths.socket, { op: 'down' }, 10 * 60_000);
+    // The supervisor exits right after answering; wait so that "down" returning means "nothing runs".
+    const deadline = Date.now() + 30_000;
+    while (pidAlive(live.pid) && Date.now() < deadline) await sleep(50);
+  } else {
+    process.stderr.write(`no supervisor running for cluster ${cluster.name}; cleaning up anything left behind\n`);
+  }
+  // Belt and braces: whatever a runtime file still names is killed, and the runtime files removed.
+  await cleanupLeftovers(cluster);
+  process.stderr.write(`cluster ${cluster.name} is down\n`);
+  return 0;
+}

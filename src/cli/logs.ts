@@ -1,0 +1,113 @@
+/** `dynsup logs`: print (and follow) the per-replica log files. Reads files only; needs no supervisor. */
+import { existsSync } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadCluster } from '../config/load.js';
+import { runtimePaths } from '../control/runtime-files.js';
+import { LineSplitter } from '../logs/line-splitter.js';
+import { TerminalMux } from '../logs/terminal.js';
+import { DynsupError } from '../util/errors.js';
+import type { Flags } from './commands.js';
+
+export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  const { logDir } = runtimePaths(cluster.stateDir);
+  const special = ['nats', 'etcd', 'dynsup'];
+  let names: string[];
+  if (!target) names = cluster.replicas.map((r) => r.name);
+  else if (special.includes(target) || cluster.replicas.some((r) => r.name === target)) names = [target];
+  else {
+    names = cluster.replicas.filter((r) => r.group === target).map((r) => r.name);
+    if (!names.length) throw new DynsupError('E_USAGE', `no replica or group named '${target}' (groups: ${cluster.groups.map((g) => g.name).join(', ')})`);
+  }
+  const lines = flags.lines === undefined ? undefined : Number(flags.lines);
+  if (lines !== undefined && (!Number.isInteger(lines) || lines < 0)) throw new DynsupError('E_USAGE', '--lines expects a whole number');
+  const mux = names.length > 1 ? new TerminalMux(process.stdout, names) : undefined;
+  const emit = (name: string, line: Buffer) => {
+    if (mux) mux.line(name, line);
+    else process.stdout.write(Buffer.concat([line, Buffer.from('\n')]));
+  };
+  const files = names.map((n) => ({ name: n, path: join(logDir, `${n}.log`), offset: 0 }));
+  for (const f of files) {
+    if (!existsSync(f.path)) continue;
+    f.offset = await printFrom(f.path, lines, (l) => emit(f.name, l));
+  }
+  if (!flags.follow) return 0;
+  // Follow: poll sizes (cheap, works for files written by another process and across rotation).
+  for (;;) {
+    for (const f of files) {
+      const size = await stat(f.path).then((s) => s.size, () => -1);
+      if (size < 0) continue;
+      if (size < f.offset) f.offset = 0;
+      if (size > f.offset) f.offset = await readRange(f.path, f.offset, size, (l) => emit(f.name, l));
+    }
+    await sleep(100);
+  }
+}
+
+/** Print the last `n` lines (all when undefined); returns the offset reached (end of the last full line). */
+async function printFrom(path: string, n: number | undefined, emit: (line: Buffer) => void): Promise<number> {
+  const size = (await stat(path)).size;
+  if (n === undefined) return readRange(path, 0, size, emit);
+  // Scan backwards for the start of the last n lines, without reading a huge file whole.
+  const fh = await open(path, 'r');
+  try {
+    let pos = size;
+    let count = 0;
+    let start = 0;
+    const buf = Buffer.alloc(64 * 1024);
+    outer: while (pos > 0) {
+      const len = Math.min(buf.length, pos);
+      pos -= len;
+      await fh.read(buf, 0, len, pos);
+      for (let i = len - 1; i >= 0; i--) {
+        if (buf[i] === 10 && pos + i !== size - 1) {
+          if (++count >= n) {
+            start = pos + i + 1;
+            break outer;
+          }
+        }
+      }
+    }
+    if (n === 0) start = size;
+    return readRange(path, start, size, emit);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Emit complete lines in [from, to); returns the offset after the last complete line. */
+async function readRange(path: string, from: number, to: number, emit: (line: Buffer) => void): Promise<number> {
+  const fh = await open(path, 'r');
+  try {
+    let offset = from;
+    let consumed = from;
+    const buf = Buffer.alloc(256 * 1024);
+    const splitter = new LineSplitter(1 << 20, (line) => emit(line));
+    let pending = 0;
+    while (offset < to) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, to - offset), offset);
+      if (!bytesRead) break;
+      const chunk = buf.subarray(0, bytesRead);
+      const lastNl = chunk.lastIndexOf(10);
+      if (lastNl >= 0) {
+        splitter.push(chunk.subarray(0, lastNl + 1));
+        consumed = offset + lastNl + 1;
+        pending = 0;
+        // Re-read the unterminated tail together with the next chunk.
+        offset = consumed;
+      } else {
+        pending += bytesRead;
+        offset += bytesRead;
+        if (pending > 1 << 20) {
+          splitter.push(chunk);
+          consumed = offset;
+        }
+      }
+    }
+    return consumed;
+  } finally {
+    await fh.close();
+  }
+}

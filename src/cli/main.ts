@@ -1,0 +1,67 @@
+/** `dynsup` command line: parses arguments, dispatches, maps errors to exit codes (2 input, 1 runtime). */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError } from '../config/load.js';
+import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage } from '../util/errors.js';
+import { COMMANDS, type Command } from './commands.js';
+
+const USAGE = `dynsup — supervise NATS, etcd and GPU inference workers across nodes from one cluster file
+
+Usage: dynsup <command> [options]
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  .join('\n')}
+
+Every command takes --state-dir DIR (overrides the file's stateDir) and --help.
+Exit codes: 0 success, 1 runtime failure, 2 bad cluster file or usage.
+`;
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(USAGE);
+    return name ? 0 : EXIT_USAGE;
+  }
+  if (name === '--version' || name === '-V') {
+    process.stdout.write('dynsup 0.1.0\n');
+    return 0;
+  }
+  const cmd: Command | undefined = COMMANDS[name];
+  if (!cmd) {
+    process.stderr.write(`dynsup: unknown command '${name}'\n\n${USAGE}`);
+    return EXIT_USAGE;
+  }
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    const options: ParseArgsConfig['options'] = { help: { type: 'boolean', short: 'h' }, 'state-dir': { type: 'string' }, ...cmd.options };
+    parsed = parseArgs({ args: [...rest], options, allowPositionals: true, strict: true });
+  } catch (err) {
+    process.stderr.write(`dynsup ${name}: ${errorMessage(err)}\n\n${cmd.usage}\n`);
+    return EXIT_USAGE;
+  }
+  if (parsed.values.help) {
+    process.stdout.write(`${cmd.usage}\n`);
+    return 0;
+  }
+  if (parsed.positionals.length < cmd.minArgs || parsed.positionals.length > cmd.maxArgs) {
+    process.stderr.write(`dynsup ${name}: wrong number of arguments\n\n${cmd.usage}\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    return await cmd.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n${err.issues.length} error${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file ?? 'the cluster file'}\n`);
+      return EXIT_USAGE;
+    }
+    if (err instanceof DynsupError) {
+      process.stderr.write(`dynsup ${name}: ${err.message}\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`dynsup ${name}: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return EXIT_RUNTIME;
+  }
+}
+
+export { EXIT_USAGE };

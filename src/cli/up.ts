@@ -1,0 +1,190 @@
+/** `dynsup up`: the supervisor process (foreground), or a detached one that `up -d` waits for. */
+import { spawn } from 'node:child_process';
+import { mkdirSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { loadCluster } from '../config/load.js';
+import type { ClusterConfig } from '../config/types.js';
+import { requestControl, serveControl, type ControlRequest } from '../control/socket.js';
+import { acquireLock, pidAlive, releaseLock, runtimePaths, writeState, type LockInfo } from '../control/runtime-files.js';
+import { createEventLogger, makeRedactor, type EventLogger } from '../logs/events.js';
+import { TerminalMux } from '../logs/terminal.js';
+import { Supervisor, type ClusterStatus } from '../supervise/supervisor.js';
+import { allTransports, createTransport } from '../transport/factory.js';
+import { DynsupError, EXIT_RUNTIME, errorMessage } from '../util/errors.js';
+import type { Flags } from './commands.js';
+
+const BIN = fileURLToPath(new URL('../../bin/dynsup.js', import.meta.url));
+
+export async function upCommand([file]: string[], flags: Flags): Promise<number> {
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  if (flags.detach) return detach(cluster, file!, flags);
+  return runSupervisor(cluster, { terminal: !flags['supervisor-child'] });
+}
+
+/** Clean up after a supervisor that died without stopping its workers (their lease may not have run out yet). */
+export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLogger): Promise<void> {
+  for (const t of allTransports(cluster)) {
+    await t.cleanup(5).catch((err) => logger?.warn(`cleanup on ${t.node}: ${errorMessage(err)}`));
+    await t.close().catch(() => undefined);
+  }
+}
+
+async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }): Promise<number> {
+  const paths = runtimePaths(cluster.stateDir);
+  const { stale } = await acquireLock(paths, cluster.file);
+  const redact = makeRedactor(cluster.secrets);
+  const logger = createEventLogger({ stateDir: cluster.stateDir, redact });
+  if (stale) {
+    logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; cleaning up what it left`);
+    await cleanupLeftovers(cluster, logger);
+  }
+  const lock: LockInfo = { pid: process.pid, host: (await import('node:os')).hostname(), startedAt: Date.now(), file: cluster.file };
+  const mux = opts.terminal ? new TerminalMux(process.stdout, cluster.replicas.map((r) => r.name), redact) : undefined;
+
+  let sup: Supervisor;
+  let dirty = false;
+  let writing = false;
+  const flushState = async () => {
+    if (writing) return;
+    writing = true;
+    while (dirty) {
+      dirty = false;
+      await writeState(paths, { ...sup.status(), supervisor: lock, updatedAt: Date.now() }).catch(() => undefined);
+    }
+    writing = false;
+  };
+  sup = new Supervisor({
+    cluster,
+    logger,
+    transports: (node) => createTransport(cluster, node),
+    onLine: mux ? (r, line, t) => mux.line(r, line, t) : undefined,
+    onChange: () => {
+      dirty = true;
+      void flushState();
+    },
+  });
+
+  let shuttingDown: Promise<void> | undefined;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  const shutdown = (why: string): Promise<void> => {
+    shuttingDown ??= (async () => {
+      logger.info(`stopping cluster ${cluster.name} (${why})`);
+      await sup.down();
+      dirty = true;
+      await flushState();
+      logger.info('all stopped');
+      resolveDone();
+    })();
+    return shuttingDown;
+  };
+
+  const server = await serveControl(paths.socket, async (req: ControlRequest) => handle(sup, req, shutdown));
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      if (process.stdout.isTTY) process.stderr.write(`\n${sig}: stopping gracefully (press Ctrl-C again to kill everything now)\n`);
+      void shutdown(sig);
+    } else {
+      logger.warn('second signal: killing everything now');
+      for (const r of sup.status().replicas) if (r.pid) try { process.kill(-r.pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+
+  let code = 0;
+  try {
+    logger.info(`bringing up cluster ${cluster.name} from ${cluster.file} (state dir ${cluster.stateDir})`);
+    await sup.up();
+    if (!shuttingDown) logger.info(`cluster ${cluster.name} is up: ${cluster.replicas.length} replicas (dynsup status ${cluster.file})`);
+  } catch (err) {
+    logger.error(errorMessage(err));
+    code = err instanceof DynsupError ? err.exitCode : EXIT_RUNTIME;
+    await shutdown('bring-up failed');
+  }
+  await done;
+  server.close();
+  await releaseLock(paths);
+  logger.flush();
+  return code;
+}
+
+async function handle(sup: Supervisor, req: ControlRequest, shutdown: (why: string) => Promise<void>): Promise<unknown> {
+  switch (req.op) {
+    case 'status':
+      return sup.status();
+    case 'restart': {
+      const rs = sup.select(req.target);
+      await Promise.all(rs.map((r) => r.restart()));
+      return rs.map((r) => r.name);
+    }
+    case 'stop': {
+      const rs = sup.select(req.target);
+      await Promise.all(rs.map((r) => r.stop('stopped by request')));
+      return rs.map((r) => r.name);
+    }
+    case 'start': {
+      const rs = sup.select(req.target);
+      for (const r of rs) r.start();
+      return rs.map((r) => r.name);
+    }
+    case 'down':
+      await shutdown('dynsup down');
+      return 'stopped';
+  }
+}
+
+/** `up -d`: start the supervisor in the background and wait until the cluster is up (or failed). */
+async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promise<number> {
+  const paths = runtimePaths(cluster.stateDir);
+  mkdirSync(paths.logDir, { recursive: true });
+  const outFile = join(paths.logDir, 'supervisor.out');
+  const out = openSync(outFile, 'a');
+  const args = [BIN, 'up', file, '--supervisor-child', ...(flags['state-dir'] ? ['--state-dir', flags['state-dir'] as string] : [])];
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out] });
+  child.unref();
+  let exited: number | null | undefined;
+  child.once('exit', (code) => (exited = code));
+  const timeoutS = Number(flags.timeout ?? 300);
+  const deadline = Date.now() + timeoutS * 1000;
+  while (Date.now() < deadline) {
+    if (exited !== undefined) {
+      process.stderr.write(`dynsup up: the supervisor exited (code ${exited}) before the cluster was up. Last lines of ${outFile}:\n${tail(outFile, 20)}\n`);
+      return exited === 2 ? 2 : EXIT_RUNTIME;
+    }
+    const status = (await requestControl(paths.socket, { op: 'status' }, 5000).catch(() => null)) as ClusterStatus | null;
+    if (status) {
+      const failed = status.replicas.filter((r) => r.state === 'failed');
+      if (failed.length) {
+        process.stderr.write(`dynsup up: ${failed.map((r) => `${r.name} failed: ${r.message}`).join('; ')}\n`);
+        return EXIT_RUNTIME;
+      }
+      if (status.replicas.length === cluster.replicas.length && status.replicas.every((r) => isUp(cluster, r))) {
+        process.stdout.write(`cluster ${cluster.name} is up: ${status.replicas.length} replicas, supervisor pid ${child.pid} (logs: dynsup logs ${file} -f)\n`);
+        return 0;
+      }
+    }
+    await sleep(200);
+  }
+  process.stderr.write(`dynsup up: the cluster was not up after ${timeoutS}s; the supervisor (pid ${child.pid}) keeps trying. See dynsup status ${file}\n`);
+  if (child.pid && !pidAlive(child.pid)) return EXIT_RUNTIME;
+  return EXIT_RUNTIME;
+}
+
+function isUp(cluster: ClusterConfig, r: ClusterStatus['replicas'][number]): boolean {
+  const group = cluster.groups.find((g) => g.name === r.group);
+  return group?.health ? r.state === 'ready' : r.state === 'running' || r.state === 'ready';
+}
+
+function tail(file: string, n: number): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).join('\n');
+  } catch {
+    return '(no output)';
+  }
+}

@@ -1,0 +1,23 @@
+import { loadCluster } from '../config/load.js';
+import type { Flags } from './commands.js';
+import { table } from './table.js';
+
+export async function validateCommand([file]: string[], flags: Flags): Promise<number> {
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify({ ok: true, name: cluster.name, replicas: cluster.replicas }, null, 2)}\n`);
+    return 0;
+  }
+  const gpus = cluster.replicas.reduce((n, r) => n + r.gpuIds.length, 0);
+  process.stdout.write(
+    `${file}: ok — cluster ${cluster.name}: ${cluster.groups.length} groups, ${cluster.replicas.length} replicas on ` +
+      `${new Set(cluster.replicas.map((r) => r.node)).size} node(s), ${gpus} GPUs\n\n`,
+  );
+  process.stdout.write(
+    table(
+      ['REPLICA', 'NODE', 'GPUS', 'PORT'],
+      cluster.replicas.map((r) => [r.name, r.node, r.gpuIds.join(',') || '-', r.port === undefined ? '-' : String(r.port)]),
+    ),
+  );
+  return 0;
+}

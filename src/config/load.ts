@@ -1,0 +1,345 @@
+/**
+ * Cluster file → ClusterConfig. Collects every problem (syntax, shape, references, cycles, GPU capacity)
+ * before giving up, so one `dynsup validate` run shows them all. Does no I/O besides reading the file.
+ */
+import { homedir, userInfo } from 'node:os';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import type { z } from 'zod';
+import { DynsupError } from '../util/errors.js';
+import { parseDuration } from './duration.js';
+import { place } from './placement.js';
+import { clusterSchema, type RawCluster, type RawNode, type RawWorker } from './schema.js';
+import { formatPath, loadSource, parseSource, type ConfigIssue, type ConfigPath, type ConfigSource } from './source.js';
+import { DEFAULT_UNSET_ENV, type ClusterConfig, type NodeConfig, type WorkerGroup } from './types.js';
+import { closest } from './suggest.js';
+
+export class ConfigError extends DynsupError {
+  readonly issues: readonly ConfigIssue[];
+  constructor(issues: readonly ConfigIssue[]) {
+    super('E_CONFIG', issues.map(formatIssue).join('\n'));
+    this.name = 'ConfigError';
+    this.issues = issues;
+  }
+}
+
+export function formatIssue(i: ConfigIssue): string {
+  const where = i.line > 0 ? `${i.file}:${i.line}:${i.column}` : i.file;
+  return `${where}: ${i.path ? `${i.path}: ` : ''}${i.message}`;
+}
+
+export interface LoadOptions {
+  /** Environment for `${VAR}` interpolation (default process.env). */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** `--state-dir`, overriding the file's stateDir. */
+  readonly stateDir?: string | undefined;
+  /** Raw bytes instead of reading `file` (tests, stdin). */
+  readonly content?: Buffer | undefined;
+}
+
+/** Load and validate a cluster file; throws ConfigError listing every problem. */
+export function loadCluster(file: string, options: LoadOptions = {}): ClusterConfig {
+  const env = options.env ?? process.env;
+  const abs = resolve(file);
+  const { source, issues } = options.content ? parseSource(file, options.content, env) : loadSource(file, env);
+  if (!source || issues.length) throw new ConfigError(issues);
+
+  const parsed = clusterSchema.safeParse(source.data);
+  if (!parsed.success) throw new ConfigError(sortIssues(parsed.error.issues.flatMap((i) => zodIssue(source, i))));
+  const raw = parsed.data;
+
+  const semantic: ConfigIssue[] = [];
+  const cluster = resolveCluster(abs, raw, source, options, semantic);
+  if (semantic.length || !cluster) throw new ConfigError(sortIssues(semantic));
+  return cluster;
+}
+
+function sortIssues(issues: ConfigIssue[]): ConfigIssue[] {
+  return issues.sort((a, b) => a.line - b.line || a.column - b.column);
+}
+
+function valueAt(data: unknown, path: ConfigPath): unknown {
+  let v: unknown = data;
+  for (const seg of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string | number, unknown>)[seg as string];
+  }
+  return v;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a map';
+  if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v)}`;
+  return `${typeof v} ${String(v)}`;
+}
+
+function zodIssue(source: ConfigSource, issue: z.core.$ZodIssue): ConfigIssue[] {
+  const path = issue.path as (string | number)[];
+  if (issue.code === 'unrecognized_keys') {
+    const known = knownKeys(path);
+    return issue.keys.map((key) => {
+      const hint = closest(key, known);
+      const msg = `unknown field '${key}'${hint ? ` (did you mean '${hint}'?)` : known.length ? ` (expected one of: ${known.join(', ')})` : ''}`;
+      return source.issue([...path, key], msg, true);
+    });
+  }
+  if (issue.code === 'invalid_key') {
+    const inner = (issue as { issues?: { message: string }[] }).issues?.[0]?.message ?? issue.message;
+    return [source.issue(path, inner, true)];
+  }
+  const value = valueAt(source.data, path);
+  if (value === undefined && issue.code === 'invalid_type') return [source.issue(path, 'missing required field')];
+  let message = issue.message;
+  if (message.startsWith('Invalid input')) message = message.replace(/^Invalid input: /, '');
+  if (issue.code === 'invalid_type' || issue.code === 'invalid_union') message += `, got ${describe(value)}`;
+  return [source.issue(path, message)];
+}
+
+/** Field names allowed at `path`, found by walking the schema (for did-you-mean). */
+function knownKeys(path: readonly (string | number)[]): string[] {
+  let s: z.ZodType | undefined = clusterSchema as unknown as z.ZodType;
+  const unwrap = (t: z.ZodType | undefined): z.ZodType | undefined => {
+    let cur = t;
+    while (cur && (cur.def.type === 'optional' || cur.def.type === 'default' || cur.def.type === 'nullable')) {
+      cur = (cur.def as unknown as { innerType: z.ZodType }).innerType;
+    }
+    return cur;
+  };
+  for (const seg of path) {
+    s = unwrap(s);
+    if (!s) return [];
+    if (s.def.type === 'object') s = (s.def as unknown as { shape: Record<string, z.ZodType> }).shape[String(seg)];
+    else if (s.def.type === 'record') s = (s.def as unknown as { valueType: z.ZodType }).valueType;
+    else if (s.def.type === 'array') s = (s.def as unknown as { element: z.ZodType }).element;
+    else return [];
+  }
+  s = unwrap(s);
+  return s && s.def.type === 'object' ? Object.keys((s.def as unknown as { shape: Record<string, unknown> }).shape).filter((k) => k !== '$schema') : [];
+}
+
+const SECRET_NAME = /(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH)/i;
+
+export function isSecretName(name: string): boolean {
+  return SECRET_NAME.test(name);
+}
+
+function resolveCluster(
+  file: string,
+  raw: RawCluster,
+  source: ConfigSource,
+  options: LoadOptions,
+  issues: ConfigIssue[],
+): ClusterConfig | null {
+  const baseDir = dirname(file);
+  const abs = (p: string) => (isAbsolute(p) ? p : p.startsWith('~/') ? resolve(homedir(), p.slice(2)) : resolve(baseDir, p));
+  const ms = (v: number | string | undefined, dflt: number) => (v === undefined ? dflt : parseDuration(v));
+  const add = (path: ConfigPath, message: string, keyOf = false) => issues.push(source.issue(path, message, keyOf));
+
+  // Nodes.
+  const nodes: NodeConfig[] = [];
+  for (const [name, n] of Object.entries(raw.nodes)) nodes.push(resolveNode(name, n, raw, abs, add));
+  if (nodes.length === 0) add(['nodes'], 'expected at least one node');
+  const nodeNames = nodes.map((n) => n.name);
+
+  // Worker groups: defaults, then the group's own fields (nested policies merge field by field).
+  const d: RawWorker = raw.defaults ?? {};
+  const groupNames = Object.keys(raw.workers);
+  if (groupNames.length === 0) add(['workers'], 'expected at least one worker group');
+  const groups: WorkerGroup[] = [];
+  for (const [name, w] of Object.entries(raw.workers)) {
+    const at = (...p: (string | number)[]): ConfigPath => ['workers', name, ...p];
+    const command = w.command ?? d.command;
+    if (command === undefined) add(at(), "missing required field 'command' (set it here or in defaults)");
+    for (const [i, n] of (w.nodes ?? []).entries()) {
+      if (!nodeNames.includes(n)) add(at('nodes', i), `unknown node '${n}'${hint(n, nodeNames)}`);
+    }
+    if (w.nodes === undefined) {
+      for (const [i, n] of (d.nodes ?? []).entries()) if (!nodeNames.includes(n)) add(['defaults', 'nodes', i], `unknown node '${n}'${hint(n, nodeNames)}`);
+    }
+    const deps = w.dependsOn ?? [];
+    for (const [i, dep] of deps.entries()) {
+      if (dep === name) add(at('dependsOn', i), 'a group cannot depend on itself');
+      else if (!groupNames.includes(dep)) add(at('dependsOn', i), `unknown worker group '${dep}'${hint(dep, groupNames)}`);
+    }
+    const restart = { ...d.restart, ...w.restart };
+    const stop = { ...d.stop, ...w.stop };
+    const health = w.health ?? d.health;
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries({ ...d.env, ...w.env })) env[k] = String(v);
+    const cwd = w.cwd ?? d.cwd;
+    const initialDelayMs = ms(restart.initialDelay, 1000);
+    const maxDelayMs = ms(restart.maxDelay, 30_000);
+    if (maxDelayMs < initialDelayMs) add(at('restart', 'maxDelay'), 'must not be shorter than restart.initialDelay');
+    groups.push({
+      name,
+      argv: command === undefined ? [] : typeof command === 'string' ? ['sh', '-c', command] : command,
+      replicas: w.replicas ?? d.replicas ?? 1,
+      gpus: w.gpus ?? d.gpus ?? 0,
+      nodes: w.nodes ?? d.nodes ?? [],
+      env,
+      cwd: cwd === undefined ? undefined : /[{]/.test(cwd) ? cwd : abs(cwd),
+      port: w.port ?? d.port,
+      restart: {
+        policy: restart.policy ?? 'always',
+        initialDelayMs,
+        factor: restart.factor ?? 2,
+        maxDelayMs,
+        jitter: restart.jitter ?? 0.1,
+        maxRestarts: restart.maxRestarts ?? 5,
+        windowMs: ms(restart.window, 60_000),
+        resetAfterMs: ms(restart.resetAfter, 30_000),
+      },
+      stop: { signal: normalizeSignal(stop.signal ?? 'SIGTERM'), graceMs: ms(stop.grace, 10_000) },
+      dependsOn: deps,
+      health: health && {
+        url: health.url,
+        intervalMs: ms(health.interval, 1000),
+        timeoutMs: ms(health.timeout, 2000),
+        startPeriodMs: ms(health.startPeriod, 0),
+        failureThreshold: health.failureThreshold ?? 3,
+      },
+      unsetEnv: w.unsetEnv ?? d.unsetEnv ?? DEFAULT_UNSET_ENV,
+    });
+  }
+
+  const ordered = topoOrder(groups, (cycle) => add(['workers', cycle[0]!, 'dependsOn'], `dependency cycle: ${cycle.join(' → ')}`));
+
+  // Ports: every replica port and the control plane's must be distinct per node.
+  const cp = raw.controlPlane ?? {};
+  const nats = {
+    enabled: cp.nats?.enabled ?? true,
+    binary: cp.nats?.binary ?? 'nats-server',
+    args: cp.nats?.args ?? [],
+    port: cp.nats?.port ?? 4222,
+    monitorPort: cp.nats?.monitorPort ?? 8222,
+    jetstream: cp.nats?.jetstream ?? true,
+  };
+  const etcd = {
+    enabled: cp.etcd?.enabled ?? true,
+    binary: cp.etcd?.binary ?? 'etcd',
+    args: cp.etcd?.args ?? [],
+    port: cp.etcd?.port ?? 2379,
+    peerPort: cp.etcd?.peerPort ?? 2380,
+  };
+  const cpPorts: [ConfigPath, number][] = [];
+  if (nats.enabled) cpPorts.push([['controlPlane', 'nats', 'port'], nats.port], [['controlPlane', 'nats', 'monitorPort'], nats.monitorPort]);
+  if (etcd.enabled) cpPorts.push([['controlPlane', 'etcd', 'port'], etcd.port], [['controlPlane', 'etcd', 'peerPort'], etcd.peerPort]);
+  const seen = new Map<number, string>();
+  for (const [path, p] of cpPorts) {
+    const other = seen.get(p);
+    if (other) add(path, `port ${p} is also used by ${other}`);
+    else seen.set(p, formatPath(path));
+  }
+
+  if (issues.length) return null;
+
+  const placed = place(nodes, ordered);
+  if (!placed.ok) {
+    for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], e.message);
+    return null;
+  }
+  const byNode = new Map<string, Map<number, string>>();
+  const headNodes = new Set(nodes.filter((n) => n.transport === 'local').map((n) => n.name));
+  for (const r of placed.replicas) {
+    if (r.port === undefined) continue;
+    const used = byNode.get(r.node) ?? new Map<number, string>();
+    byNode.set(r.node, used);
+    const clash = used.get(r.port) ?? (headNodes.has(r.node) ? seen.get(r.port) : undefined);
+    if (clash) add(['workers', r.group, 'port'], `replica ${r.name} would use port ${r.port} on node ${r.node}, already used by ${clash}`);
+    else used.set(r.port, `replica ${r.name}`);
+  }
+  if (issues.length) return null;
+
+  const secrets = new Set<string>();
+  for (const [name, value] of source.substituted) if (isSecretName(name) && value.length >= 4) secrets.add(value);
+  for (const g of groups) for (const [k, v] of Object.entries(g.env)) if (isSecretName(k) && v.length >= 4) secrets.add(v);
+
+  return {
+    file,
+    name: raw.name,
+    headAddress: raw.head.address,
+    stateDir: options.stateDir ? resolve(options.stateDir) : abs(raw.stateDir ?? `.dynsup/${raw.name}`),
+    leaseMs: ms(raw.lease, 30_000),
+    nats,
+    etcd,
+    nodes,
+    groups: ordered,
+    replicas: placed.replicas,
+    secrets: [...secrets],
+  };
+}
+
+function resolveNode(
+  name: string,
+  n: RawNode,
+  raw: RawCluster,
+  abs: (p: string) => string,
+  add: (path: ConfigPath, message: string, keyOf?: boolean) => void,
+): NodeConfig {
+  const transport = n.transport ?? 'local';
+  const at = (...p: string[]): ConfigPath => ['nodes', name, ...p];
+  const sshOnly = ['host', 'port', 'user', 'identityFile', 'knownHosts', 'hostKeyCheck'] as const;
+  if (transport === 'ssh' && !n.host) add(at(), "missing required field 'host' (transport: ssh)");
+  if (transport !== 'ssh') for (const k of sshOnly) if (n[k] !== undefined) add(at(k), `only valid with transport: ssh (this node is ${transport})`, true);
+  return {
+    name,
+    transport,
+    gpus: n.gpus ?? 0,
+    address: n.address ?? (transport === 'local' ? raw.head.address : n.host ?? name),
+    setup: n.setup ?? [],
+    runDir: n.runDir,
+    ssh:
+      transport === 'ssh'
+        ? {
+            host: n.host ?? '',
+            port: n.port ?? 22,
+            user: n.user ?? safeUser(),
+            identityFile: n.identityFile === undefined ? undefined : abs(n.identityFile),
+            knownHosts: abs(n.knownHosts ?? '~/.ssh/known_hosts'),
+            hostKeyCheck: n.hostKeyCheck ?? 'strict',
+          }
+        : undefined,
+  };
+}
+
+function safeUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER ?? 'root';
+  }
+}
+
+function hint(name: string, known: readonly string[]): string {
+  const c = closest(name, known);
+  return c ? ` (did you mean '${c}'?)` : known.length ? ` (known: ${known.join(', ')})` : '';
+}
+
+/** Groups with dependencies first (stable: file order otherwise). Reports each cycle once. */
+function topoOrder(groups: WorkerGroup[], onCycle: (cycle: string[]) => void): WorkerGroup[] {
+  const byName = new Map(groups.map((g) => [g.name, g]));
+  const state = new Map<string, 'visiting' | 'done'>();
+  const out: WorkerGroup[] = [];
+  const visit = (g: WorkerGroup, stack: string[]) => {
+    const s = state.get(g.name);
+    if (s === 'done') return;
+    if (s === 'visiting') {
+      onCycle([...stack.slice(stack.indexOf(g.name)), g.name]);
+      return;
+    }
+    state.set(g.name, 'visiting');
+    for (const dep of g.dependsOn) {
+      const d = byName.get(dep);
+      if (d) visit(d, [...stack, g.name]);
+    }
+    state.set(g.name, 'done');
+    out.push(g);
+  };
+  for (const g of groups) visit(g, []);
+  return out;
+}
+
+function normalizeSignal(s: string): NodeJS.Signals {
+  return (s.startsWith('SIG') ? s : `SIG${s}`) as NodeJS.Signals;
+}

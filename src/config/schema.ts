@@ -1,0 +1,165 @@
+/**
+ * The cluster file's schema: the single source of truth for the validator and the published JSON Schema.
+ * It only checks shapes; cross-field rules (references, cycles, GPU capacity) live in validate.ts.
+ */
+import { z } from 'zod';
+import { DURATION_PATTERN } from './duration.js';
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const SIGNAL_NAMES = ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGKILL'] as const;
+// Accept both spellings (`TERM`, `SIGTERM`); resolution normalises to the SIG form.
+const SIGNALS = [...SIGNAL_NAMES, ...SIGNAL_NAMES.map((s) => s.slice(3))] as const;
+
+const name = (what: string) =>
+  z.string().regex(NAME_RE, {
+    error: `expected a ${what} name: letters, digits, '.', '_' or '-', starting with a letter or digit, at most 63 characters`,
+  });
+const posInt = (max: number) =>
+  z.int({ error: 'expected a positive integer' }).min(1, { error: 'expected a positive integer' }).max(max, {
+    error: `expected a positive integer of at most ${max}`,
+  });
+const count = (max: number) =>
+  z.int({ error: 'expected a whole number ≥ 0' }).min(0, { error: 'expected a whole number ≥ 0' }).max(max, {
+    error: `expected a whole number of at most ${max}`,
+  });
+const port = z.int({ error: 'expected a port number' }).min(1, { error: 'expected a port number (1-65535)' }).max(65535, {
+  error: 'expected a port number (1-65535)',
+});
+const DURATION_ERROR = "expected a duration: seconds as a number, or a string like '500ms', '10s', '5m'";
+const duration = z
+  .union([z.number().min(0, { error: DURATION_ERROR }), z.string().regex(new RegExp(DURATION_PATTERN), { error: DURATION_ERROR })], {
+    error: DURATION_ERROR,
+  })
+  .meta({ description: "Seconds as a number, or a string like '500ms', '10s', '5m', '1h'." });
+const nonEmpty = z.string().min(1, { error: 'expected a non-empty string' });
+const noNul = (s: z.ZodString) => s.refine((v) => !v.includes('\0'), { error: 'must not contain NUL bytes' });
+
+const restartSchema = z
+  .strictObject({
+    policy: z.enum(['always', 'on-failure', 'never'], { error: "expected one of 'always', 'on-failure', 'never'" }).optional(),
+    initialDelay: duration.optional().meta({ description: 'First backoff delay (default 1s).' }),
+    factor: z.number({ error: 'expected a number ≥ 1' }).min(1, { error: 'expected a number ≥ 1' }).max(100).optional(),
+    maxDelay: duration.optional().meta({ description: 'Backoff cap (default 30s).' }),
+    jitter: z
+      .number({ error: 'expected a fraction between 0 and 1' })
+      .min(0, { error: 'expected a fraction between 0 and 1' })
+      .max(1, { error: 'expected a fraction between 0 and 1' })
+      .optional(),
+    maxRestarts: count(1_000_000).optional().meta({ description: 'Crash-loop limit: restarts allowed within `window` (default 5; 0 = unlimited).' }),
+    window: duration.optional().meta({ description: 'Crash-loop window (default 60s).' }),
+    resetAfter: duration.optional().meta({ description: 'Uptime after which the backoff starts again from initialDelay (default 30s).' }),
+  })
+  .meta({ description: 'Restart policy with exponential backoff and a crash-loop limit.' });
+
+const stopSchema = z.strictObject({
+  signal: z.enum(SIGNALS, { error: `expected a signal name: ${SIGNAL_NAMES.join(', ')}` }).optional(),
+  grace: duration.optional().meta({ description: 'Wait this long after the signal before SIGKILL of the process group (default 10s).' }),
+});
+
+const healthSchema = z.strictObject({
+  url: nonEmpty.meta({ description: 'HTTP URL polled until it answers 2xx. Placeholders {port}, {index}, {replica}, {node}.' }),
+  interval: duration.optional(),
+  timeout: duration.optional(),
+  startPeriod: duration.optional().meta({ description: 'Failures during this time after start are not counted against a ready worker (default 0).' }),
+  failureThreshold: posInt(1000).optional().meta({ description: 'Consecutive failed probes after which a ready worker is restarted (default 3).' }),
+});
+
+const envValue = z.union([noNul(z.string()), z.number(), z.boolean()], { error: 'expected a string, number or boolean' });
+
+/** Fields a worker group may set; `defaults` takes the same fields. */
+const workerFields = {
+  command: z
+    .union([noNul(nonEmpty), z.array(noNul(z.string()), { error: 'expected a list of strings' }).min(1, { error: 'expected at least one argument' })], {
+      error: 'expected a command: a string (run by sh -c) or a list of arguments',
+    })
+    .meta({ description: 'A string run by `sh -c`, or an argv list. Placeholders {port}, {index}, {replica}, {node}, {group}.' }),
+  replicas: posInt(1024).meta({ description: 'Number of replicas, named <group>-<index> (default 1).' }),
+  gpus: count(64).meta({ description: 'GPUs per replica (default 0).' }),
+  nodes: z.array(name('node'), { error: 'expected a list of node names' }).min(1, { error: 'expected at least one node' }).meta({
+    description: 'Nodes replicas may be placed on, in order of preference (default: all nodes).',
+  }),
+  env: z.record(z.string().regex(ENV_NAME_RE, { error: 'expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*)' }), envValue, {
+    error: 'expected a map of environment variables',
+  }),
+  cwd: noNul(nonEmpty).meta({ description: "Working directory (relative to the cluster file's directory)." }),
+  port: port.meta({ description: 'Base port: replica i gets DYNSUP_PORT = port + i and the {port} placeholder.' }),
+  restart: restartSchema,
+  stop: stopSchema,
+  dependsOn: z.array(name('worker group'), { error: 'expected a list of worker group names' }).meta({
+    description: 'Groups that must be running (ready, if they have a health check) before this one starts.',
+  }),
+  health: healthSchema,
+  unsetEnv: z.array(z.string().regex(/^[A-Za-z_*?][A-Za-z0-9_*?]*$/, { error: 'expected a variable name or glob like SLURM_*' }), {
+    error: 'expected a list of variable name patterns',
+  }).meta({ description: 'Variables removed from the worker environment (default SLURM_*, PMI_*, PMIX_*).' }),
+};
+
+const optionalFields = <T extends Record<string, z.ZodType>>(fields: T) =>
+  Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, v.optional()])) as { [K in keyof T]: z.ZodOptional<T[K]> };
+
+export const workerSchema = z.strictObject(optionalFields(workerFields));
+export const defaultsSchema = z.strictObject(optionalFields(workerFields));
+
+export const nodeSchema = z.strictObject({
+  transport: z.enum(['local', 'ssh', 'srun'], { error: "expected one of 'local', 'ssh', 'srun'" }).optional(),
+  gpus: count(1024).optional().meta({ description: 'GPUs available on the node (default 0).' }),
+  host: nonEmpty.optional().meta({ description: 'ssh: host name or address.' }),
+  address: nonEmpty.optional().meta({ description: 'Address workers on this node are reached at (default: host, or head.address for local).' }),
+  port: port.optional().meta({ description: 'ssh: port (default 22).' }),
+  user: nonEmpty.optional().meta({ description: 'ssh: user (default: the current user).' }),
+  identityFile: nonEmpty.optional().meta({ description: 'ssh: private key file (default: the ssh-agent at SSH_AUTH_SOCK).' }),
+  knownHosts: nonEmpty.optional().meta({ description: 'ssh: known_hosts file (default ~/.ssh/known_hosts).' }),
+  hostKeyCheck: z.enum(['strict', 'accept-new', 'off'], { error: "expected one of 'strict', 'accept-new', 'off'" }).optional(),
+  setup: z.array(nonEmpty, { error: 'expected a list of shell commands' }).optional().meta({ description: 'Commands run once on the node before its workers start.' }),
+  runDir: nonEmpty.optional().meta({ description: 'Where dynsup keeps runtime files on the node (default /tmp/dynsup-<user>/<cluster>).' }),
+});
+
+const serviceFields = {
+  enabled: z.boolean({ error: 'expected true or false' }).optional(),
+  binary: nonEmpty.optional().meta({ description: 'Path of the binary (default: found on PATH).' }),
+  args: z.array(z.string(), { error: 'expected a list of strings' }).optional().meta({ description: 'Extra command-line arguments.' }),
+};
+
+export const clusterSchema = z
+  .strictObject({
+    $schema: z.string().optional(),
+    name: name('cluster').meta({ description: 'Cluster name: namespaces runtime files, etcd keys and NATS subjects.' }),
+    head: z.strictObject({
+      address: nonEmpty.meta({ description: 'Address workers use to reach NATS and etcd on the head node.' }),
+    }),
+    stateDir: nonEmpty.optional().meta({ description: "Logs, data dirs and runtime files (default ./.dynsup/<name>, relative to the file's directory)." }),
+    lease: duration.optional().meta({ description: 'Workers stop by themselves when the supervisor is gone this long (default 30s).' }),
+    controlPlane: z
+      .strictObject({
+        nats: z
+          .strictObject({
+            ...serviceFields,
+            port: port.optional().meta({ description: 'Client port (default 4222).' }),
+            monitorPort: port.optional().meta({ description: 'HTTP monitoring port (default 8222), bound to the head address.' }),
+            jetstream: z.boolean({ error: 'expected true or false' }).optional(),
+          })
+          .optional(),
+        etcd: z
+          .strictObject({
+            ...serviceFields,
+            port: port.optional().meta({ description: 'Client port (default 2379).' }),
+            peerPort: port.optional().meta({ description: 'Peer port (default 2380), bound to 127.0.0.1.' }),
+          })
+          .optional(),
+      })
+      .optional(),
+    nodes: z.record(name('node'), nodeSchema, { error: 'expected a map of nodes' }),
+    defaults: defaultsSchema.optional(),
+    workers: z.record(name('worker group'), workerSchema, { error: 'expected a map of worker groups' }),
+  })
+  .meta({ title: 'dynsup cluster file', description: 'One file describes a whole dynsup deployment.' });
+
+export type RawCluster = z.infer<typeof clusterSchema>;
+export type RawWorker = z.infer<typeof workerSchema>;
+export type RawNode = z.infer<typeof nodeSchema>;
+
+/** JSON Schema of the cluster file, for editors (yaml-language-server: `# yaml-language-server: $schema=...`). */
+export function clusterJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(clusterSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+}

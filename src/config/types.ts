@@ -1,0 +1,101 @@
+/** The resolved cluster: defaults applied, durations in ms, paths absolute, replicas placed. */
+import type { TransportKind } from '../transport/types.js';
+
+export type RestartPolicyName = 'always' | 'on-failure' | 'never';
+
+export interface RestartPolicy {
+  readonly policy: RestartPolicyName;
+  readonly initialDelayMs: number;
+  readonly factor: number;
+  readonly maxDelayMs: number;
+  /** Fraction of the delay added or removed at random (0.1 = ±10%). */
+  readonly jitter: number;
+  /** Restarts allowed within windowMs before the replica is `failed`; 0 = no limit. */
+  readonly maxRestarts: number;
+  readonly windowMs: number;
+  /** After this much uptime the backoff starts over from initialDelayMs. */
+  readonly resetAfterMs: number;
+}
+
+export interface StopPolicy {
+  readonly signal: NodeJS.Signals;
+  readonly graceMs: number;
+}
+
+export interface HealthCheck {
+  readonly url: string;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly startPeriodMs: number;
+  readonly failureThreshold: number;
+}
+
+export interface SshNodeOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly user: string;
+  readonly identityFile?: string | undefined;
+  readonly knownHosts: string;
+  readonly hostKeyCheck: 'strict' | 'accept-new' | 'off';
+}
+
+export interface NodeConfig {
+  readonly name: string;
+  readonly transport: TransportKind;
+  readonly gpus: number;
+  /** Address other machines reach this node at (for display and health URLs). */
+  readonly address: string;
+  readonly setup: readonly string[];
+  readonly runDir?: string | undefined;
+  readonly ssh?: SshNodeOptions | undefined;
+}
+
+export interface WorkerGroup {
+  readonly name: string;
+  /** argv; a string command is `['sh', '-c', command]`. May contain placeholders ({port}, {index}, ...). */
+  readonly argv: readonly string[];
+  readonly replicas: number;
+  readonly gpus: number;
+  readonly nodes: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  readonly cwd?: string | undefined;
+  readonly port?: number | undefined;
+  readonly restart: RestartPolicy;
+  readonly stop: StopPolicy;
+  readonly dependsOn: readonly string[];
+  readonly health?: HealthCheck | undefined;
+  readonly unsetEnv: readonly string[];
+}
+
+export interface ReplicaPlan {
+  readonly name: string;
+  readonly group: string;
+  readonly index: number;
+  readonly node: string;
+  readonly gpuIds: readonly number[];
+  readonly port?: number | undefined;
+}
+
+export interface ServiceConfig {
+  readonly enabled: boolean;
+  readonly binary: string;
+  readonly args: readonly string[];
+}
+
+export interface ClusterConfig {
+  readonly file: string;
+  readonly name: string;
+  readonly headAddress: string;
+  readonly stateDir: string;
+  readonly leaseMs: number;
+  readonly nats: ServiceConfig & { readonly port: number; readonly monitorPort: number; readonly jetstream: boolean };
+  readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number };
+  readonly nodes: readonly NodeConfig[];
+  /** Groups in start order (dependencies first). */
+  readonly groups: readonly WorkerGroup[];
+  readonly replicas: readonly ReplicaPlan[];
+  /** Values that must never be printed (tokens from the environment, env entries that look secret). */
+  readonly secrets: readonly string[];
+}
+
+export const DEFAULT_UNSET_ENV: readonly string[] = ['SLURM_*', 'PMI_*', 'PMIX_*'];

@@ -1,0 +1,52 @@
+/** dynsup's own events (started, exited, restarting, failed...): pino, pretty on a TTY, JSON otherwise, and always JSON to <stateDir>/logs/dynsup.log. */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
+
+export type EventLogger = Logger;
+
+export interface EventLoggerOptions {
+  readonly stateDir?: string | undefined;
+  /** Where human-facing events go (default stderr). */
+  readonly stream?: NodeJS.WritableStream & { isTTY?: boolean };
+  readonly level?: string;
+  /** Removes secrets from every message before it is written. */
+  readonly redact?: (s: string) => string;
+}
+
+export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
+  const out = opts.stream ?? process.stderr;
+  const redact = opts.redact ?? ((s: string) => s);
+  const streams: pino.StreamEntry[] = [];
+  const console =
+    out.isTTY && !process.env.NO_COLOR
+      ? pretty({ destination: out as NodeJS.WritableStream, sync: true, colorize: true, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' })
+      : (out as NodeJS.WritableStream);
+  streams.push({ stream: console, level: (opts.level ?? 'info') as pino.Level });
+  if (opts.stateDir) {
+    const dir = join(opts.stateDir, 'logs');
+    mkdirSync(dir, { recursive: true });
+    streams.push({ stream: pino.destination({ dest: join(dir, 'dynsup.log'), append: true, sync: true }), level: 'debug' });
+  }
+  return pino(
+    {
+      base: undefined,
+      level: 'debug',
+      hooks: {
+        // Redaction of values (tokens), not just of known field paths: a token may show up inside a message.
+        streamWrite: (s: string) => redact(s),
+      },
+    },
+    pino.multistream(streams),
+  );
+}
+
+/** A redactor replacing each secret value with ***. */
+export function makeRedactor(secrets: readonly string[]): (s: string) => string {
+  const sorted = [...new Set(secrets)].filter((s) => s.length >= 4).sort((a, b) => b.length - a.length);
+  if (!sorted.length) return (s) => s;
+  const variants = sorted.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]);
+  const re = new RegExp([...new Set(variants)].map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|'), 'g');
+  return (s) => s.replace(re, '***');
+}

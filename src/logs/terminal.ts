@@ -1,0 +1,47 @@
+/**
+ * The foreground view: every worker line prefixed with its replica name (coloured on a TTY), like
+ * `docker compose up`. A terminal or pipe that cannot keep up loses display lines (counted and announced),
+ * never the workers' speed and never the log files.
+ */
+import type { Writable } from 'node:stream';
+
+const COLOURS = [36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96];
+const MAX_BACKLOG = 4 * 1024 * 1024;
+
+export class TerminalMux {
+  readonly #out: Writable & { isTTY?: boolean; writableLength: number };
+  readonly #colour: boolean;
+  readonly #width: number;
+  readonly #colourOf = new Map<string, number>();
+  readonly #redact: (s: string) => string;
+  #dropped = 0;
+
+  constructor(out: Writable & { isTTY?: boolean; writableLength: number }, names: readonly string[], redact: (s: string) => string = (s) => s) {
+    this.#out = out;
+    this.#colour = Boolean(out.isTTY) && !process.env.NO_COLOR;
+    this.#width = Math.min(24, Math.max(0, ...names.map((n) => n.length)));
+    this.#redact = redact;
+    names.forEach((n, i) => this.#colourOf.set(n, COLOURS[i % COLOURS.length]!));
+  }
+
+  line(replica: string, line: Buffer, truncatedBytes = 0): void {
+    if (this.#out.writableLength > MAX_BACKLOG) {
+      this.#dropped++;
+      return;
+    }
+    let text = this.#redact(line.toString('utf8'));
+    if (truncatedBytes) text += ` …[${truncatedBytes} more bytes in the log file]`;
+    if (this.#dropped) {
+      this.#out.write(`${this.#prefix('dynsup')}[${this.#dropped} lines not shown: terminal too slow; see the log files]\n`);
+      this.#dropped = 0;
+    }
+    this.#out.write(`${this.#prefix(replica)}${text}\n`);
+  }
+
+  #prefix(name: string): string {
+    const padded = `${name.padEnd(this.#width)} | `;
+    if (!this.#colour) return padded;
+    const c = this.#colourOf.get(name) ?? 37;
+    return `\x1b[${c}m${padded}\x1b[0m`;
+  }
+}

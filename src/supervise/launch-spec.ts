@@ -1,0 +1,73 @@
+/** What a replica is started with: argv, cwd and the environment contract. Pure. */
+import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
+import type { LaunchSpec } from '../transport/types.js';
+
+/** `{port}`, `{index}`, `{replica}`, `{node}`, `{group}`, `{gpus}` in commands, env values, cwd and health URLs. */
+export function expandPlaceholders(s: string, replica: ReplicaPlan): string {
+  return s.replace(/\{(port|index|replica|node|group|gpus)\}/g, (whole, key: string) => {
+    switch (key) {
+      case 'port':
+        return replica.port === undefined ? whole : String(replica.port);
+      case 'index':
+        return String(replica.index);
+      case 'replica':
+        return replica.name;
+      case 'node':
+        return replica.node;
+      case 'group':
+        return replica.group;
+      default:
+        return replica.gpuIds.join(',');
+    }
+  });
+}
+
+export function natsUrl(cluster: ClusterConfig): string {
+  return `nats://${hostPort(cluster.headAddress, cluster.nats.port)}`;
+}
+export function etcdUrl(cluster: ClusterConfig): string {
+  return `http://${hostPort(cluster.headAddress, cluster.etcd.port)}`;
+}
+function hostPort(host: string, port: number): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Variables dynsup owns: a file's `env` cannot override these (the placement decides them). */
+const OWNED = ['DYNSUP_CLUSTER', 'DYNSUP_WORKER', 'DYNSUP_GROUP', 'DYNSUP_REPLICA_INDEX', 'DYNSUP_NODE', 'CUDA_VISIBLE_DEVICES'];
+
+export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan): Record<string, string> {
+  const env: Record<string, string> = {
+    NATS_SERVER: natsUrl(cluster),
+    ETCD_ENDPOINTS: etcdUrl(cluster),
+  };
+  if (replica.port !== undefined) env.DYNSUP_PORT = String(replica.port);
+  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k)) env[k] = expandPlaceholders(v, replica);
+  Object.assign(env, {
+    DYNSUP_CLUSTER: cluster.name,
+    DYNSUP_WORKER: replica.name,
+    DYNSUP_GROUP: group.name,
+    DYNSUP_REPLICA_INDEX: String(replica.index),
+    DYNSUP_NODE: replica.node,
+    // Empty, not unset: an unset CUDA_VISIBLE_DEVICES means "all GPUs" to CUDA.
+    CUDA_VISIBLE_DEVICES: replica.gpuIds.join(','),
+  });
+  return env;
+}
+
+export function buildLaunchSpec(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, _node?: NodeConfig): LaunchSpec {
+  return {
+    replica: replica.name,
+    argv: group.argv.map((a) => expandPlaceholders(a, replica)),
+    env: workerEnv(cluster, group, replica),
+    unsetEnv: group.unsetEnv,
+    cwd: group.cwd === undefined ? undefined : expandPlaceholders(group.cwd, replica),
+    graceSeconds: Math.ceil(group.stop.graceMs / 1000),
+    stopSignal: group.stop.signal,
+  };
+}
+
+/** Glob match for unsetEnv patterns (`*` and `?`). */
+export function matchesPattern(name: string, pattern: string): boolean {
+  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return re.test(name);
+}

@@ -1,0 +1,240 @@
+/**
+ * The supervisor: control plane first, then nodes, then worker groups in dependency order; stop in reverse.
+ * It owns Replica objects and Transports, but never starts a process itself.
+ */
+import { join } from 'node:path';
+import type { ClusterConfig, NodeConfig, WorkerGroup } from '../config/types.js';
+import { assertPortFree } from '../controlplane/ports.js';
+import { etcdService, natsService, type ServiceSpec } from '../controlplane/services.js';
+import type { EventLogger } from '../logs/events.js';
+import { ReplicaLog, type LineListener } from '../logs/replica-log.js';
+import { DynsupError, errorMessage } from '../util/errors.js';
+import type { Transport } from '../transport/types.js';
+import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
+import { httpProbe } from './http-probe.js';
+import { Replica, type ReplicaEvent, type ReplicaStatus } from './replica.js';
+
+export type TransportFactory = (node: NodeConfig) => Transport;
+
+export interface SupervisorOptions {
+  readonly cluster: ClusterConfig;
+  readonly transports: TransportFactory;
+  readonly logger: EventLogger;
+  /** Worker lines (terminal, followers). */
+  readonly onLine?: LineListener;
+  /** Every state change (state file, etcd later). */
+  readonly onChange?: (status: ReplicaStatus) => void;
+  /** How long the control plane may take to become healthy. */
+  readonly controlPlaneTimeoutMs?: number;
+}
+
+export interface ClusterStatus {
+  readonly cluster: string;
+  readonly controlPlane: readonly ReplicaStatus[];
+  readonly replicas: readonly ReplicaStatus[];
+}
+
+export class Supervisor {
+  readonly cluster: ClusterConfig;
+  readonly #o: SupervisorOptions;
+  readonly #transports = new Map<string, Transport>();
+  readonly #services: { spec: ServiceSpec; replica: Replica }[] = [];
+  readonly #replicas = new Map<string, Replica>();
+  readonly #logs: ReplicaLog[] = [];
+  #heartbeat: NodeJS.Timeout | undefined;
+  #stopping = false;
+  readonly #stop = new AbortController();
+
+  constructor(options: SupervisorOptions) {
+    this.#o = options;
+    this.cluster = options.cluster;
+  }
+
+  get replicas(): readonly Replica[] {
+    return [...this.#replicas.values()];
+  }
+
+  status(): ClusterStatus {
+    return {
+      cluster: this.cluster.name,
+      controlPlane: this.#services.map((s) => s.replica.status()),
+      replicas: this.replicas.map((r) => r.status()),
+    };
+  }
+
+  /** Find replicas by replica name or group name. */
+  select(target: string): Replica[] {
+    const one = this.#replicas.get(target);
+    if (one) return [one];
+    const group = this.replicas.filter((r) => r.status().group === target);
+    if (group.length) return group;
+    throw new DynsupError('E_USAGE', `no replica or worker group named '${target}' (groups: ${this.cluster.groups.map((g) => g.name).join(', ')})`);
+  }
+
+  /**
+   * Bring the cluster up. Resolves once every group has been started (dependencies up first).
+   * Throws (after stopping what it started) if the control plane or a node cannot be brought up.
+   */
+  async up(): Promise<void> {
+    const { cluster, logger } = this.#o;
+    try {
+      await this.#startControlPlane();
+      const used = [...new Set(cluster.replicas.map((r) => r.node))];
+      const nodes = cluster.nodes.filter((n) => used.includes(n.name));
+      // Every node is reached in parallel, and all of them must answer before any worker starts.
+      const results = await Promise.allSettled(
+        nodes.map(async (n) => {
+          const t = this.#o.transports(n);
+          this.#transports.set(n.name, t);
+          await t.connect(this.#stop.signal);
+        }),
+      );
+      const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${nodes[i]!.name}: ${errorMessage(r.reason)}`] : []));
+      if (failed.length) throw new DynsupError('E_NODE', `cannot reach ${failed.length} node(s):\n  ${failed.join('\n  ')}`);
+      this.#heartbeat = setInterval(() => void this.#beat(), Math.max(250, Math.floor(cluster.leaseMs / 4)));
+      this.#heartbeat.unref();
+
+      for (const group of cluster.groups) this.#createReplicas(group);
+      for (const group of cluster.groups) {
+        await this.#waitForDependencies(group);
+        if (this.#stopping) return;
+        for (const r of this.select(group.name)) r.start();
+        logger.info({ group: group.name }, `started group ${group.name} (${group.replicas} replica${group.replicas === 1 ? '' : 's'})`);
+      }
+    } catch (err) {
+      await this.down().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Stop workers in reverse dependency order, then the control plane; release nodes. */
+  async down(): Promise<void> {
+    this.#stopping = true;
+    this.#stop.abort(new DynsupError('E_NOT_RUNNING', 'supervisor is stopping'));
+    for (const group of [...this.cluster.groups].reverse()) {
+      const rs = this.replicas.filter((r) => r.status().group === group.name);
+      await Promise.all(rs.map((r) => r.stop('cluster stopping')));
+    }
+    await Promise.all([...this.#services].reverse().map(async (s) => {
+      await s.replica.stop('cluster stopping');
+      await s.spec.close();
+    }));
+    clearInterval(this.#heartbeat);
+    await Promise.all([...this.#transports.values()].map(async (t) => {
+      await t.cleanup(1).catch(() => undefined);
+      await t.close().catch(() => undefined);
+    }));
+    await Promise.all(this.#logs.map((l) => l.close()));
+  }
+
+  async #beat(): Promise<void> {
+    await Promise.all(
+      [...this.#transports.values()].map((t) => t.heartbeat().catch((err) => this.#o.logger.warn({ node: t.node }, `heartbeat failed: ${errorMessage(err)}`))),
+    );
+  }
+
+  async #startControlPlane(): Promise<void> {
+    const { cluster, logger } = this.#o;
+    const specs = [cluster.nats.enabled ? natsService(cluster) : null, cluster.etcd.enabled ? etcdService(cluster) : null].filter(
+      (s): s is ServiceSpec => s !== null,
+    );
+    if (!specs.length) return;
+    // Check every port first: one clear error naming the port beats a service dying in a restart loop.
+    for (const s of specs) for (const p of s.ports) await assertPortFree(p.host, p.port, p.what);
+    const transport = this.#o.transports({ name: 'controlplane', transport: 'local', gpus: 0, address: cluster.headAddress, setup: [] });
+    this.#transports.set('controlplane', transport);
+    await transport.connect();
+    for (const spec of specs) {
+      await spec.prepare();
+      const log = new ReplicaLog(spec.name, join(cluster.stateDir, 'logs', `${spec.name}.log`));
+      this.#logs.push(log);
+      const replica = new Replica({
+        name: spec.name,
+        group: 'controlPlane',
+        node: 'head',
+        gpus: [],
+        transport,
+        spec: () => ({ replica: spec.name, argv: spec.argv, env: {}, unsetEnv: [], graceSeconds: 10, stopSignal: 'SIGTERM' }),
+        // The control plane is restarted whenever it dies, quickly and without a crash-loop limit.
+        restart: { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 5000, jitter: 0.1, maxRestarts: 0, windowMs: 60_000, resetAfterMs: 30_000 },
+        stop: { signal: 'SIGTERM', graceMs: 10_000 },
+        health: { probe: (sig) => spec.probe(sig), intervalMs: 1000, timeoutMs: 3000, startPeriodMs: 0, failureThreshold: 5 },
+        log,
+        onChange: this.#o.onChange,
+        onEvent: (name, ev) => this.#logEvent(name, ev),
+      });
+      this.#services.push({ spec, replica });
+      replica.start();
+    }
+    const timeout = this.#o.controlPlaneTimeoutMs ?? 30_000;
+    const deadline = AbortSignal.any([AbortSignal.timeout(timeout), this.#stop.signal]);
+    try {
+      await Promise.all(this.#services.map((s) => s.replica.waitFor((r) => r.state === 'ready', deadline)));
+    } catch {
+      const bad = this.#services.filter((s) => s.replica.state !== 'ready').map((s) => `${s.spec.name} (${s.replica.state}; see ${join(cluster.stateDir, 'logs', `${s.spec.name}.log`)})`);
+      throw new DynsupError('E_CONTROL_PLANE', `control plane not healthy after ${timeout / 1000}s: ${bad.join(', ')}`);
+    }
+    logger.info(`control plane ready: nats://${cluster.headAddress}:${cluster.nats.port}, http://${cluster.headAddress}:${cluster.etcd.port}`);
+  }
+
+  #createReplicas(group: WorkerGroup): void {
+    const { cluster } = this.#o;
+    for (const plan of cluster.replicas.filter((r) => r.group === group.name)) {
+      const node = cluster.nodes.find((n) => n.name === plan.node)!;
+      const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`));
+      if (this.#o.onLine) log.onLine(this.#o.onLine);
+      this.#logs.push(log);
+      const h = group.health;
+      const replica = new Replica({
+        name: plan.name,
+        group: group.name,
+        node: plan.node,
+        gpus: plan.gpuIds,
+        transport: this.#transports.get(plan.node)!,
+        spec: () => buildLaunchSpec(cluster, group, plan, node),
+        restart: group.restart,
+        stop: group.stop,
+        health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan)) },
+        log,
+        onChange: this.#o.onChange,
+        onEvent: (name, ev) => this.#logEvent(name, ev),
+      });
+      this.#replicas.set(plan.name, replica);
+    }
+  }
+
+  async #waitForDependencies(group: WorkerGroup): Promise<void> {
+    if (!group.dependsOn.length) return;
+    const deps = group.dependsOn.flatMap((d) => this.select(d));
+    const pending = deps.filter((r) => !r.up);
+    if (!pending.length) return;
+    this.#o.logger.info({ group: group.name }, `${group.name} waits for ${[...new Set(pending.map((r) => r.status().group))].join(', ')}`);
+    await Promise.all(deps.map((r) => r.waitFor((x) => x.up, this.#stop.signal))).catch(() => undefined);
+  }
+
+  #logEvent(name: string, ev: ReplicaEvent): void {
+    const log = this.#o.logger;
+    switch (ev.kind) {
+      case 'started':
+        return log.info({ replica: name, pid: ev.pid }, `${name} started (pid ${ev.pid})`);
+      case 'exited': {
+        const how = ev.exit.signal ? `killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
+        return log[this.#stopping ? 'info' : 'warn']({ replica: name, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs }, `${name} ${how}`);
+      }
+      case 'launch-failed':
+        return log.error({ replica: name }, `${name} could not be started: ${ev.error}`);
+      case 'restarting':
+        return log.warn({ replica: name, delayMs: ev.delayMs, restarts: ev.restarts }, `${name} restarting in ${(ev.delayMs / 1000).toFixed(1)}s (restart ${ev.restarts})`);
+      case 'failed':
+        return log.error({ replica: name }, `${name} failed: ${ev.reason}`);
+      case 'ready':
+        return log.info({ replica: name }, `${name} ready`);
+      case 'unhealthy':
+        return log.warn({ replica: name, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
+      case 'stop-escalated':
+        return log.warn({ replica: name }, `${name} still running ${ev.graceMs / 1000}s after the stop signal: SIGKILL`);
+      case 'stopped':
+        return log.info({ replica: name }, `${name} stopped: ${ev.reason}`);
+    }
+  }
+}

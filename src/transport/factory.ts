@@ -1,0 +1,26 @@
+/** Picks the Transport for a node from its `transport:` field. */
+import { join } from 'node:path';
+import type { ClusterConfig, NodeConfig } from '../config/types.js';
+import { DynsupError } from '../util/errors.js';
+import { LocalTransport } from './local.js';
+import type { Transport } from './types.js';
+
+/** Local runtime dir of a node (control plane services use the reserved name `controlplane`). */
+export function localRunDir(cluster: ClusterConfig, node: string): string {
+  return node === 'controlplane' ? join(cluster.stateDir, 'run', 'controlplane') : join(cluster.stateDir, 'run', 'nodes', node);
+}
+
+export function createTransport(cluster: ClusterConfig, node: NodeConfig): Transport {
+  switch (node.transport) {
+    case 'local':
+      return new LocalTransport({ node: node.name, runDir: localRunDir(cluster, node.name), leaseMs: cluster.leaseMs });
+    default:
+      throw new DynsupError('E_NODE', `node ${node.name}: transport '${node.transport}' is not supported by this build`);
+  }
+}
+
+/** Transports to clean up after a supervisor that died: every node of the file plus the control plane. */
+export function allTransports(cluster: ClusterConfig): Transport[] {
+  const local: NodeConfig = { name: 'controlplane', transport: 'local', gpus: 0, address: cluster.headAddress, setup: [] };
+  return [local, ...cluster.nodes].map((n) => createTransport(cluster, n));
+}

@@ -1,0 +1,117 @@
+/**
+ * `transport: local`: workers on the head itself, each under the node agent (share/node-agent.sh) in pipe
+ * mode, so a local worker has the same lease, process-group and cleanup guarantees as a remote one.
+ */
+import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { execa } from 'execa';
+import { DynsupError } from '../util/errors.js';
+import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec } from './agent.js';
+import { killGroup, waitGroupGone } from './process-group.js';
+import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from './types.js';
+
+export interface LocalTransportOptions {
+  readonly node: string;
+  /** Runtime files (spec, pid, exit, heartbeat) for this node's replicas. */
+  readonly runDir: string;
+  readonly leaseMs: number;
+}
+
+export class LocalTransport implements Transport {
+  readonly kind = 'local' as const;
+  readonly node: string;
+  readonly #runDir: string;
+  readonly #leaseMs: number;
+
+  constructor(opts: LocalTransportOptions) {
+    this.node = opts.node;
+    this.#runDir = opts.runDir;
+    this.#leaseMs = opts.leaseMs;
+  }
+
+  async connect(): Promise<void> {
+    await mkdir(this.#runDir, { recursive: true, mode: 0o700 });
+    await this.heartbeat();
+  }
+
+  async heartbeat(): Promise<void> {
+    const hb = join(this.#runDir, 'heartbeat');
+    const now = new Date();
+    await utimes(hb, now, now).catch(async () => writeFile(hb, '', { mode: 0o600 }));
+  }
+
+  async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<WorkerProcess> {
+    await writeFile(join(this.#runDir, `${spec.replica}.spec`), renderSpec(spec, { mode: 'pipe', leaseSeconds: this.#leaseMs / 1000, watchPid: process.pid }), {
+      mode: 0o600,
+    });
+    await rm(join(this.#runDir, `${spec.replica}.exit`), { force: true });
+    // detached: the agent leads its own process group, so a Ctrl-C on the terminal reaches only the
+    // supervisor, which then stops workers in order instead of all of them dying at once.
+    const child = execa('sh', [AGENT_PATH, this.#runDir, spec.replica], {
+      detached: true,
+      stdin: 'ignore',
+      stdout: 'pipe',
+      stderr: 'pipe',
+      buffer: false,
+      reject: false,
+      cleanup: false,
+      ...(signal ? { cancelSignal: signal } : {}),
+    });
+    const stderrLines: string[] = [];
+    let agentRc: number | undefined;
+    const pid = await new Promise<number>((resolve, reject) => {
+      const rl = createInterface({ input: child.stderr! });
+      rl.on('line', (line) => {
+        const ev = parseAgentLine(line);
+        if (ev?.kind === 'pid') resolve(ev.pid);
+        else if (ev?.kind === 'exit') agentRc = ev.rc;
+        else if (stderrLines.length < 20) stderrLines.push(line);
+      });
+      child.once('exit', () =>
+        setImmediate(() =>
+          reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${stderrLines.join('; ') || 'agent exited early'}`)),
+        ),
+      );
+      child.once('error', (err) => reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${err.message}`, { cause: err })));
+    });
+    const exited: Promise<ExitInfo> = child.then((result) => {
+      if (agentRc !== undefined) return exitFromStatus(agentRc);
+      // The agent itself was killed before it could report: its worker may still run; it is
+      // killed below so that an exit always means "nothing of this replica is left".
+      return { code: result.exitCode ?? null, signal: (result.signal as NodeJS.Signals | undefined) ?? null };
+    });
+    return {
+      pid,
+      output: child.stdout!,
+      exited: exited.then(async (info) => {
+        if (agentRc === undefined) {
+          await killGroup(pid, 'SIGKILL');
+          await waitGroupGone(pid, 2000);
+        }
+        return info;
+      }),
+      kill: async (sig) => killGroup(pid, sig),
+    };
+  }
+
+  async cleanup(graceSeconds: number): Promise<void> {
+    const pids = await this.#pids();
+    for (const pid of pids) await killGroup(pid, 'SIGTERM');
+    await Promise.all(pids.map((pid) => waitGroupGone(pid, graceSeconds * 1000)));
+    for (const pid of pids) await killGroup(pid, 'SIGKILL');
+    await rm(this.#runDir, { recursive: true, force: true });
+  }
+
+  async #pids(): Promise<number[]> {
+    const files = await readdir(this.#runDir).catch(() => [] as string[]);
+    const pids: number[] = [];
+    for (const f of files.filter((f) => f.endsWith('.pid'))) {
+      const n = Number((await readFile(join(this.#runDir, f), 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(n) && n > 1) pids.push(n);
+    }
+    return pids;
+  }
+
+  async close(): Promise<void> {}
+}
