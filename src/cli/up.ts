@@ -97,6 +97,8 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }
   process.on('SIGTERM', onSignal);
   process.on('SIGHUP', onSignal);
 
+  // Stay alive until `down`, even when every worker has stopped or failed (they can be restarted).
+  const keepAlive = setInterval(() => undefined, 1 << 30);
   let code = 0;
   try {
     logger.info(`bringing up cluster ${cluster.name} from ${cluster.file} (state dir ${cluster.stateDir})`);
@@ -108,6 +110,7 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }
     await shutdown('bring-up failed');
   }
   await done;
+  clearInterval(keepAlive);
   server.close();
   await releaseLock(paths);
   logger.flush();

@@ -58,6 +58,7 @@ export async function requestControl(path: string, req: ControlRequest, timeoutM
       reject(new DynsupError('E_NOT_RUNNING', `cannot reach the supervisor at ${path}: ${err.message}`));
     });
     const rl = createInterface({ input: sock });
+    rl.on('error', () => undefined); // the socket's own error handler reports it
     rl.once('line', (line) => {
       clearTimeout(timer);
       sock.destroy();

@@ -131,6 +131,7 @@ export class Replica {
 
   /** Stop: signal, grace, SIGKILL of the group. Resolves once nothing of the replica runs. */
   async stop(reason = 'stopped'): Promise<void> {
+    const wasActive = this.#loop !== undefined;
     this.#stopping = true;
     this.#wake.abort();
     const proc = this.#proc;
@@ -139,6 +140,7 @@ export class Replica {
       await this.#terminate(proc);
     }
     await this.#loop;
+    if (wasActive) this.#emit({ kind: 'stopped', reason });
     if (this.#state !== 'stopped') this.#set('stopped', reason);
   }
 
@@ -210,7 +212,7 @@ export class Replica {
       this.#emit({ kind: 'restarting', delayMs: decision.delayMs, restarts: this.#restarts });
       await sleep(decision.delayMs, undefined, { signal: this.#wake.signal }).catch(() => undefined);
     }
-    this.#set('stopped', this.#message);
+    this.#set('stopped', 'stopped by request');
   }
 
   /** Run one process to its end: log its output, probe it, and report how it exited. */
