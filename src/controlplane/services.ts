@@ -8,6 +8,7 @@ import { Etcd3 } from 'etcd3';
 import { connect } from 'nats';
 import type { ClusterConfig } from '../config/types.js';
 import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
+import { which } from '../util/which.js';
 
 export interface ServiceSpec {
   readonly name: 'nats' | 'etcd';
@@ -26,7 +27,7 @@ export function natsService(cluster: ClusterConfig): ServiceSpec {
   const { port, monitorPort, jetstream } = cluster.nats;
   return {
     name: 'nats',
-    argv: [cluster.nats.binary, '-c', conf, ...cluster.nats.args],
+    argv: [which(cluster.nats.binary), '-c', conf, ...cluster.nats.args],
     ports: [
       { host, port, what: 'controlPlane.nats.port' },
       { host, port: monitorPort, what: 'controlPlane.nats.monitorPort' },
@@ -69,7 +70,7 @@ export function etcdService(cluster: ClusterConfig): ServiceSpec {
   return {
     name: 'etcd',
     argv: [
-      cluster.etcd.binary,
+      which(cluster.etcd.binary),
       '--name', name,
       '--data-dir', join(dir, 'data'),
       '--listen-client-urls', client,

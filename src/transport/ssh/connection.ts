@@ -517,8 +517,22 @@ function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], 
     const onAbort = (): void => failWith(signal?.reason);
 
     // Must stay a plain (non-async) function returning undefined: ssh2 treats any return value other
-    // than undefined as the verdict, and a Promise is truthy, i.e. "accept".
+    // than undefined as the verdict, and a Promise is truthy, i.e. "accept". ssh2 calls it again on
+    // every re-key, for the life of the connection. The verdict is always given asynchronously, as
+    // ssh2's async path expects.
+    let accepted: Buffer | undefined;
     const hostVerifier = (blob: Buffer, verify: (ok: boolean) => void): void => {
+      if (accepted !== undefined) {
+        // Re-key: the server must keep the key we checked; no second look at known_hosts, no new warning.
+        const same = accepted.equals(blob);
+        process.nextTick(() => verify(same));
+        return;
+      }
+      if (settled) {
+        // Aborted or failed meanwhile: do not let accept-new write for a connection nobody wants.
+        process.nextTick(() => verify(false));
+        return;
+      }
       try {
         const { keyType, keyBase64 } = parseSshPublicKeyBlob(blob);
         hostKey = { keyType, fingerprint: fingerprintSha256(keyBase64) };
@@ -528,6 +542,7 @@ function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], 
       verifyHostKey(o, entries, blob).then(
         (refusal) => {
           hostKeyError = refusal;
+          if (refusal === undefined) accepted = Buffer.from(blob);
           verify(refusal === undefined);
         },
         (err: unknown) => {
@@ -568,33 +583,55 @@ function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], 
 // ---------------------------------------------------------------------------------------------
 // Channel slots
 
-/** FIFO counting semaphore; waiting can be abandoned through a signal. */
+interface Waiter {
+  readonly grant: () => void;
+  readonly fail: (err: Error) => void;
+}
+
+/**
+ * FIFO counting semaphore; waiting can be abandoned through a signal, and ends with an error when
+ * the connection dies (slots held by unread channels might otherwise never come back).
+ */
 class Slots {
   private free: number;
-  private readonly waiters: Array<() => void> = [];
+  private readonly waiters: Waiter[] = [];
+  private dead: Error | undefined;
   constructor(size: number) {
     this.free = size;
   }
 
   acquire(signal: AbortSignal | undefined): Promise<() => void> {
     signal?.throwIfAborted();
+    if (this.dead !== undefined) return Promise.reject(this.dead);
     if (this.free > 0) {
       this.free--;
       return Promise.resolve(this.releaser());
     }
     return new Promise((resolve, reject) => {
-      const grant = (): void => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve(this.releaser());
+      const waiter: Waiter = {
+        grant: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(this.releaser());
+        },
+        fail: (err) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(err);
+        },
       };
       const onAbort = (): void => {
-        const i = this.waiters.indexOf(grant);
+        const i = this.waiters.indexOf(waiter);
         if (i >= 0) this.waiters.splice(i, 1);
         reject(signal?.reason);
       };
-      this.waiters.push(grant);
+      this.waiters.push(waiter);
       signal?.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  /** Fail every waiter and every later acquire with `err`. */
+  close(err: Error): void {
+    this.dead = err;
+    for (const w of this.waiters.splice(0)) w.fail(err);
   }
 
   /** A release function that only counts once, however often it is called. */
@@ -604,7 +641,7 @@ class Slots {
       if (done) return;
       done = true;
       const next = this.waiters.shift();
-      if (next !== undefined) next();
+      if (next !== undefined) next.grant();
       else this.free++;
     };
   }
@@ -693,6 +730,7 @@ class Connection implements SshConnection {
     if (!this.open) return;
     this.open = false;
     this.closeError = this.endedByUs ? undefined : this.deathError();
+    this.slots.close(this.closedError());
     this.resolveClosed(this.closeError);
     for (const l of [...this.listeners]) l(this.closeError);
     this.listeners.clear();
@@ -766,7 +804,8 @@ class Connection implements SshConnection {
   }
 
   private channelError(err: Error | undefined): Error {
-    if (!this.open) return this.closedError();
+    // 'Not connected': ssh2 saw the socket go before we saw its 'close'.
+    if (!this.open || err?.message === 'Not connected') return this.closedError();
     const msg = err?.message ?? 'no channel';
     const hint = /open fail/i.test(msg) ? ' (sshd MaxSessions reached? lower maxChannels or raise MaxSessions)' : '';
     return this.o.fail('E_SSH_CHANNEL', `server refused to run a command: ${msg}${hint}`, err);
