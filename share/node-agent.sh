@@ -53,10 +53,16 @@ stop_group() {
   done
 }
 
+# The lock is held for the agent's lifetime: `flock -s NAME.lock true` on the node returns the moment the
+# worker is gone, which is how a re-attaching head learns of an exit without polling.
+exec 9>"$rundir/$name.lock"
+flock -x 9
 if [ "$A_MODE" = spool ]; then
-  setsid "$@" >>"$rundir/$name.out" 2>&1 </dev/null &
+  # Detached from any ssh channel: only the lease or an explicit signal stops us, never a dropped link.
+  trap '' HUP
+  setsid "$@" >>"$rundir/$name.out" 2>&1 </dev/null 9>&- &
 else
-  setsid "$@" 2>&1 </dev/null &
+  setsid "$@" 2>&1 </dev/null 9>&- &
 fi
 pid=$!
 echo "$pid" >"$rundir/$name.pid"
@@ -81,7 +87,8 @@ echo "dynsup-agent pid $pid" >&2
 watchdog=$!
 
 # If we are told to stop, the worker stops with us (never leave it behind).
-trap 'stop_group "$A_SIG"' TERM INT HUP
+trap 'stop_group "$A_SIG"' TERM INT
+[ "$A_MODE" = spool ] || trap 'stop_group "$A_SIG"' HUP
 trap '' PIPE
 rc=0
 wait "$pid" || rc=$?
@@ -90,6 +97,6 @@ while kill -0 "$pid" 2>/dev/null; do wait "$pid" && rc=0 || rc=$?; done
 kill "$watchdog" 2>/dev/null
 # The leader is gone: anything it left in its group goes too (children holding GPUs or our stdout).
 stop_group TERM
-echo "$rc" >"$rundir/$name.exit"
+echo "$rc" >"$rundir/$name.exit.tmp" && mv -f "$rundir/$name.exit.tmp" "$rundir/$name.exit"
 echo "dynsup-agent exit $rc" >&2 2>/dev/null
 exit "$rc"

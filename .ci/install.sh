@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# .ci/install.sh — system packages dynsup's tests need, on a fresh Debian 12, as root.
+# Non-interactive and idempotent: when everything is already installed it does
+# nothing (no apt-get update either), so re-running it in CI is cheap.
+#
+#   nats-server, etcd-server      the control plane the supervisor starts
+#   openssh-server/-client        lab nodes' sshd, ssh, ssh-keygen (scripts/lab.sh)
+#   openssh-sftp-server           sftp subsystem named in the lab's sshd_config (also a Depends of openssh-server)
+#   iproute2                      ip netns / veth / bridge (scripts/lab.sh)
+#   slurm-wlm, munge              real Slurm testbed (scripts/slurm-testbed.sh)
+#   util-linux                    flock, unshare (both scripts)
+#   procps, psmisc                pgrep/pkill/ps, fuser/killall for tests and debugging
+#   curl, ca-certificates         health endpoints in tests
+set -euo pipefail
+
+PACKAGES=(
+  nats-server etcd-server
+  openssh-server openssh-client openssh-sftp-server
+  slurm-wlm munge
+  iproute2 util-linux procps psmisc
+  curl ca-certificates
+)
+
+[[ $(id -u) == 0 ]] || { echo ".ci/install.sh: must run as root" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) != "install ok installed" ]]; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} > 0)); then
+  echo ".ci/install.sh: installing ${missing[*]}"
+  apt-get update -q
+  # Dpkg options: keep existing config files on re-runs instead of prompting.
+  apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${PACKAGES[@]}"
+else
+  echo ".ci/install.sh: all packages already installed"
+fi
+
+# The binaries the scripts call by path or name, so a broken install fails here
+# rather than deep inside a test.
+for b in /usr/sbin/sshd ssh ssh-keygen ip flock unshare nats-server etcd \
+         /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd sinfo srun sbatch scontrol; do
+  command -v "$b" >/dev/null || { echo ".ci/install.sh: $b missing after install" >&2; exit 1; }
+done
