@@ -43,11 +43,26 @@ fi
 a_env
 if [ -n "$A_CWD" ]; then cd "$A_CWD" || { echo "dynsup-agent error: cannot cd to $A_CWD" >&2; exit 126; }; fi
 
+# Is any live (non-zombie) process left in group $1? Zombies count for `kill -0`, and an init that reaps
+# slowly would make us wait for processes that are already dead.
+group_alive() {
+  kill -0 -"$1" 2>/dev/null || return 1
+  [ -r /proc/self/stat ] || return 0
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '{ sub(/^.*\) /, ""); if ($3 == g && $1 != "Z") { f = 1; exit } } END { exit !f }'
+}
+
+# Is process $1 alive (a zombie is not)?
+proc_alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ -r "/proc/$1/stat" ] || return 0
+  awk '{ sub(/^.*\) /, ""); exit ($1 == "Z") }' "/proc/$1/stat" 2>/dev/null
+}
+
 # Stop the whole group: signal, wait up to the grace for every member to leave, then SIGKILL.
 stop_group() {
   kill -"$1" -"$pid" 2>/dev/null || return 0
   t=0
-  while kill -0 -"$pid" 2>/dev/null; do
+  while group_alive "$pid"; do
     [ "$t" -ge $((A_GRACE * 10)) ] && { kill -KILL -"$pid" 2>/dev/null; return 0; }
     sleep 0.1; t=$((t + 1))
   done
@@ -69,10 +84,13 @@ echo "$pid" >"$rundir/$name.pid"
 echo "dynsup-agent pid $pid" >&2
 
 # Watchdog: the lease. Runs beside the worker; it is the only thing that can stop an unsupervised worker.
+agent=$$
 (
   trap '' PIPE HUP
   while kill -0 "$pid" 2>/dev/null; do
-    if [ -n "$A_WATCH_PID" ] && ! kill -0 "$A_WATCH_PID" 2>/dev/null; then
+    # The agent itself killed (kill -9)? Its worker must not outlive it unsupervised.
+    proc_alive "$agent" || { stop_group "$A_SIG"; exit 0; }
+    if [ -n "$A_WATCH_PID" ] && ! proc_alive "$A_WATCH_PID"; then
       stop_group "$A_SIG"; exit 0
     fi
     now=$(date +%s)
@@ -83,7 +101,7 @@ echo "dynsup-agent pid $pid" >&2
     fi
     sleep 1
   done
-) </dev/null >/dev/null 2>&1 &
+) </dev/null >/dev/null 2>&1 9>&- &
 watchdog=$!
 
 # If we are told to stop, the worker stops with us (never leave it behind).

@@ -25,10 +25,12 @@ export async function upCommand([file]: string[], flags: Flags): Promise<number>
 
 /** Clean up after a supervisor that died without stopping its workers (their lease may not have run out yet). */
 export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLogger): Promise<void> {
-  for (const t of allTransports(cluster)) {
-    await t.cleanup(5).catch((err) => logger?.warn(`cleanup on ${t.node}: ${errorMessage(err)}`));
-    await t.close().catch(() => undefined);
-  }
+  await Promise.all(
+    allTransports(cluster).map(async (t) => {
+      await t.cleanup(5).catch((err) => logger?.warn(`cleanup on ${t.node}: ${errorMessage(err)}`));
+      await t.close().catch(() => undefined);
+    }),
+  );
 }
 
 async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }): Promise<number> {
@@ -58,7 +60,7 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }
   sup = new Supervisor({
     cluster,
     logger,
-    transports: (node) => createTransport(cluster, node),
+    transports: (node) => createTransport(cluster, node, (level, msg) => logger[level](msg)),
     onLine: mux ? (r, line, t) => mux.line(r, line, t) : undefined,
     onChange: () => {
       dirty = true;

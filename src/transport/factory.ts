@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { ClusterConfig, NodeConfig } from '../config/types.js';
 import { DynsupError } from '../util/errors.js';
 import { LocalTransport } from './local.js';
+import { SshTransport } from './ssh/ssh-transport.js';
 import type { Transport } from './types.js';
 
 /** Local runtime dir of a node (control plane services use the reserved name `controlplane`). */
@@ -10,10 +11,14 @@ export function localRunDir(cluster: ClusterConfig, node: string): string {
   return node === 'controlplane' ? join(cluster.stateDir, 'run', 'controlplane') : join(cluster.stateDir, 'run', 'nodes', node);
 }
 
-export function createTransport(cluster: ClusterConfig, node: NodeConfig): Transport {
+export type NoticeSink = (level: 'info' | 'warn' | 'error', message: string) => void;
+
+export function createTransport(cluster: ClusterConfig, node: NodeConfig, onNotice?: NoticeSink): Transport {
   switch (node.transport) {
     case 'local':
       return new LocalTransport({ node: node.name, runDir: localRunDir(cluster, node.name), leaseMs: cluster.leaseMs });
+    case 'ssh':
+      return new SshTransport({ node, cluster: cluster.name, leaseMs: cluster.leaseMs, onNotice });
     default:
       throw new DynsupError('E_NODE', `node ${node.name}: transport '${node.transport}' is not supported by this build`);
   }

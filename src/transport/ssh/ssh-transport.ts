@@ -1,0 +1,330 @@
+/**
+ * `transport: ssh`: workers on another machine, over one ssh2 connection per node.
+ *
+ * Node side (nothing installed but sh, coreutils, util-linux): the node agent runs each worker detached
+ * from any ssh channel, spooling its output to RUNDIR/NAME.out and holding RUNDIR/NAME.lock while it lives.
+ * Head side, per replica, one "attach" channel: `tail -f` of the spool from the byte offset the head has
+ * already received, then `flock` on the lock, which returns the instant the worker is gone (no polling).
+ * A dropped link only loses the attach channels: on reconnect the head re-attaches at its offset, so no
+ * line is lost or repeated, and nothing is restarted. The lease (heartbeat file, renewed over a control
+ * channel) stops the workers if the head stays away too long.
+ */
+import { randomBytes } from 'node:crypto';
+import { PassThrough } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ClientChannel } from 'ssh2';
+import type { NodeConfig } from '../../config/types.js';
+import { DynsupError, errorMessage } from '../../util/errors.js';
+import { agentScript, exitFromStatus, parseAgentLine, renderSpec } from '../agent.js';
+import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from '../types.js';
+import { connectSsh, type SshConnection } from './connection.js';
+import { shellQuote as q } from './shell-quote.js';
+
+export interface SshTransportOptions {
+  readonly node: NodeConfig;
+  readonly cluster: string;
+  readonly leaseMs: number;
+  /** Called for connection trouble and recovery (the supervisor logs it). */
+  readonly onNotice?: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /** Parallel channels allowed on the connection (sshd MaxSessions). */
+  readonly maxChannels?: number;
+}
+
+interface Attached {
+  readonly name: string;
+  readonly output: PassThrough;
+  /** Bytes of the spool already received (and written to `output`). */
+  received: number;
+  pid: number;
+  settle: (exit: ExitInfo) => void;
+  settled: boolean;
+  channel?: ClientChannel | undefined;
+}
+
+export class SshTransport implements Transport {
+  readonly kind = 'ssh' as const;
+  readonly node: string;
+  readonly #o: SshTransportOptions;
+  readonly #runDir: string;
+  #conn: SshConnection | undefined;
+  #control: ClientChannel | undefined;
+  #connected: Promise<void> | undefined;
+  #closing = false;
+  #lostSince: number | null = null;
+  readonly #workers = new Map<string, Attached>();
+  #setupDone = false;
+  #reconnectWake = new AbortController();
+
+  constructor(options: SshTransportOptions) {
+    this.#o = options;
+    this.node = options.node.name;
+    const user = options.node.ssh?.user ?? 'root';
+    this.#runDir = options.node.runDir ?? `/tmp/dynsup-${user}/${options.cluster}/${options.node.name}`;
+  }
+
+  get runDir(): string {
+    return this.#runDir;
+  }
+
+  async connect(signal?: AbortSignal): Promise<void> {
+    await this.#open(signal);
+  }
+
+  /** Connect, install the agent, start the control channel. Shared by first connect and reconnects. */
+  async #open(signal?: AbortSignal): Promise<void> {
+    const ssh = this.#o.node.ssh!;
+    const conn = await connectSsh(
+      {
+        node: this.node,
+        host: ssh.host,
+        port: ssh.port,
+        user: ssh.user,
+        ...(ssh.identityFile ? { identityFile: ssh.identityFile } : {}),
+        knownHosts: ssh.knownHosts,
+        hostKeyCheck: ssh.hostKeyCheck,
+        keepaliveInterval: 2000,
+        keepaliveCountMax: 3,
+        readyTimeout: 10_000,
+        maxChannels: this.#o.maxChannels ?? 64,
+        onWarning: (w) => this.#o.onNotice?.('warn', `node ${this.node}: ${w.message}`),
+      },
+      signal,
+    );
+    const dir = q(this.#runDir);
+    const prep = await conn.exec(`umask 077 && mkdir -p ${dir} && chmod 700 ${dir} && command -v flock >/dev/null && command -v setsid >/dev/null && echo ok`, { signal });
+    if (prep.code !== 0 || !prep.stdout.toString().includes('ok')) {
+      await conn.end();
+      throw new DynsupError('E_NODE', `node ${this.node}: cannot prepare ${this.#runDir} (needs sh, mkdir, flock, setsid): ${prep.stderr.toString().trim() || `exit ${prep.code}`}`);
+    }
+    await conn.writeFile(`${this.#runDir}/node-agent.sh`, agentScript(), 0o700, { signal });
+    if (!this.#setupDone && this.#o.node.setup.length) {
+      for (const cmd of this.#o.node.setup) {
+        const r = await conn.exec(cmd, { signal });
+        if (r.code !== 0) {
+          await conn.end();
+          throw new DynsupError('E_NODE', `node ${this.node}: setup command failed (exit ${r.code}): ${cmd}: ${r.stderr.toString().trim().slice(0, 500)}`);
+        }
+      }
+    }
+    this.#setupDone = true;
+    // One long-lived shell for heartbeats and signals: no channel opened per operation.
+    const control = await conn.spawn(`exec sh -s`, { signal });
+    control.resume();
+    control.stderr.resume();
+    this.#conn = conn;
+    this.#control = control;
+    this.#lostSince = null;
+    await this.heartbeat();
+    conn.on('close', (err) => void this.#onClose(conn, err));
+  }
+
+  async heartbeat(): Promise<void> {
+    this.#send(`: > ${q(`${this.#runDir}/heartbeat`)}`);
+  }
+
+  #send(line: string): boolean {
+    const c = this.#control;
+    if (!c || !this.#conn?.isOpen) return false;
+    c.write(`${line}\n`);
+    return true;
+  }
+
+  async #ready(): Promise<SshConnection> {
+    for (;;) {
+      if (this.#closing) throw new DynsupError('E_NODE', `node ${this.node}: transport closed`);
+      if (this.#conn?.isOpen) return this.#conn;
+      await (this.#connected ?? sleep(200));
+    }
+  }
+
+  async launch(spec: LaunchSpec): Promise<WorkerProcess> {
+    const conn = await this.#ready();
+    const base = `${this.#runDir}/${spec.replica}`;
+    // Written and started through the control shell: no new channel (and no login-shell start-up) per launch.
+    const eof = `__DYNSUP_${randomBytes(9).toString('hex')}__`;
+    const spool = renderSpec(spec, { mode: 'spool', leaseSeconds: this.#o.leaseMs / 1000 });
+    const sent = this.#send(
+      [
+        `(umask 077; cat > ${q(`${base}.spec.tmp`)} <<'${eof}'`,
+        spool,
+        eof,
+        `mv -f ${q(`${base}.spec.tmp`)} ${q(`${base}.spec`)}`,
+        `cd ${q(this.#runDir)} && rm -f ${q(`${spec.replica}.pid`)} ${q(`${spec.replica}.exit`)} ${q(`${spec.replica}.out`)} && ` +
+          `setsid sh ./node-agent.sh ${q(this.#runDir)} ${q(spec.replica)} </dev/null >/dev/null 2>${q(`${spec.replica}.agent.err`)} &)`,
+      ].join('\n'),
+    );
+    if (!sent) throw new DynsupError('E_LAUNCH', `node ${this.node}: connection lost while starting ${spec.replica}`);
+    void conn;
+    let settle!: (e: ExitInfo) => void;
+    const exited = new Promise<ExitInfo>((r) => (settle = r));
+    const w: Attached = { name: spec.replica, output: new PassThrough({ highWaterMark: 1 << 20 }), received: 0, pid: 0, settle, settled: false };
+    w.settle = (e) => {
+      if (w.settled) return;
+      w.settled = true;
+      this.#workers.delete(w.name);
+      w.output.end();
+      settle(e);
+    };
+    this.#workers.set(spec.replica, w);
+    const pid = await this.#attach(w, true);
+    if (pid === null) {
+      const err = await conn.exec(`cat ${q(`${base}.agent.err`)} 2>/dev/null; tail -c 2000 ${q(`${base}.out`)} 2>/dev/null`).catch(() => null);
+      w.settle({ code: 127, signal: null });
+      throw new DynsupError('E_LAUNCH', `node ${this.node}: ${spec.replica} did not start: ${err?.stdout.toString().trim() || 'no pid reported'}`);
+    }
+    return {
+      pid,
+      output: w.output,
+      exited,
+      kill: async (sig) => {
+        if (!this.#send(`kill -${sig.replace(/^SIG/, '')} -${pid} 2>/dev/null`)) {
+          throw new DynsupError('E_NODE', `node ${this.node} unreachable: cannot deliver ${sig} to ${spec.replica}`);
+        }
+      },
+    };
+  }
+
+  /**
+   * Open the attach channel: reports the worker pid, streams the spool from `received`, returns when the
+   * agent is gone. Resolves with the pid once known (null if the worker never started); the rest runs on.
+   */
+  async #attach(w: Attached, first: boolean): Promise<number | null> {
+    const conn = await this.#ready();
+    const n = q(w.name);
+    const script = [
+      `cd ${q(this.#runDir)} || exit 1`,
+      // Wait (briefly, only at start) for the agent to record the pid; it holds the lock by then.
+      `i=0; while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.02; done`,
+      `echo "dynsup-agent pid $(cat ${n}.pid 2>/dev/null || echo 0)" >&2`,
+      `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null & t=$!`,
+      `flock -s ${n}.lock true`,
+      `kill $t 2>/dev/null; wait $t 2>/dev/null`,
+      `echo "dynsup-agent exit $(cat ${n}.exit 2>/dev/null || echo 255)" >&2`,
+    ].join('\n');
+    const channel = await conn.spawn(`exec sh -c ${q(script)}`);
+    w.channel = channel;
+    let rc: number | undefined;
+    let pidResolve!: (p: number | null) => void;
+    const pidKnown = new Promise<number | null>((r) => (pidResolve = r));
+    let errBuf = '';
+    channel.stderr.on('data', (d: Buffer) => {
+      errBuf += d.toString();
+      let nl: number;
+      while ((nl = errBuf.indexOf('\n')) >= 0) {
+        const ev = parseAgentLine(errBuf.slice(0, nl));
+        errBuf = errBuf.slice(nl + 1);
+        if (ev?.kind === 'pid') {
+          w.pid = ev.pid || w.pid;
+          pidResolve(ev.pid || null);
+        } else if (ev?.kind === 'exit') rc = ev.rc;
+      }
+    });
+    channel.on('data', (d: Buffer) => {
+      w.received += d.length;
+      if (!w.output.write(d)) channel.pause();
+    });
+    w.output.on('drain', () => channel.resume());
+    channel.on('close', () => {
+      pidResolve(null);
+      w.channel = undefined;
+      void this.#detached(w, rc);
+    });
+    const pid = await pidKnown;
+    if (!first && pid) this.#o.onNotice?.('info', `node ${this.node}: re-attached ${w.name} (pid ${pid}) at byte ${w.received}`);
+    return pid;
+  }
+
+  /** The attach channel closed: either the worker exited (rc known) or the link dropped (re-attach later). */
+  async #detached(w: Attached, rc: number | undefined): Promise<void> {
+    if (w.settled) return;
+    if (rc === undefined) return; // link trouble: #onClose/#reconnect re-attaches
+    // Exited. tail may have been killed before it sent the last bytes: fetch the remainder from our offset.
+    try {
+      const conn = await this.#ready();
+      const rest = await conn.exec(`tail -c +${w.received + 1} ${q(`${this.#runDir}/${w.name}.out`)}`);
+      if (rest.stdout.length) {
+        w.received += rest.stdout.length;
+        w.output.write(rest.stdout);
+      }
+    } catch {
+      /* the node went away right now: what we have is what we have */
+    }
+    w.settle(exitFromStatus(rc));
+  }
+
+  async #onClose(conn: SshConnection, err: Error | undefined): Promise<void> {
+    if (conn !== this.#conn || this.#closing) return;
+    this.#conn = undefined;
+    this.#control = undefined;
+    this.#lostSince = Date.now();
+    this.#o.onNotice?.('warn', `node ${this.node}: connection lost (${err ? errorMessage(err) : 'closed'}); reconnecting`);
+    this.#connected = this.#reconnect();
+    await this.#connected;
+  }
+
+  async #reconnect(): Promise<void> {
+    let delay = 250;
+    const lostAt = this.#lostSince ?? Date.now();
+    let given = false;
+    while (!this.#closing) {
+      // Past the lease (plus the node's stop grace) the node side has stopped our workers: say so, so the
+      // supervisor applies the restart policy once the node is back, instead of waiting for ghosts.
+      if (!given && Date.now() - lostAt > this.#o.leaseMs + 5000) {
+        given = true;
+        for (const w of [...this.#workers.values()]) {
+          this.#o.onNotice?.('warn', `node ${this.node}: ${w.name} presumed stopped (node unreachable for longer than the lease)`);
+          w.settle({ code: null, signal: 'SIGKILL' });
+        }
+      }
+      try {
+        await this.#open(AbortSignal.timeout(10_000));
+        this.#o.onNotice?.('info', `node ${this.node}: reconnected after ${((Date.now() - lostAt) / 1000).toFixed(1)}s`);
+        for (const w of [...this.#workers.values()]) if (!w.channel) void this.#attach(w, false);
+        return;
+      } catch (err) {
+        if (this.#closing) return;
+        await sleep(delay, undefined, { signal: this.#reconnectWake.signal }).catch(() => undefined);
+        delay = Math.min(delay * 2, 3000);
+        void err;
+      }
+    }
+  }
+
+  /** Kill everything dynsup started on the node and remove the runtime dir. */
+  async cleanup(graceSeconds: number): Promise<void> {
+    const conn = this.#conn?.isOpen ? this.#conn : await this.#tryConnect();
+    if (!conn) return;
+    const dir = q(this.#runDir);
+    const script = `
+d=${dir}
+[ -d "$d" ] || exit 0
+pids=$(cat "$d"/*.pid 2>/dev/null)
+for p in $pids; do kill -TERM -"$p" 2>/dev/null; done
+i=0
+while [ $i -lt ${Math.max(1, graceSeconds) * 10} ]; do
+  alive=0; for p in $pids; do kill -0 -"$p" 2>/dev/null && alive=1; done
+  [ $alive = 0 ] && break; sleep 0.1; i=$((i+1))
+done
+for p in $pids; do kill -KILL -"$p" 2>/dev/null; done
+rm -rf "$d"`;
+    await conn.exec(`sh -c ${q(script)}`).catch(() => undefined);
+  }
+
+  async #tryConnect(): Promise<SshConnection | null> {
+    if (this.#closing) return null;
+    try {
+      await this.#open(AbortSignal.timeout(10_000));
+      return this.#conn ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#reconnectWake.abort();
+    for (const w of this.#workers.values()) w.channel?.close();
+    this.#control?.end();
+    await this.#conn?.end().catch(() => undefined);
+  }
+}
