@@ -73,7 +73,7 @@ export function parseSource(
 
   const lineCounter = new LineCounter();
   // maxAliasCount guards against "billion laughs" alias bombs; uniqueKeys makes duplicates an error.
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false, strict: true });
+  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, merge: true, prettyErrors: false, strict: true });
   const posOf = (offset: number) => {
     const p = lineCounter.linePos(offset);
     return { line: p.line, column: p.col };

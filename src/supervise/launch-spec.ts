@@ -2,10 +2,12 @@
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
 import type { LaunchSpec } from '../transport/types.js';
 
-/** `{port}`, `{index}`, `{replica}`, `{node}`, `{group}`, `{gpus}` in commands, env values, cwd and health URLs. */
-export function expandPlaceholders(s: string, replica: ReplicaPlan): string {
-  return s.replace(/\{(port|index|replica|node|group|gpus)\}/g, (whole, key: string) => {
+/** `{port}`, `{index}`, `{replica}`, `{node}`, `{host}`, `{group}`, `{gpus}` in commands, env values, cwd and health URLs. */
+export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: string): string {
+  return s.replace(/\{(port|index|replica|node|host|group|gpus)\}/g, (whole, key: string) => {
     switch (key) {
+      case 'host':
+        return host ?? whole;
       case 'port':
         return replica.port === undefined ? whole : String(replica.port);
       case 'index':
@@ -35,13 +37,13 @@ function hostPort(host: string, port: number): string {
 /** Variables dynsup owns: a file's `env` cannot override these (the placement decides them). */
 const OWNED = ['DYNSUP_CLUSTER', 'DYNSUP_WORKER', 'DYNSUP_GROUP', 'DYNSUP_REPLICA_INDEX', 'DYNSUP_NODE', 'CUDA_VISIBLE_DEVICES'];
 
-export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan): Record<string, string> {
+export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, host?: string): Record<string, string> {
   const env: Record<string, string> = {
     NATS_SERVER: natsUrl(cluster),
     ETCD_ENDPOINTS: etcdUrl(cluster),
   };
   if (replica.port !== undefined) env.DYNSUP_PORT = String(replica.port);
-  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k)) env[k] = expandPlaceholders(v, replica);
+  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k)) env[k] = expandPlaceholders(v, replica, host);
   Object.assign(env, {
     DYNSUP_CLUSTER: cluster.name,
     DYNSUP_WORKER: replica.name,
@@ -54,13 +56,14 @@ export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: R
   return env;
 }
 
-export function buildLaunchSpec(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, _node?: NodeConfig): LaunchSpec {
+export function buildLaunchSpec(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, node?: NodeConfig): LaunchSpec {
+  const host = node?.address;
   return {
     replica: replica.name,
-    argv: group.argv.map((a) => expandPlaceholders(a, replica)),
-    env: workerEnv(cluster, group, replica),
+    argv: group.argv.map((a) => expandPlaceholders(a, replica, host)),
+    env: workerEnv(cluster, group, replica, host),
     unsetEnv: group.unsetEnv,
-    cwd: group.cwd === undefined ? undefined : expandPlaceholders(group.cwd, replica),
+    cwd: group.cwd === undefined ? undefined : expandPlaceholders(group.cwd, replica, host),
     graceSeconds: Math.ceil(group.stop.graceMs / 1000),
     stopSignal: group.stop.signal,
   };

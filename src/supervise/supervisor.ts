@@ -194,7 +194,7 @@ export class Supervisor {
         spec: () => buildLaunchSpec(cluster, group, plan, node),
         restart: group.restart,
         stop: group.stop,
-        health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan)) },
+        health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
         log,
         onChange: this.#o.onChange,
         onEvent: (name, ev) => this.#logEvent(name, ev),
