@@ -40,7 +40,6 @@ if [ -n "$A_UNSET" ]; then
     set +f
   done
 fi
-a_env
 if [ -n "$A_CWD" ]; then cd "$A_CWD" || { echo "dynsup-agent error: cannot cd to $A_CWD" >&2; exit 126; }; fi
 
 # Is any live (non-zombie) process left in group $1? Zombies count for `kill -0`, and an init that reaps
@@ -75,9 +74,9 @@ flock -x 9
 if [ "$A_MODE" = spool ]; then
   # Detached from any ssh channel: only the lease or an explicit signal stops us, never a dropped link.
   trap '' HUP
-  setsid "$@" >>"$rundir/$name.out" 2>&1 </dev/null 9>&- &
+  (a_env; exec setsid "$@") >>"$rundir/$name.out" 2>&1 </dev/null 9>&- &
 else
-  setsid "$@" 2>&1 </dev/null 9>&- &
+  (a_env; exec setsid "$@") 2>&1 </dev/null 9>&- &
 fi
 pid=$!
 echo "$pid" >"$rundir/$name.pid"
@@ -87,6 +86,9 @@ echo "dynsup-agent pid $pid" >&2
 agent=$$
 (
   trap '' PIPE HUP
+  # Killed when the worker exits: take the pending sleep along, so nothing of ours outlives the agent.
+  s=''
+  trap '[ -n "$s" ] && kill "$s" 2>/dev/null; exit 0' TERM
   while kill -0 "$pid" 2>/dev/null; do
     # The agent itself killed (kill -9)? Its worker must not outlive it unsupervised.
     proc_alive "$agent" || { stop_group "$A_SIG"; exit 0; }
@@ -99,7 +101,8 @@ agent=$$
       echo "$(date -u +%FT%TZ) $name: lease expired (no heartbeat for $((now - beat))s), stopping pgid $pid" >>"$rundir/agent.log"
       stop_group "$A_SIG"; exit 0
     fi
-    sleep 1
+    sleep 1 & s=$!
+    wait "$s"
   done
 ) </dev/null >/dev/null 2>&1 9>&- &
 watchdog=$!

@@ -3,6 +3,7 @@ import type { ParseArgsConfig } from 'node:util';
 import { downCommand } from './down.js';
 import { logsCommand } from './logs.js';
 import { restartCommand } from './restart.js';
+import { sbatchCommand } from './sbatch.js';
 import { schemaCommand } from './schema.js';
 import { statusCommand } from './status.js';
 import { upCommand } from './up.js';
@@ -16,20 +17,31 @@ export interface Command {
   readonly options: NonNullable<ParseArgsConfig['options']>;
   readonly minArgs: number;
   readonly maxArgs: number;
-  run(args: string[], flags: Flags): Promise<number>;
+  /** Arguments after `--` are not parsed but handed to run() as `extra`. */
+  readonly passThrough?: boolean;
+  run(args: string[], flags: Flags, extra?: readonly string[]): Promise<number>;
 }
 
 export const COMMANDS: Record<string, Command> = {
   up: {
     summary: 'start the control plane and all workers, supervise them (foreground, or -d)',
-    usage: `Usage: dynsup up FILE [-d|--detach] [--state-dir DIR] [--timeout SECONDS]
+    usage: `Usage: dynsup up FILE [-d|--detach] [--slurm] [--state-dir DIR] [--timeout SECONDS]
 
 Starts nats-server and etcd on the head, then every worker group in dependsOn order, streams their
 output prefixed with the replica name, and restarts what crashes. Ctrl-C or SIGTERM stops everything
 gracefully (exit 0). With -d the supervisor runs in the background and 'up' returns once every replica
 is running (ready, for groups with a health check), or exits 1 if that does not happen within --timeout
-(default 300).`,
-    options: { detach: { type: 'boolean', short: 'd' }, timeout: { type: 'string' }, 'supervisor-child': { type: 'boolean' } },
+(default 300).
+
+--slurm: run inside a Slurm allocation (what 'dynsup sbatch' submits): the allocation's nodes replace
+the file's, groups go where slurm.roles says, every worker is a job step (srun --overlap), and the
+head is the node dynsup runs on.`,
+    options: {
+      detach: { type: 'boolean', short: 'd' },
+      timeout: { type: 'string' },
+      slurm: { type: 'boolean' },
+      'supervisor-child': { type: 'boolean' },
+    },
     minArgs: 1,
     maxArgs: 1,
     run: upCommand,
@@ -72,6 +84,30 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     minArgs: 2,
     maxArgs: 2,
     run: restartCommand,
+  },
+  sbatch: {
+    summary: 'submit the cluster as one Slurm batch job (dynsup up --slurm on the allocation)',
+    usage: `Usage: dynsup sbatch FILE [--dry-run] [--nodes N] [--time T] [--partition P] [--account A]
+                     [--job-name J] [--output PATH] [--state-dir DIR] [-- SBATCH-OPTIONS...]
+
+Renders a batch script from the file's slurm: section (flags win over it), checks the file against an
+allocation of that many nodes, submits it with sbatch and prints the job id. The batch step runs
+'dynsup up FILE --slurm' on the first node: NATS and etcd there, every worker as its own job step placed
+by slurm.roles. scancel JOBID (or the time limit, see slurm.signalLead) stops everything gracefully.
+--dry-run prints the script instead. Options after -- go to sbatch as they are.`,
+    options: {
+      'dry-run': { type: 'boolean' },
+      nodes: { type: 'string', short: 'N' },
+      time: { type: 'string', short: 't' },
+      partition: { type: 'string', short: 'p' },
+      account: { type: 'string', short: 'A' },
+      'job-name': { type: 'string', short: 'J' },
+      output: { type: 'string', short: 'o' },
+    },
+    minArgs: 1,
+    maxArgs: 1,
+    passThrough: true,
+    run: sbatchCommand,
   },
   validate: {
     summary: 'check a cluster file and show where each replica would run',

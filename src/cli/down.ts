@@ -1,12 +1,15 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadCluster } from '../config/load.js';
-import { liveSupervisor, pidAlive, runtimePaths } from '../control/runtime-files.js';
+import { readSavedAllocation } from '../slurm/saved.js';
+import { hostname } from 'node:os';
+import { liveSupervisor, pidAlive, readLock, runtimePaths } from '../control/runtime-files.js';
+import { stopJob } from '../slurm/job.js';
 import { requestControl } from '../control/socket.js';
 import type { Flags } from './commands.js';
 import { cleanupLeftovers } from './up.js';
 
 export async function downCommand([file]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
   const paths = runtimePaths(cluster.stateDir);
   const live = await liveSupervisor(paths);
   if (live) {
@@ -16,7 +19,15 @@ export async function downCommand([file]: string[], flags: Flags): Promise<numbe
     const deadline = Date.now() + 30_000;
     while (pidAlive(live.pid) && Date.now() < deadline) await sleep(50);
   } else {
-    process.stderr.write(`no supervisor running for cluster ${cluster.name}; cleaning up anything left behind\n`);
+    const lock = await readLock(paths);
+    const job = cluster.allocation && !cluster.allocation.preview ? cluster.allocation.jobId : undefined;
+    if (job && lock && lock.host !== hostname()) {
+      // Slurm mode, asked from another machine (a login node): the supervisor is job ${job}'s batch step.
+      process.stderr.write(`stopping cluster ${cluster.name}: asking Slurm job ${job} (supervisor on ${lock.host}) to stop...\n`);
+      if (!(await stopJob(job, 10 * 60_000))) process.stderr.write(`Slurm job ${job} is not running\n`);
+    } else {
+      process.stderr.write(`no supervisor running for cluster ${cluster.name}; cleaning up anything left behind\n`);
+    }
   }
   // Belt and braces: whatever a runtime file still names is killed, and the runtime files removed.
   await cleanupLeftovers(cluster);

@@ -4,6 +4,7 @@ import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadCluster } from '../config/load.js';
+import { readSavedAllocation } from '../slurm/saved.js';
 import { runtimePaths } from '../control/runtime-files.js';
 import { LineSplitter } from '../logs/line-splitter.js';
 import { TerminalMux } from '../logs/terminal.js';
@@ -11,7 +12,7 @@ import { DynsupError } from '../util/errors.js';
 import type { Flags } from './commands.js';
 
 export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
   const { logDir } = runtimePaths(cluster.stateDir);
   const special = ['nats', 'etcd', 'dynsup'];
   let names: string[];

@@ -33,9 +33,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_USAGE;
   }
   let parsed: ReturnType<typeof parseArgs>;
+  // `dynsup sbatch FILE -- --qos=high`: what follows `--` is the command's own business, unparsed.
+  const dashes = cmd.passThrough ? rest.indexOf('--') : -1;
+  const own = dashes < 0 ? rest : rest.slice(0, dashes);
+  const extra = dashes < 0 ? [] : rest.slice(dashes + 1);
   try {
     const options: ParseArgsConfig['options'] = { help: { type: 'boolean', short: 'h' }, 'state-dir': { type: 'string' }, ...cmd.options };
-    parsed = parseArgs({ args: [...rest], options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: [...own], options, allowPositionals: true, strict: true });
   } catch (err) {
     process.stderr.write(`dynsup ${name}: ${errorMessage(err)}\n\n${cmd.usage}\n`);
     return EXIT_USAGE;
@@ -49,7 +53,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_USAGE;
   }
   try {
-    return await cmd.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>);
+    return await cmd.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>, extra);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n${err.issues.length} error${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file ?? 'the cluster file'}\n`);

@@ -1,4 +1,5 @@
 import { loadCluster } from '../config/load.js';
+import { readSavedAllocation } from '../slurm/saved.js';
 import { formatDuration } from '../config/duration.js';
 import { liveSupervisor, readState, runtimePaths } from '../control/runtime-files.js';
 import { requestControl } from '../control/socket.js';
@@ -8,7 +9,7 @@ import type { Flags } from './commands.js';
 import { table } from './table.js';
 
 export async function statusCommand([file]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
   const paths = runtimePaths(cluster.stateDir);
   const live = await liveSupervisor(paths);
   let status: ClusterStatus | null = null;

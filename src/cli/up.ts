@@ -13,14 +13,28 @@ import { TerminalMux } from '../logs/terminal.js';
 import { Supervisor, type ClusterStatus } from '../supervise/supervisor.js';
 import { allTransports, createTransport } from '../transport/factory.js';
 import { DynsupError, EXIT_RUNTIME, errorMessage } from '../util/errors.js';
+import { allocationFromEnv, resolveHeadAddress, type AddressCandidate } from '../slurm/allocation.js';
+import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
 import type { Flags } from './commands.js';
 
 const BIN = fileURLToPath(new URL('../../bin/dynsup.js', import.meta.url));
 
 export async function upCommand([file]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  const stateDir = flags['state-dir'] as string | undefined;
+  let cluster: ClusterConfig;
+  let head: AddressCandidate | undefined;
+  if (flags.slurm) {
+    // Slurm mode: the allocation's nodes replace the file's; the head is where we run (the batch host).
+    const alloc = allocationFromEnv(process.env);
+    const here = process.env.SLURMD_NODENAME;
+    head = await resolveHeadAddress(here && alloc.nodes[0] === here ? here : undefined);
+    cluster = loadCluster(file!, { stateDir, slurm: { ...alloc, headAddress: head.address } });
+    if (cluster.headAddress !== head.address) head = undefined; // the file's head.address won
+  } else {
+    cluster = loadCluster(file!, { stateDir, slurmPreview: false });
+  }
   if (flags.detach) return detach(cluster, file!, flags);
-  return runSupervisor(cluster, { terminal: !flags['supervisor-child'] });
+  return runSupervisor(cluster, { terminal: !flags['supervisor-child'], head });
 }
 
 /** Clean up after a supervisor that died without stopping its workers (their lease may not have run out yet). */
@@ -33,7 +47,7 @@ export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLog
   );
 }
 
-async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }): Promise<number> {
+async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; head?: AddressCandidate | undefined }): Promise<number> {
   const paths = runtimePaths(cluster.stateDir);
   const { stale } = await acquireLock(paths, cluster.file);
   const redact = makeRedactor(cluster.secrets);
@@ -42,6 +56,15 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean }
     logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; cleaning up what it left`);
     await cleanupLeftovers(cluster, logger);
   }
+  // status/logs/down find the allocation's nodes here (the file has none of its own in Slurm mode).
+  if (cluster.allocation) {
+    await saveAllocation(cluster);
+    const a = cluster.allocation;
+    logger.info(
+      `Slurm job ${a.jobId}: ${a.nodes.length} node(s) ${a.nodes.join(', ')}; head ${a.nodes[0]} at ${cluster.headAddress}` +
+        (opts.head ? ` (${opts.head.source})` : ' (head.address)'),
+    );
+  } else await forgetAllocation(cluster.stateDir);
   const lock: LockInfo = { pid: process.pid, host: (await import('node:os')).hostname(), startedAt: Date.now(), file: cluster.file };
   const mux = opts.terminal ? new TerminalMux(process.stdout, cluster.replicas.map((r) => r.name), redact) : undefined;
 
@@ -150,7 +173,14 @@ async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promi
   mkdirSync(paths.logDir, { recursive: true });
   const outFile = join(paths.logDir, 'supervisor.out');
   const out = openSync(outFile, 'a');
-  const args = [BIN, 'up', file, '--supervisor-child', ...(flags['state-dir'] ? ['--state-dir', flags['state-dir'] as string] : [])];
+  const args = [
+    BIN,
+    'up',
+    file,
+    '--supervisor-child',
+    ...(flags.slurm ? ['--slurm'] : []),
+    ...(flags['state-dir'] ? ['--state-dir', flags['state-dir'] as string] : []),
+  ];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out] });
   child.unref();
   let exited: number | null | undefined;

@@ -5,7 +5,9 @@ import { table } from './table.js';
 export async function validateCommand([file]: string[], flags: Flags): Promise<number> {
   const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
   if (flags.json) {
-    process.stdout.write(`${JSON.stringify({ ok: true, name: cluster.name, replicas: cluster.replicas }, null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ ok: true, name: cluster.name, replicas: cluster.replicas, ...(cluster.allocation ? { slurmAllocation: cluster.allocation } : {}) }, null, 2)}\n`,
+    );
     return 0;
   }
   const gpus = cluster.replicas.reduce((n, r) => n + r.gpuIds.length, 0);
@@ -13,6 +15,13 @@ export async function validateCommand([file]: string[], flags: Flags): Promise<n
     `${file}: ok — cluster ${cluster.name}: ${cluster.groups.length} groups, ${cluster.replicas.length} replicas on ` +
       `${new Set(cluster.replicas.map((r) => r.node)).size} node(s), ${gpus} GPUs\n\n`,
   );
+  const a = cluster.allocation;
+  if (a?.preview) {
+    process.stdout.write(
+      `Slurm: laid out on a placeholder allocation of ${a.nodes.length} node(s) (${a.nodes.join(', ')}; ${a.nodes[0]} is the head, ` +
+        `${cluster.nodes[0]?.gpus ?? 0} GPUs each); the real names come from the allocation\n\n`,
+    );
+  }
   process.stdout.write(
     table(
       ['REPLICA', 'NODE', 'GPUS', 'PORT'],

@@ -68,7 +68,11 @@ function expand(body: string, env: Readonly<Record<string, string | undefined>>,
     used.push(name);
     return raw;
   }
-  if (op === '-') return interpolate(rest ?? '', env).value;
+  if (op === '-') {
+    const inner = interpolate(rest ?? '', env);
+    used.push(...inner.used);
+    return inner.value;
+  }
   if (op === '?') throw new InterpolationError(`variable ${name} is required: ${rest || 'not set'}`);
   throw new InterpolationError(`variable ${name} is not set (write \${${name}:-} to allow it to be empty)`);
 }

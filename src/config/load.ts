@@ -12,6 +12,9 @@ import { clusterSchema, type RawCluster, type RawNode, type RawWorker } from './
 import { formatPath, loadSource, parseSource, type ConfigIssue, type ConfigPath, type ConfigSource } from './source.js';
 import { DEFAULT_UNSET_ENV, type ClusterConfig, type NodeConfig, type WorkerGroup } from './types.js';
 import { closest } from './suggest.js';
+import { previewAllocation, type SlurmAllocation } from '../slurm/allocation.js';
+import { minimumNodes, resolveRoles, type RoleSpec } from '../slurm/roles.js';
+import { slurmTime } from '../slurm/sbatch.js';
 
 export class ConfigError extends DynsupError {
   readonly issues: readonly ConfigIssue[];
@@ -34,6 +37,18 @@ export interface LoadOptions {
   readonly stateDir?: string | undefined;
   /** Raw bytes instead of reading `file` (tests, stdin). */
   readonly content?: Buffer | undefined;
+  /**
+   * Slurm mode: the allocation's nodes replace the file's `nodes:` (transport srun, placed by
+   * `slurm.roles`), and its head address stands in for a missing `head.address`. A function is asked
+   * with the resolved state dir (the allocation a running `up --slurm` recorded there) and may decline.
+   */
+  readonly slurm?: SlurmAllocation | ((stateDir: string) => SlurmAllocation | undefined) | undefined;
+  /**
+   * A file with a `slurm:` section and no `nodes:` (and no allocation from `slurm`) is laid out on
+   * placeholder nodes node1..nodeN (N = slurm.nodes, or the fewest the roles need; `allocation.preview`
+   * is set) instead of refused. Default true; `up` without --slurm turns it off, as it would start them.
+   */
+  readonly slurmPreview?: boolean | undefined;
 }
 
 /** Load and validate a cluster file; throws ConfigError listing every problem. */
@@ -44,13 +59,36 @@ export function loadCluster(file: string, options: LoadOptions = {}): ClusterCon
   if (!source || issues.length) throw new ConfigError(issues);
 
   const parsed = clusterSchema.safeParse(source.data);
-  if (!parsed.success) throw new ConfigError(sortIssues(parsed.error.issues.flatMap((i) => zodIssue(source, i))));
+  // head.address and nodes are optional in the schema (Slurm mode supplies them); outside it they are required.
+  const data = source.data as { slurm?: unknown } | null;
+  const maybeSlurm =
+    (options.slurm !== undefined && typeof options.slurm !== 'function') ||
+    (data !== null && typeof data === 'object' && data.slurm !== undefined && (options.slurmPreview !== false || typeof options.slurm === 'function'));
+  if (!parsed.success) {
+    const required = maybeSlurm ? [] : requiredOutsideSlurm(source);
+    throw new ConfigError(sortIssues([...parsed.error.issues.flatMap((i) => zodIssue(source, i)), ...required]));
+  }
   const raw = parsed.data;
 
   const semantic: ConfigIssue[] = [];
   const cluster = resolveCluster(abs, raw, source, options, semantic);
   if (semantic.length || !cluster) throw new ConfigError(sortIssues(semantic));
   return cluster;
+}
+
+/** Missing `head.address` / `nodes`, for a file used without a Slurm allocation. */
+function requiredOutsideSlurm(source: ConfigSource): ConfigIssue[] {
+  const data = source.data;
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) return [];
+  const d = data as { head?: unknown; nodes?: unknown; slurm?: unknown };
+  const why = d.slurm === undefined ? '' : ' (this file has a slurm: section: run it with `dynsup sbatch FILE`, or `dynsup up FILE --slurm` inside an allocation)';
+  const out: ConfigIssue[] = [];
+  if (d.head === undefined) out.push(source.issue(['head'], `missing required field${why}`));
+  else if (d.head !== null && typeof d.head === 'object' && !Array.isArray(d.head) && (d.head as { address?: unknown }).address === undefined) {
+    out.push(source.issue(['head', 'address'], `missing required field${why}`));
+  }
+  if (d.nodes === undefined) out.push(source.issue(['nodes'], `missing required field${why}`));
+  return out;
 }
 
 function sortIssues(issues: ConfigIssue[]): ConfigIssue[] {
@@ -135,12 +173,30 @@ function resolveCluster(
   const abs = (p: string) => (isAbsolute(p) ? p : p.startsWith('~/') ? resolve(homedir(), p.slice(2)) : resolve(baseDir, p));
   const ms = (v: number | string | undefined, dflt: number) => (v === undefined ? dflt : parseDuration(v));
   const add = (path: ConfigPath, message: string, keyOf = false) => issues.push(source.issue(path, message, keyOf));
+  const stateDir = options.stateDir ? resolve(options.stateDir) : abs(raw.stateDir ?? `.dynsup/${raw.name}`);
+
+  // Slurm mode: the allocation (given, recorded by a running `up --slurm`, or a preview) replaces `nodes:`.
+  let alloc = typeof options.slurm === 'function' ? options.slurm(stateDir) : options.slurm;
+  if (!alloc && raw.slurm && raw.nodes === undefined && options.slurmPreview !== false) {
+    alloc = previewAllocation(raw.slurm.nodes ?? minimumNodes((raw.slurm.roles ?? {}) as Record<string, RoleSpec>));
+  }
+  if (!alloc) for (const i of requiredOutsideSlurm(source)) issues.push(i);
+  const headAddress = raw.head?.address ?? alloc?.headAddress ?? '';
+  if (alloc && !headAddress) add(['head'], "missing required field 'address': the head's address could not be worked out; set head.address");
 
   // Nodes.
   const nodes: NodeConfig[] = [];
-  for (const [name, n] of Object.entries(raw.nodes)) nodes.push(resolveNode(name, n, raw, abs, add));
-  if (nodes.length === 0) add(['nodes'], 'expected at least one node');
+  if (alloc) {
+    const gpus = raw.slurm?.gpusPerNode ?? alloc.gpusPerNode ?? 0;
+    for (const [i, name] of alloc.nodes.entries()) {
+      nodes.push({ name, transport: 'srun', gpus, address: i === 0 ? headAddress : name, setup: [] });
+    }
+  } else {
+    for (const [name, n] of Object.entries(raw.nodes ?? {})) nodes.push(resolveNode(name, n, headAddress, abs, add));
+    if (nodes.length === 0 && raw.nodes !== undefined) add(['nodes'], 'expected at least one node');
+  }
   const nodeNames = nodes.map((n) => n.name);
+  const roleNodes = alloc ? slurmRoles(raw, alloc, add) : undefined;
 
   // Worker groups: defaults, then the group's own fields (nested policies merge field by field).
   const d: RawWorker = raw.defaults ?? {};
@@ -151,11 +207,25 @@ function resolveCluster(
     const at = (...p: (string | number)[]): ConfigPath => ['workers', name, ...p];
     const command = w.command ?? d.command;
     if (command === undefined) add(at(), "missing required field 'command' (set it here or in defaults)");
-    for (const [i, n] of (w.nodes ?? []).entries()) {
-      if (!nodeNames.includes(n)) add(at('nodes', i), `unknown node '${n}'${hint(n, nodeNames)}`);
-    }
-    if (w.nodes === undefined) {
-      for (const [i, n] of (d.nodes ?? []).entries()) if (!nodeNames.includes(n)) add(['defaults', 'nodes', i], `unknown node '${n}'${hint(n, nodeNames)}`);
+    let groupNodes: readonly string[] = w.nodes ?? d.nodes ?? [];
+    if (roleNodes) {
+      // The file's node names mean nothing in an allocation: a group goes where its role says (default: anywhere).
+      const role = roleNodes.get(name);
+      if (role) groupNodes = role;
+      else if (w.nodes !== undefined || d.nodes !== undefined) {
+        add(
+          w.nodes !== undefined ? at('nodes') : ['defaults', 'nodes'],
+          `names nodes of the file, which a Slurm allocation replaces: give group '${name}' a role in slurm.roles (head, rest, {first: K}, ...)`,
+          true,
+        );
+      } else groupNodes = [];
+    } else {
+      for (const [i, n] of (w.nodes ?? []).entries()) {
+        if (!nodeNames.includes(n)) add(at('nodes', i), `unknown node '${n}'${hint(n, nodeNames)}`);
+      }
+      if (w.nodes === undefined) {
+        for (const [i, n] of (d.nodes ?? []).entries()) if (!nodeNames.includes(n)) add(['defaults', 'nodes', i], `unknown node '${n}'${hint(n, nodeNames)}`);
+      }
     }
     const deps = w.dependsOn ?? [];
     for (const [i, dep] of deps.entries()) {
@@ -170,15 +240,20 @@ function resolveCluster(
     const cwd = w.cwd ?? d.cwd;
     const initialDelayMs = ms(restart.initialDelay, 1000);
     const maxDelayMs = ms(restart.maxDelay, 30_000);
-    if (maxDelayMs < initialDelayMs) add(at('restart', 'maxDelay'), 'must not be shorter than restart.initialDelay');
+    if (maxDelayMs < initialDelayMs) {
+      // Point at whichever of the two this group wrote itself; the other may come from defaults.
+      if (w.restart?.maxDelay !== undefined) add(at('restart', 'maxDelay'), 'must not be shorter than restart.initialDelay');
+      else if (w.restart?.initialDelay !== undefined) add(at('restart', 'initialDelay'), `must not be longer than restart.maxDelay (${d.restart?.maxDelay ?? '30s'}${d.restart?.maxDelay !== undefined ? ', from defaults' : ', the default'})`);
+      else add(['defaults', 'restart', 'maxDelay'], 'must not be shorter than restart.initialDelay');
+    }
     groups.push({
       name,
       argv: command === undefined ? [] : typeof command === 'string' ? ['sh', '-c', command] : command,
       replicas: w.replicas ?? d.replicas ?? 1,
       gpus: w.gpus ?? d.gpus ?? 0,
-      nodes: w.nodes ?? d.nodes ?? [],
+      nodes: groupNodes,
       env,
-      cwd: cwd === undefined ? undefined : /[{]/.test(cwd) ? cwd : abs(cwd),
+      cwd: cwd === undefined ? undefined : abs(cwd),
       port: w.port ?? d.port,
       restart: {
         policy: restart.policy ?? 'always',
@@ -226,21 +301,30 @@ function resolveCluster(
   if (nats.enabled) cpPorts.push([['controlPlane', 'nats', 'port'], nats.port], [['controlPlane', 'nats', 'monitorPort'], nats.monitorPort]);
   if (etcd.enabled) cpPorts.push([['controlPlane', 'etcd', 'port'], etcd.port], [['controlPlane', 'etcd', 'peerPort'], etcd.peerPort]);
   const seen = new Map<number, string>();
+  const seenPath = new Map<number, ConfigPath>();
+  const written = (path: ConfigPath) => valueAt(source.data, path) !== undefined;
   for (const [path, p] of cpPorts) {
-    const other = seen.get(p);
-    if (other) add(path, `port ${p} is also used by ${other}`);
-    else seen.set(p, formatPath(path));
+    const otherPath = seenPath.get(p);
+    if (otherPath) {
+      // Report at the field the user wrote; the other side may only be a default.
+      const [at, other] = written(path) || !written(otherPath) ? [path, otherPath] : [otherPath, path];
+      add(at, `port ${p} is also used by ${formatPath(other)}${written(other) ? '' : ' (default)'}`);
+    } else {
+      seen.set(p, formatPath(path));
+      seenPath.set(p, path);
+    }
   }
 
   if (issues.length) return null;
 
   const placed = place(nodes, ordered);
   if (!placed.ok) {
-    for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], e.message);
+    const where = alloc ? ` (Slurm allocation: ${alloc.preview ? `${nodes.length} placeholder nodes` : nodeNames.join(', ')}, ${nodes[0]?.gpus ?? 0} GPUs each)` : '';
+    for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], `${e.message}${where}`);
     return null;
   }
   const byNode = new Map<string, Map<number, string>>();
-  const headNodes = new Set(nodes.filter((n) => n.transport === 'local').map((n) => n.name));
+  const headNodes = new Set(alloc ? nodes.slice(0, 1).map((n) => n.name) : nodes.filter((n) => n.transport === 'local').map((n) => n.name));
   for (const r of placed.replicas) {
     if (r.port === undefined) continue;
     const used = byNode.get(r.node) ?? new Map<number, string>();
@@ -255,11 +339,12 @@ function resolveCluster(
   for (const [name, value] of source.substituted) if (isSecretName(name) && value.length >= 4) secrets.add(value);
   for (const g of groups) for (const [k, v] of Object.entries(g.env)) if (isSecretName(k) && v.length >= 4) secrets.add(v);
 
+  const sl = raw.slurm;
   return {
     file,
     name: raw.name,
-    headAddress: raw.head.address,
-    stateDir: options.stateDir ? resolve(options.stateDir) : abs(raw.stateDir ?? `.dynsup/${raw.name}`),
+    headAddress,
+    stateDir,
     leaseMs: ms(raw.lease, 30_000),
     nats,
     etcd,
@@ -267,13 +352,45 @@ function resolveCluster(
     groups: ordered,
     replicas: placed.replicas,
     secrets: [...secrets],
+    slurm: sl && {
+      nodes: sl.nodes,
+      gpusPerNode: sl.gpusPerNode,
+      time: sl.time === undefined ? undefined : (slurmTime(sl.time) ?? undefined),
+      partition: sl.partition,
+      account: sl.account,
+      jobName: sl.jobName,
+      output: sl.output === undefined ? undefined : abs(sl.output),
+      signalLeadSeconds: sl.signalLead === undefined ? undefined : ms(sl.signalLead, 0) / 1000,
+      exclusive: sl.exclusive ?? true,
+      extraArgs: sl.extraArgs ?? [],
+      roles: (sl.roles ?? {}) as Record<string, RoleSpec>,
+    },
+    allocation: alloc && { jobId: alloc.jobId, nodes: alloc.nodes, preview: Boolean(alloc.preview) },
   };
 }
+
+/** `slurm.roles` on the allocation: each group with a role → its nodes. Problems are reported at the role. */
+function slurmRoles(
+  raw: RawCluster,
+  alloc: SlurmAllocation,
+  add: (path: ConfigPath, message: string, keyOf?: boolean) => void,
+): Map<string, readonly string[]> {
+  const roles = (raw.slurm?.roles ?? {}) as Record<string, RoleSpec>;
+  const groupNames = Object.keys(raw.workers);
+  for (const g of Object.keys(roles)) {
+    if (!groupNames.includes(g)) add(['slurm', 'roles', g], `unknown worker group '${g}'${hint(g, groupNames)}`, true);
+  }
+  const res = resolveRoles(alloc.nodes, roles);
+  if (res.ok) return new Map(res.nodes);
+  for (const e of res.errors) add(e.index === undefined ? ['slurm', 'roles', e.group] : ['slurm', 'roles', e.group, e.index], e.message);
+  return new Map();
+}
+
 
 function resolveNode(
   name: string,
   n: RawNode,
-  raw: RawCluster,
+  headAddress: string,
   abs: (p: string) => string,
   add: (path: ConfigPath, message: string, keyOf?: boolean) => void,
 ): NodeConfig {
@@ -286,7 +403,7 @@ function resolveNode(
     name,
     transport,
     gpus: n.gpus ?? 0,
-    address: n.address ?? (transport === 'local' ? raw.head.address : n.host ?? name),
+    address: n.address ?? (transport === 'local' ? headAddress : n.host ?? name),
     setup: n.setup ?? [],
     runDir: n.runDir,
     ssh:
@@ -331,7 +448,7 @@ function topoOrder(groups: WorkerGroup[], onCycle: (cycle: string[]) => void): W
     state.set(g.name, 'visiting');
     for (const dep of g.dependsOn) {
       const d = byName.get(dep);
-      if (d) visit(d, [...stack, g.name]);
+      if (d && d !== g) visit(d, [...stack, g.name]);
     }
     state.set(g.name, 'done');
     out.push(g);

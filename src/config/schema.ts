@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { DURATION_PATTERN } from './duration.js';
+import { SLURM_TIME_ERROR, slurmTime } from '../slurm/sbatch.js';
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -121,13 +122,65 @@ const serviceFields = {
   args: z.array(z.string(), { error: 'expected a list of strings' }).optional().meta({ description: 'Extra command-line arguments.' }),
 };
 
+const ROLE_ERROR = "expected a node set: head, all, rest, {first: K}, {last: K}, {indices: [i, ...]}, or a list of these";
+const roleSelector = z.union(
+  [
+    z.enum(['head', 'all', 'rest']),
+    z.strictObject({ first: posInt(100_000).meta({ description: 'The K nodes after the head.' }) }),
+    z.strictObject({ last: posInt(100_000).meta({ description: 'The last K nodes (never the head).' }) }),
+    z.strictObject({
+      indices: z.array(count(100_000)).min(1).meta({ description: 'Allocation indices; 0 is the head (the batch host).' }),
+    }),
+  ],
+  { error: ROLE_ERROR },
+);
+const sbatchText = (what: string) =>
+  nonEmpty.regex(/^[^\n\r"\\]*$/, { error: `${what} must not contain line breaks, '"' or '\\'` });
+
+export const slurmSchema = z
+  .strictObject({
+    nodes: posInt(100_000).optional().meta({ description: 'sbatch --nodes (default: the fewest nodes the roles need).' }),
+    gpusPerNode: count(64).optional().meta({ description: 'GPUs per node: sbatch --gpus-per-node, and the GPUs placement hands out (default: SLURM_GPUS_ON_NODE, else 0).' }),
+    time: z
+      .string({ error: SLURM_TIME_ERROR })
+      .refine((v) => slurmTime(v) !== null, { error: SLURM_TIME_ERROR })
+      .optional()
+      .meta({ description: "Time limit: Slurm's format ('4:00:00', '1-00:00:00') or a duration with a unit ('90m', '4h')." }),
+    partition: sbatchText('partition').optional(),
+    account: sbatchText('account').optional(),
+    jobName: sbatchText('jobName').optional().meta({ description: 'sbatch --job-name (default: the cluster name).' }),
+    output: sbatchText('output').optional().meta({
+      description: "sbatch --output, relative to the file's directory; %j, %x, ... as in sbatch (default <stateDir>/logs/slurm-%j.out).",
+    }),
+    signalLead: duration.optional().meta({ description: 'Stop gracefully this long before the time limit (sbatch --signal=B:TERM@N).' }),
+    exclusive: z.boolean({ error: 'expected true or false' }).optional().meta({ description: 'Whole nodes (sbatch --exclusive, default true).' }),
+    extraArgs: z
+      .array(z.string().regex(/^[^\n\r\0]*$/, { error: 'must not contain line breaks' }), { error: 'expected a list of sbatch options' })
+      .optional()
+      .meta({ description: "More sbatch options, one '--option=value' per entry (each becomes an #SBATCH line)." }),
+    roles: z
+      .record(name('worker group'), z.union([roleSelector, z.array(roleSelector).min(1)], { error: ROLE_ERROR }), {
+        error: 'expected a map of worker group names to node sets',
+      })
+      .optional()
+      .meta({
+        description:
+          'Which allocation nodes each group may use: head (the batch host), all, rest (non-head nodes no other role claims), {first: K} (the K nodes after the head), {last: K}, {indices: [...]}, or a list. Default: all.',
+      }),
+  })
+  .meta({ description: 'Running the cluster as one Slurm job: `dynsup sbatch FILE`, or `dynsup up FILE --slurm` inside an allocation.' });
+
 export const clusterSchema = z
   .strictObject({
     $schema: z.string().optional(),
     name: name('cluster').meta({ description: 'Cluster name: namespaces runtime files, etcd keys and NATS subjects.' }),
-    head: z.strictObject({
-      address: nonEmpty.meta({ description: 'Address workers use to reach NATS and etcd on the head node.' }),
-    }),
+    head: z
+      .strictObject({
+        address: nonEmpty
+          .optional()
+          .meta({ description: 'Address workers use to reach NATS and etcd on the head node. Required, except in Slurm mode (default: the batch host\'s address).' }),
+      })
+      .optional(),
     stateDir: nonEmpty.optional().meta({ description: "Logs, data dirs and runtime files (default ./.dynsup/<name>, relative to the file's directory)." }),
     lease: duration.optional().meta({ description: 'Workers stop by themselves when the supervisor is gone this long (default 30s).' }),
     controlPlane: z
@@ -149,7 +202,11 @@ export const clusterSchema = z
           .optional(),
       })
       .optional(),
-    nodes: z.record(name('node'), nodeSchema, { error: 'expected a map of nodes' }),
+    nodes: z
+      .record(name('node'), nodeSchema, { error: 'expected a map of nodes' })
+      .optional()
+      .meta({ description: 'The machines. Required, except in Slurm mode, where the allocation\'s nodes replace them.' }),
+    slurm: slurmSchema.optional(),
     defaults: defaultsSchema.optional(),
     workers: z.record(name('worker group'), workerSchema, { error: 'expected a map of worker groups' }),
   })
@@ -158,8 +215,16 @@ export const clusterSchema = z
 export type RawCluster = z.infer<typeof clusterSchema>;
 export type RawWorker = z.infer<typeof workerSchema>;
 export type RawNode = z.infer<typeof nodeSchema>;
+export type RawSlurm = z.infer<typeof slurmSchema>;
 
 /** JSON Schema of the cluster file, for editors (yaml-language-server: `# yaml-language-server: $schema=...`). */
 export function clusterJsonSchema(): Record<string, unknown> {
-  return z.toJSONSchema(clusterSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  const schema = z.toJSONSchema(clusterSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  // head.address and nodes are optional to zod because a file with a `slurm:` section gets them from the
+  // allocation; editors should still ask for them in any other file.
+  return {
+    ...schema,
+    if: { not: { properties: { slurm: true }, required: ['slurm'] } },
+    then: { properties: { head: { properties: { address: true }, required: ['address'] }, nodes: true }, required: ['head', 'nodes'] },
+  };
 }

@@ -30,7 +30,8 @@ export interface ConfigSource {
 export const MAX_FILE_BYTES = 1 << 20;
 
 export function formatPath(path: ConfigPath): string {
-  return path.map((p) => String(p)).join('.');
+  // A key with a newline or an escape sequence must not split or colour the message.
+  return path.map((p) => (/[\u0000-\u001f\u007f]/.test(String(p)) ? JSON.stringify(String(p)) : String(p))).join('.');
 }
 
 /** Parse a cluster file. Returns the source (possibly with issues) — never throws for bad content. */
@@ -79,7 +80,7 @@ export function parseSource(
     return { line: p.line, column: p.col };
   };
   const issues: ConfigIssue[] = [];
-  for (const e of doc.errors) {
+  for (const e of [...doc.errors, ...doc.warnings]) {
     const { line, column } = posOf(e.pos[0]);
     issues.push(fileIssue(line, column, yamlMessage(e.code, e.message)));
   }
@@ -114,21 +115,22 @@ function yamlMessage(code: string, message: string): string {
   return `YAML ${code === 'DUPLICATE_KEY' ? 'duplicate key' : 'syntax error'}: ${first}`;
 }
 
+/** Offset of the lead byte of the first invalid UTF-8 sequence (scanned forward, one sequence at a time). */
 function firstInvalidUtf8(bytes: Buffer): number {
   const decoder = new TextDecoder('utf-8', { fatal: true });
-  let lo = 0;
-  let hi = bytes.length;
-  // Largest prefix that decodes (allowing a truncated trailing sequence) bounds the bad byte.
-  while (lo < hi) {
-    const mid = (lo + hi + 1) >> 1;
+  let i = 0;
+  while (i < bytes.length) {
+    const b = bytes[i]!;
+    const len = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
+    if (len === 0 || i + len > bytes.length) return i;
     try {
-      decoder.decode(bytes.subarray(0, mid), { stream: true });
-      lo = mid;
+      decoder.decode(bytes.subarray(i, i + len));
     } catch {
-      hi = mid - 1;
+      return i;
     }
+    i += len;
   }
-  return lo;
+  return i;
 }
 
 /** Substitute `${VAR}` in every scalar value (not keys), in place, recording errors at the scalar's path. */
@@ -145,7 +147,7 @@ function interpolateDocument(
       try {
         const { value, used } = interpolate(node.value, env);
         for (const name of used) substituted.set(name, env[name] ?? '');
-        node.value = used.length && node.type === Scalar.PLAIN ? retype(value) : value;
+        node.value = node.value.includes('${') && node.type === Scalar.PLAIN ? retype(value) : value;
       } catch (err) {
         if (err instanceof InterpolationError) onError(path, err.message);
         else throw err;

@@ -1,5 +1,7 @@
 /** The resolved cluster: defaults applied, durations in ms, paths absolute, replicas placed. */
 import type { TransportKind } from '../transport/types.js';
+import type { RoleSpec } from '../slurm/roles.js';
+import type { SlurmSettings } from '../slurm/sbatch.js';
 
 export type RestartPolicyName = 'always' | 'on-failure' | 'never';
 
@@ -96,6 +98,17 @@ export interface ClusterConfig {
   readonly replicas: readonly ReplicaPlan[];
   /** Values that must never be printed (tokens from the environment, env entries that look secret). */
   readonly secrets: readonly string[];
+  /** The file's `slurm:` section, resolved (for `dynsup sbatch`). */
+  readonly slurm?: (SlurmSettings & { readonly roles: Readonly<Record<string, RoleSpec>> }) | undefined;
+  /** Set in Slurm mode: `nodes` are this allocation's (transport srun), the head first. */
+  readonly allocation?: SlurmAllocationInfo | undefined;
+}
+
+export interface SlurmAllocationInfo {
+  readonly jobId?: string | undefined;
+  readonly nodes: readonly string[];
+  /** Placeholder nodes (validate / sbatch checks before there is an allocation). */
+  readonly preview: boolean;
 }
 
 export const DEFAULT_UNSET_ENV: readonly string[] = ['SLURM_*', 'PMI_*', 'PMIX_*'];

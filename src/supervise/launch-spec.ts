@@ -35,7 +35,7 @@ function hostPort(host: string, port: number): string {
 }
 
 /** Variables dynsup owns: a file's `env` cannot override these (the placement decides them). */
-const OWNED = ['DYNSUP_CLUSTER', 'DYNSUP_WORKER', 'DYNSUP_GROUP', 'DYNSUP_REPLICA_INDEX', 'DYNSUP_NODE', 'CUDA_VISIBLE_DEVICES'];
+const OWNED = ['DYNSUP_CLUSTER', 'DYNSUP_WORKER', 'DYNSUP_GROUP', 'DYNSUP_REPLICA_INDEX', 'DYNSUP_NODE', 'DYNSUP_PORT', 'CUDA_VISIBLE_DEVICES'];
 
 export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, host?: string): Record<string, string> {
   const env: Record<string, string> = {

@@ -22,7 +22,8 @@ export function isCleanExit(exit: ExitInfo): boolean {
 
 /** The delay before restart number `attempt` (0-based), with jitter drawn from `random` ∈ [0, 1). */
 export function backoffDelay(policy: RestartPolicy, attempt: number, random: number): number {
-  const base = Math.min(policy.maxDelayMs, policy.initialDelayMs * policy.factor ** attempt);
+  // initialDelay 0 stays 0 (0 × factor^1024 would be NaN); the cap bounds everything else.
+  const base = policy.initialDelayMs === 0 ? 0 : Math.min(policy.maxDelayMs, policy.initialDelayMs * policy.factor ** attempt);
   return Math.max(0, Math.round(base * (1 + policy.jitter * (2 * random - 1))));
 }
 

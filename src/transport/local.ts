@@ -5,7 +5,7 @@
 import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { execa } from 'execa';
+import { spawn } from 'node:child_process';
 import { DynsupError } from '../util/errors.js';
 import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec } from './agent.js';
 import { killGroup, waitGroupGone } from './process-group.js';
@@ -48,49 +48,39 @@ export class LocalTransport implements Transport {
     await rm(join(this.#runDir, `${spec.replica}.exit`), { force: true });
     // detached: the agent leads its own process group, so a Ctrl-C on the terminal reaches only the
     // supervisor, which then stops workers in order instead of all of them dying at once.
-    const child = execa('sh', [AGENT_PATH, this.#runDir, spec.replica], {
-      detached: true,
-      stdin: 'ignore',
-      stdout: 'pipe',
-      stderr: 'pipe',
-      buffer: false,
-      reject: false,
-      cleanup: false,
-      ...(signal ? { cancelSignal: signal } : {}),
-    });
+    // node:child_process rather than execa here: we need the raw pipe from the first byte, and an exit
+    // that is reported only after every byte of output was read ('close', not 'exit').
+    const child = spawn('sh', [AGENT_PATH, this.#runDir, spec.replica], { detached: true, stdio: ['ignore', 'pipe', 'pipe'], signal });
     const stderrLines: string[] = [];
     let agentRc: number | undefined;
+    const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('close', (code, sig) => resolve({ code, signal: sig })),
+    );
     const pid = await new Promise<number>((resolve, reject) => {
-      const rl = createInterface({ input: child.stderr! });
+      const rl = createInterface({ input: child.stderr });
       rl.on('line', (line) => {
         const ev = parseAgentLine(line);
         if (ev?.kind === 'pid') resolve(ev.pid);
         else if (ev?.kind === 'exit') agentRc = ev.rc;
         else if (stderrLines.length < 20) stderrLines.push(line);
       });
-      child.once('exit', () =>
-        setImmediate(() =>
-          reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${stderrLines.join('; ') || 'agent exited early'}`)),
-        ),
+      void closed.then(() =>
+        reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${stderrLines.join('; ') || 'agent exited early'}`)),
       );
       child.once('error', (err) => reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${err.message}`, { cause: err })));
     });
-    const exited: Promise<ExitInfo> = child.then((result) => {
+    const exited: Promise<ExitInfo> = closed.then(async (result) => {
       if (agentRc !== undefined) return exitFromStatus(agentRc);
-      // The agent itself was killed before it could report: its worker may still run; it is
-      // killed below so that an exit always means "nothing of this replica is left".
-      return { code: result.exitCode ?? null, signal: (result.signal as NodeJS.Signals | undefined) ?? null };
+      // The agent itself was killed before it could report: its worker may still run; kill it so
+      // that an exit always means "nothing of this replica is left".
+      await killGroup(pid, 'SIGKILL');
+      await waitGroupGone(pid, 2000);
+      return { code: result.code, signal: result.signal };
     });
     return {
       pid,
-      output: child.stdout!,
-      exited: exited.then(async (info) => {
-        if (agentRc === undefined) {
-          await killGroup(pid, 'SIGKILL');
-          await waitGroupGone(pid, 2000);
-        }
-        return info;
-      }),
+      output: child.stdout,
+      exited,
       kill: async (sig) => killGroup(pid, sig),
     };
   }

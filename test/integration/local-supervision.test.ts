@@ -109,6 +109,7 @@ workers:
     const log = join(c.dir, 'state/logs/chatty-0.log');
     await waitFor('200000 lines', () => readFileSync(log, 'utf8').endsWith('200000\n'), 30_000, 100);
     const lines = readFileSync(log, 'utf8').trimEnd().split('\n');
+    if (lines.length !== 200_000) console.error(`LOG ${log}`);
     expect(lines.length).toBe(200_000);
     let bad = -1;
     for (let i = 0; i < lines.length; i++) if (lines[i] !== String(i + 1)) { bad = i; break; }

@@ -1,0 +1,147 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadCluster } from '../../src/config/load.js';
+import { place, type PlacementGroup, type PlacementNode } from '../../src/config/placement.js';
+
+const nodes = (...spec: [string, number][]): PlacementNode[] => spec.map(([name, gpus]) => ({ name, gpus }));
+const g = (name: string, replicas: number, gpus: number, opts: { nodes?: string[]; port?: number } = {}): PlacementGroup => ({
+  name,
+  replicas,
+  gpus,
+  nodes: opts.nodes ?? [],
+  port: opts.port,
+});
+const ok = (r: ReturnType<typeof place>) => {
+  if (!r.ok) throw new Error(`placement failed: ${JSON.stringify(r.errors)}`);
+  return r.replicas;
+};
+const brief = (r: ReturnType<typeof place>) => ok(r).map((x) => `${x.name}@${x.node}[${x.gpuIds.join(',')}]${x.port === undefined ? '' : `:${x.port}`}`);
+
+describe('place', () => {
+  it('packs replicas onto the first node with room, in node order', () => {
+    expect(brief(place(nodes(['n1', 4], ['n2', 4]), [g('w', 6, 1)]))).toEqual([
+      'w-0@n1[0]',
+      'w-1@n1[1]',
+      'w-2@n1[2]',
+      'w-3@n1[3]',
+      'w-4@n2[0]',
+      'w-5@n2[1]',
+    ]);
+  });
+
+  it('gives distinct GPU indices on a node across groups, in the order the groups are given', () => {
+    expect(brief(place(nodes(['n1', 8]), [g('prefill', 2, 2), g('decode', 1, 3), g('tiny', 1, 1)]))).toEqual([
+      'prefill-0@n1[0,1]',
+      'prefill-1@n1[2,3]',
+      'decode-0@n1[4,5,6]',
+      'tiny-0@n1[7]',
+    ]);
+  });
+
+  it('never splits a multi-GPU replica across nodes; a later smaller group fills the gap', () => {
+    expect(brief(place(nodes(['n1', 3], ['n2', 4]), [g('big', 2, 2), g('small', 1, 1)]))).toEqual([
+      'big-0@n1[0,1]',
+      'big-1@n2[0,1]',
+      'small-0@n1[2]',
+    ]);
+  });
+
+  it('follows a group node preference list, in its order', () => {
+    expect(brief(place(nodes(['n1', 2], ['n2', 2], ['n3', 2]), [g('w', 3, 1, { nodes: ['n3', 'n1'] })]))).toEqual([
+      'w-0@n3[0]',
+      'w-1@n3[1]',
+      'w-2@n1[0]',
+    ]);
+  });
+
+  it('puts every GPU-less replica on the first candidate, with CUDA_VISIBLE_DEVICES-style empty ids', () => {
+    const r = ok(place(nodes(['n1', 0], ['n2', 8]), [g('cpu', 3, 0), g('pinned', 1, 0, { nodes: ['n2'] })]));
+    expect(r.map((x) => [x.name, x.node, x.gpuIds])).toEqual([
+      ['cpu-0', 'n1', []],
+      ['cpu-1', 'n1', []],
+      ['cpu-2', 'n1', []],
+      ['pinned-0', 'n2', []],
+    ]);
+  });
+
+  it('gives replica i the port base + i, and no port without a base', () => {
+    const r = ok(place(nodes(['n1', 0], ['n2', 0]), [g('api', 3, 0, { port: 8000 }), g('bg', 2, 0)]));
+    expect(r.map((x) => [x.name, x.index, x.port])).toEqual([
+      ['api-0', 0, 8000],
+      ['api-1', 1, 8001],
+      ['api-2', 2, 8002],
+      ['bg-0', 0, undefined],
+      ['bg-1', 1, undefined],
+    ]);
+    expect(r.every((x) => x.group === x.name.replace(/-\d+$/, ''))).toBe(true);
+  });
+
+  it('reports overcommit per group, naming it, the replica that does not fit and what was free', () => {
+    const r = place(nodes(['n1', 4], ['n2', 2]), [g('prefill', 2, 2), g('decode', 3, 2), g('other', 1, 0)]);
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.errors).toEqual([
+      {
+        group: 'decode',
+        message: 'not enough GPUs: 3 replicas × 2 GPUs, replica 1 does not fit (n1: 0 free, n2: 0 free, all nodes; earlier groups take theirs first)',
+      },
+    ]);
+  });
+
+  it('reports every group that does not fit, with its own candidate list', () => {
+    const r = place(nodes(['n1', 1], ['n2', 1]), [g('a', 1, 2, { nodes: ['n2'] }), g('b', 3, 1)]);
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.errors.map((e) => e.group)).toEqual(['a', 'b']);
+    expect(r.errors[0]!.message).toBe('not enough GPUs: 1 replicas × 2 GPUs, replica 0 does not fit (n2: 1 free; earlier groups take theirs first)');
+    expect(r.errors[1]!.message).toContain('replica 2 does not fit (n1: 0 free, n2: 0 free, all nodes;');
+  });
+
+  it('treats a node it does not know as having no GPUs and places elsewhere', () => {
+    expect(brief(place(nodes(['n1', 1]), [g('w', 1, 0, { nodes: ['ghost', 'n1'] })]))).toEqual(['w-0@n1[]']);
+    expect(place(nodes(['n1', 1]), [g('w', 1, 1, { nodes: ['ghost'] })]).ok).toBe(false);
+  });
+
+  it('does not depend on or change its inputs', () => {
+    const ns = nodes(['n1', 2]);
+    const gs = [g('w', 2, 1)];
+    const snapshot = JSON.stringify([ns, gs]);
+    const a = place(ns, gs);
+    const b = place(ns, gs);
+    expect(a).toEqual(b);
+    expect(JSON.stringify([ns, gs])).toBe(snapshot);
+  });
+});
+
+describe('placement through loadCluster', () => {
+  const file = (workers: string) =>
+    Buffer.from(`name: p\nhead: { address: 127.0.0.1 }\nnodes:\n  n1: { gpus: 4 }\n  n2: { gpus: 4, transport: ssh, host: n2 }\nworkers:\n${workers}`);
+
+  it('places groups in dependency order, so a dependency gets its GPUs first', () => {
+    const c = loadCluster('/tmp/p.yaml', {
+      env: {},
+      content: file('  decode:\n    command: [d]\n    gpus: 4\n    dependsOn: [prefill]\n  prefill:\n    command: [p]\n    gpus: 4\n'),
+    });
+    expect(c.groups.map((x) => x.name)).toEqual(['prefill', 'decode']);
+    expect(c.replicas.map((r) => `${r.name}@${r.node}[${r.gpuIds.join(',')}]`)).toEqual(['prefill-0@n1[0,1,2,3]', 'decode-0@n2[0,1,2,3]']);
+  });
+
+  it('reports overcommit at the group that does not fit, naming it in the path', () => {
+    let err: unknown;
+    try {
+      loadCluster('/tmp/p.yaml', { env: {}, content: file('  a:\n    command: [a]\n    gpus: 4\n  b:\n    command: [b]\n    replicas: 2\n    gpus: 3\n') });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).issues).toEqual([
+      {
+        file: '/tmp/p.yaml',
+        line: 13,
+        column: 11,
+        path: 'workers.b.gpus',
+        message: 'not enough GPUs: 2 replicas × 3 GPUs, replica 1 does not fit (n1: 0 free, n2: 1 free, all nodes; earlier groups take theirs first)',
+      },
+    ]);
+    expect((err as ConfigError).message).toContain('/tmp/p.yaml:13:11: workers.b.gpus: not enough GPUs');
+  });
+});
