@@ -4,7 +4,8 @@
 #   sh node-agent.sh RUNDIR NAME
 #
 # RUNDIR/NAME.spec (written by the head, mode 0600, sourced here) sets:
-#   A_MODE=pipe|spool   pipe: worker output on our stdout; spool: appended to RUNDIR/NAME.out (resumable)
+#   A_MODE=pipe|spool   pipe: worker output on our stdout; spool: appended to A_OUT (resumable)
+#   A_OUT=              spool file (default RUNDIR/NAME.out)
 #   A_LEASE=30          seconds without a fresh RUNDIR/heartbeat before the worker is stopped
 #   A_GRACE=10          seconds between the stop signal and SIGKILL of the group
 #   A_SIG=TERM          stop signal
@@ -23,7 +24,7 @@ rundir=$1
 name=$2
 spec="$rundir/$name.spec"
 [ -r "$spec" ] || { echo "dynsup-agent error: no spec $spec" >&2; exit 127; }
-A_MODE=pipe A_LEASE=30 A_GRACE=10 A_SIG=TERM A_WATCH_PID='' A_UNSET='' A_CWD=''
+A_MODE=pipe A_LEASE=30 A_GRACE=10 A_SIG=TERM A_WATCH_PID='' A_UNSET='' A_CWD='' A_OUT=''
 . "$spec"
 hb="$rundir/heartbeat"
 
@@ -74,7 +75,7 @@ flock -x 9
 if [ "$A_MODE" = spool ]; then
   # Detached from any ssh channel: only the lease or an explicit signal stops us, never a dropped link.
   trap '' HUP
-  (a_env; exec setsid "$@") >>"$rundir/$name.out" 2>&1 </dev/null 9>&- &
+  (a_env; exec setsid "$@") >>"${A_OUT:-$rundir/$name.out}" 2>&1 </dev/null 9>&- &
 else
   (a_env; exec setsid "$@") 2>&1 </dev/null 9>&- &
 fi

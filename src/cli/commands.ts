@@ -2,7 +2,11 @@
 import type { ParseArgsConfig } from 'node:util';
 import { downCommand } from './down.js';
 import { logsCommand } from './logs.js';
-import { restartCommand } from './restart.js';
+import { restartCommand, startCommand, stopCommand } from './restart.js';
+import { scaleCommand } from './scale.js';
+import { CLIENT_OPTIONS } from './client.js';
+
+const REMOTE = `\n\nFrom another machine: --head ADDR (the head's address) and --creds FILE (a copy of <stateDir>/run/credentials.json).`;
 import { sbatchCommand } from './sbatch.js';
 import { schemaCommand } from './schema.js';
 import { statusCommand } from './status.js';
@@ -52,17 +56,19 @@ head is the node dynsup runs on.`,
 
 Asks the running supervisor to stop everything (workers in reverse dependency order, then etcd and NATS).
 If the supervisor is gone, kills whatever it left behind from its runtime files.`,
-    options: {},
+    options: { ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 1,
     run: downCommand,
   },
   status: {
     summary: 'show every replica: node, state, pid, restarts, last exit, GPUs, uptime',
-    usage: `Usage: dynsup status FILE [--json] [--state-dir DIR]
+    usage: `Usage: dynsup status FILE [--json] [--watch] [--head ADDR] [--creds FILE] [--state-dir DIR]
 
-Exit code 0 when the supervisor is running, 1 when it is not (the last known state is shown).`,
-    options: { json: { type: 'boolean' } },
+Asks the supervisor; when it does not answer, shows the last known state from etcd (or the local state
+file) and says so. Exit code 0 when the supervisor is running, 1 when it is not. --watch redraws every
+second.${REMOTE}`,
+    options: { json: { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 1,
     run: statusCommand,
@@ -72,18 +78,44 @@ Exit code 0 when the supervisor is running, 1 when it is not (the last known sta
     usage: `Usage: dynsup logs FILE [REPLICA|GROUP|nats|etcd|dynsup] [-f|--follow] [-n|--lines N] [--state-dir DIR]
 
 Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixed with its name.`,
-    options: { follow: { type: 'boolean', short: 'f' }, lines: { type: 'string', short: 'n' } },
+    options: { follow: { type: 'boolean', short: 'f' }, lines: { type: 'string', short: 'n' }, ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 2,
     run: logsCommand,
   },
   restart: {
     summary: 'restart a replica or every replica of a group (not counted as a crash)',
-    usage: `Usage: dynsup restart FILE REPLICA|GROUP [--state-dir DIR]`,
-    options: {},
+    usage: `Usage: dynsup restart FILE REPLICA|GROUP [--head ADDR] [--creds FILE] [--state-dir DIR]${REMOTE}`,
+    options: { ...CLIENT_OPTIONS },
     minArgs: 2,
     maxArgs: 2,
     run: restartCommand,
+  },
+  stop: {
+    summary: 'stop a replica or group (it stays stopped until start)',
+    usage: `Usage: dynsup stop FILE REPLICA|GROUP [--head ADDR] [--creds FILE] [--state-dir DIR]${REMOTE}`,
+    options: { ...CLIENT_OPTIONS },
+    minArgs: 2,
+    maxArgs: 2,
+    run: stopCommand,
+  },
+  start: {
+    summary: 'start a stopped (or failed) replica or group',
+    usage: `Usage: dynsup start FILE REPLICA|GROUP [--head ADDR] [--creds FILE] [--state-dir DIR]${REMOTE}`,
+    options: { ...CLIENT_OPTIONS },
+    minArgs: 2,
+    maxArgs: 2,
+    run: startCommand,
+  },
+  scale: {
+    summary: 'change the number of replicas of groups: scale FILE prefill=4 decode=2',
+    usage: `Usage: dynsup scale FILE GROUP=N [GROUP=N...] [--head ADDR] [--creds FILE] [--state-dir DIR]
+
+New replicas are placed like the file's (distinct GPUs on the group's nodes); exit 2 if they do not fit.${REMOTE}`,
+    options: { ...CLIENT_OPTIONS },
+    minArgs: 2,
+    maxArgs: 64,
+    run: scaleCommand,
   },
   sbatch: {
     summary: 'submit the cluster as one Slurm batch job (dynsup up --slurm on the allocation)',

@@ -10,6 +10,9 @@ import { LineSplitter } from '../logs/line-splitter.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { DynsupError } from '../util/errors.js';
 import type { Flags } from './commands.js';
+import { control, credentials, target } from './client.js';
+import { followOverNats } from '../control/nats-control.js';
+import { natsUrl } from '../supervise/launch-spec.js';
 
 export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {
   const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
@@ -29,6 +32,7 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
     if (mux) mux.line(name, line);
     else process.stdout.write(Buffer.concat([line, Buffer.from('\n')]));
   };
+  if (typeof flags.head === 'string') return remoteLogs(file!, target, names, lines, flags, emit);
   const files = names.map((n) => ({ name: n, path: join(logDir, `${n}.log`), offset: 0 }));
   for (const f of files) {
     if (!existsSync(f.path)) continue;
@@ -111,4 +115,35 @@ async function readRange(path: string, from: number, to: number, emit: (line: Bu
   } finally {
     await fh.close();
   }
+}
+
+/** From another machine: history through the supervisor (tail request), live lines from NATS subjects. */
+async function remoteLogs(
+  file: string,
+  what: string | undefined,
+  names: string[],
+  lines: number | undefined,
+  flags: Flags,
+  emit: (name: string, line: Buffer) => void,
+): Promise<number> {
+  const t = await target(file, flags);
+  const creds = await credentials(t, flags);
+  const stop = new AbortController();
+  process.once('SIGINT', () => stop.abort());
+  // Subscribe before asking for history so that nothing printed in between is missed.
+  const pending: [string, Buffer][] = [];
+  let live = false;
+  const following = flags.follow
+    ? followOverNats(natsUrl(t.cluster), t.cluster.name, creds, what ? names : null, (replica, chunk) => {
+        const ls = chunk.toString('utf8').split('\n');
+        if (ls.at(-1) === '') ls.pop();
+        for (const l of ls) (live ? emit(replica, Buffer.from(l)) : pending.push([replica, Buffer.from(l)]));
+      }, stop.signal)
+    : undefined;
+  const history = (await control(t, flags, { op: 'tail', target: what, lines: lines ?? (flags.follow ? 10 : 1000) })) as { replica: string; lines: string[] }[];
+  for (const h of history) for (const l of h.lines) emit(h.replica, Buffer.from(l));
+  live = true;
+  for (const [r, l] of pending.splice(0)) emit(r, l);
+  await following;
+  return 0;
 }

@@ -1,29 +1,58 @@
-import { loadCluster } from '../config/load.js';
-import { readSavedAllocation } from '../slurm/saved.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { formatDuration } from '../config/duration.js';
-import { liveSupervisor, readState, runtimePaths } from '../control/runtime-files.js';
-import { requestControl } from '../control/socket.js';
+import { readState, runtimePaths } from '../control/runtime-files.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
+import { errorMessage } from '../util/errors.js';
+import { control, etcdSnapshot, target, type Target } from './client.js';
 import type { Flags } from './commands.js';
 import { table } from './table.js';
 
-export async function statusCommand([file]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
-  const paths = runtimePaths(cluster.stateDir);
-  const live = await liveSupervisor(paths);
-  let status: ClusterStatus | null = null;
-  if (live) status = (await requestControl(paths.socket, { op: 'status' }, 10_000).catch(() => null)) as ClusterStatus | null;
-  const snapshot = status ? null : await readState(paths);
-  const shown = status ?? snapshot;
-  if (flags.json) {
-    process.stdout.write(`${JSON.stringify({ cluster: cluster.name, running: Boolean(live), supervisor: live, ...shown }, null, 2)}\n`);
-    return live ? 0 : 1;
+interface Shown {
+  running: boolean;
+  source: 'supervisor' | 'etcd' | 'state-file' | 'none';
+  headline: string;
+  status: ClusterStatus | null;
+  supervisor: unknown;
+}
+
+/** Ask the supervisor; if it does not answer, fall back to etcd, then to the local state file. */
+async function collect(t: Target, flags: Flags): Promise<Shown> {
+  const name = t.cluster.name;
+  try {
+    const status = (await control(t, flags, { op: 'status' }, 10_000)) as ClusterStatus;
+    const who = t.local ? `pid ${t.local.pid} on ${t.local.host}, up ${formatDuration(Date.now() - t.local.startedAt)}` : `reached over NATS at ${t.cluster.headAddress}:${t.cluster.nats.port}`;
+    return { running: true, source: 'supervisor', headline: `cluster ${name}: supervisor ${who}`, status, supervisor: t.local };
+  } catch (err) {
+    const why = errorMessage(err);
+    const etcd = await etcdSnapshot(t).catch(() => null);
+    if (etcd && etcd.replicas.length) {
+      const cp = etcd.replicas.filter((r) => r.group === 'controlPlane');
+      return {
+        running: false,
+        source: 'etcd',
+        headline: `cluster ${name}: supervisor NOT running (${why}); last known state from etcd${etcd.leader ? ` (last supervisor pid ${etcd.leader.pid} on ${etcd.leader.host})` : ''}:`,
+        status: { cluster: name, controlPlane: cp, replicas: etcd.replicas.filter((r) => r.group !== 'controlPlane') },
+        supervisor: etcd.leader,
+      };
+    }
+    const snap = await readState(runtimePaths(t.cluster.stateDir));
+    if (snap) {
+      return {
+        running: false,
+        source: 'state-file',
+        headline: `cluster ${name}: supervisor NOT running (pid ${snap.supervisor.pid} last seen ${new Date(snap.updatedAt).toISOString()}); last known state:`,
+        status: snap,
+        supervisor: snap.supervisor,
+      };
+    }
+    return { running: false, source: 'none', headline: `cluster ${name}: not running (${why})`, status: null, supervisor: null };
   }
-  if (live) process.stdout.write(`cluster ${cluster.name}: supervisor pid ${live.pid} on ${live.host}, up ${formatDuration(Date.now() - live.startedAt)}\n`);
-  else if (snapshot) process.stdout.write(`cluster ${cluster.name}: supervisor NOT running (pid ${snapshot.supervisor.pid} last seen ${new Date(snapshot.updatedAt).toISOString()}); last known state:\n`);
-  else process.stdout.write(`cluster ${cluster.name}: not running (no state in ${cluster.stateDir})\n`);
-  if (!shown) return 1;
+}
+
+function render(shown: Shown): string {
+  let out = `${shown.headline}\n`;
+  if (!shown.status) return out;
   const now = Date.now();
   const row = (r: ReplicaStatus) => [
     r.name,
@@ -35,7 +64,23 @@ export async function statusCommand([file]: string[], flags: Flags): Promise<num
     r.gpus.length ? r.gpus.join(',') : '-',
     r.startedAt && r.pid ? formatDuration(now - r.startedAt) : '-',
   ];
-  process.stdout.write('\n');
-  process.stdout.write(table(['REPLICA', 'NODE', 'STATE', 'PID', 'RESTARTS', 'LAST EXIT', 'GPUS', 'UPTIME'], [...shown.controlPlane, ...shown.replicas].map(row)));
-  return live ? 0 : 1;
+  out += `\n${table(['REPLICA', 'NODE', 'STATE', 'PID', 'RESTARTS', 'LAST EXIT', 'GPUS', 'UPTIME'], [...shown.status.controlPlane, ...shown.status.replicas].map(row))}`;
+  return out;
+}
+
+export async function statusCommand([file]: string[], flags: Flags): Promise<number> {
+  const t = await target(file!, flags);
+  if (flags.watch) {
+    // Redraw in place until interrupted.
+    for (;;) {
+      const shown = await collect(await target(file!, flags), flags);
+      process.stdout.write(`\x1b[H\x1b[2J${render(shown)}\n(every 1s; Ctrl-C to quit)\n`);
+      await sleep(1000);
+    }
+  }
+  const shown = await collect(t, flags);
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify({ cluster: t.cluster.name, running: shown.running, source: shown.source, supervisor: shown.supervisor, ...shown.status }, null, 2)}\n`);
+  } else process.stdout.write(render(shown));
+  return shown.running ? 0 : 1;
 }

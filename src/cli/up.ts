@@ -11,9 +11,16 @@ import { acquireLock, pidAlive, releaseLock, runtimePaths, writeState, type Lock
 import { createEventLogger, makeRedactor, type EventLogger } from '../logs/events.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { Supervisor, type ClusterStatus } from '../supervise/supervisor.js';
+import type { Server } from 'node:http';
+import { loadOrCreateCredentials } from '../control/credentials.js';
+import { EtcdState } from '../control/etcd-state.js';
+import { renderMetrics, serveMetrics } from '../control/metrics.js';
+import { NatsControl } from '../control/nats-control.js';
+import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
+import { tailLogs } from '../control/tail.js';
 import { allTransports, createTransport } from '../transport/factory.js';
 import { DynsupError, EXIT_RUNTIME, errorMessage } from '../util/errors.js';
-import { allocationFromEnv, resolveHeadAddress, type AddressCandidate } from '../slurm/allocation.js';
+import { allocationFromEnv, nodeAddresses, resolveHeadAddress, type AddressCandidate } from '../slurm/allocation.js';
 import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
 import type { Flags } from './commands.js';
 
@@ -27,8 +34,9 @@ export async function upCommand([file]: string[], flags: Flags): Promise<number>
     // Slurm mode: the allocation's nodes replace the file's; the head is where we run (the batch host).
     const alloc = allocationFromEnv(process.env);
     const here = process.env.SLURMD_NODENAME;
-    head = await resolveHeadAddress(here && alloc.nodes[0] === here ? here : undefined);
-    cluster = loadCluster(file!, { stateDir, slurm: { ...alloc, headAddress: head.address } });
+    const [h, addresses] = await Promise.all([resolveHeadAddress(here && alloc.nodes[0] === here ? here : undefined), nodeAddresses(alloc.nodes)]);
+    head = h;
+    cluster = loadCluster(file!, { stateDir, slurm: { ...alloc, headAddress: head.address, addresses } });
     if (cluster.headAddress !== head.address) head = undefined; // the file's head.address won
   } else {
     cluster = loadCluster(file!, { stateDir, slurmPreview: false });
@@ -50,7 +58,8 @@ export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLog
 async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; head?: AddressCandidate | undefined }): Promise<number> {
   const paths = runtimePaths(cluster.stateDir);
   const { stale } = await acquireLock(paths, cluster.file);
-  const redact = makeRedactor(cluster.secrets);
+  const creds = await loadOrCreateCredentials(cluster.stateDir);
+  const redact = makeRedactor([...cluster.secrets, creds.natsPassword]);
   const logger = createEventLogger({ stateDir: cluster.stateDir, redact });
   if (stale) {
     logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; cleaning up what it left`);
@@ -80,14 +89,37 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; 
     }
     writing = false;
   };
+  // Cluster-wide state and control (etcd, NATS) come up with the control plane; until then, and when
+  // the file turns either service off, the local socket and state file still work.
+  let etcdState: EtcdState | undefined;
+  let natsControl: NatsControl | undefined;
+  let metricsServer: Server | undefined;
   sup = new Supervisor({
     cluster,
     logger,
+    credentials: creds,
     transports: (node) => createTransport(cluster, node, (level, msg) => logger[level](msg)),
-    onLine: mux ? (r, line, t) => mux.line(r, line, t) : undefined,
-    onChange: () => {
+    onLine: (r, line, t) => {
+      mux?.line(r, line, t);
+      natsControl?.publishLine(r, line);
+    },
+    onChange: (s) => {
       dirty = true;
       void flushState();
+      etcdState?.record(s);
+    },
+    onControlPlaneReady: async () => {
+      if (cluster.etcd.enabled) {
+        etcdState = new EtcdState(etcdUrl(cluster), cluster.name, (m) => logger.warn(m));
+        await etcdState.acquireLeader();
+        for (const s of [...sup.status().controlPlane, ...sup.status().replicas]) etcdState.record(s);
+      }
+      if (cluster.nats.enabled) {
+        natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown));
+      }
+      if (cluster.metrics.enabled) {
+        metricsServer = await serveMetrics(cluster.headAddress, cluster.metrics.port, () => renderMetrics(sup.status(), sup.logStats()));
+      }
     },
   });
 
@@ -100,6 +132,9 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; 
       await sup.down();
       dirty = true;
       await flushState();
+      await natsControl?.close();
+      await etcdState?.close({ release: true });
+      metricsServer?.close();
       logger.info('all stopped');
       resolveDone();
     })();
@@ -161,9 +196,14 @@ async function handle(sup: Supervisor, req: ControlRequest, shutdown: (why: stri
       for (const r of rs) r.start();
       return rs.map((r) => r.name);
     }
+    case 'scale':
+      return sup.scale(req.group, req.count);
+    case 'tail':
+      return tailLogs(sup, req.target, req.lines);
     case 'down':
-      await shutdown('dynsup down');
-      return 'stopped';
+      // Answer first: the control connection (NATS) goes away with the cluster.
+      setImmediate(() => void shutdown('dynsup down'));
+      return 'stopping';
   }
 }
 

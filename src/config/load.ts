@@ -177,19 +177,22 @@ function resolveCluster(
 
   // Slurm mode: the allocation (given, recorded by a running `up --slurm`, or a preview) replaces `nodes:`.
   let alloc = typeof options.slurm === 'function' ? options.slurm(stateDir) : options.slurm;
+  // A preview without slurm.nodes is sized to fit: the fewest nodes the roles need, more if the GPUs do not fit.
+  let autoSized = false;
   if (!alloc && raw.slurm && raw.nodes === undefined && options.slurmPreview !== false) {
     alloc = previewAllocation(raw.slurm.nodes ?? minimumNodes((raw.slurm.roles ?? {}) as Record<string, RoleSpec>));
+    autoSized = raw.slurm.nodes === undefined;
   }
   if (!alloc) for (const i of requiredOutsideSlurm(source)) issues.push(i);
   const headAddress = raw.head?.address ?? alloc?.headAddress ?? '';
   if (alloc && !headAddress) add(['head'], "missing required field 'address': the head's address could not be worked out; set head.address");
 
   // Nodes.
-  const nodes: NodeConfig[] = [];
+  let nodes: NodeConfig[] = [];
   if (alloc) {
     const gpus = raw.slurm?.gpusPerNode ?? alloc.gpusPerNode ?? 0;
     for (const [i, name] of alloc.nodes.entries()) {
-      nodes.push({ name, transport: 'srun', gpus, address: i === 0 ? headAddress : name, setup: [] });
+      nodes.push({ name, transport: 'srun', gpus, address: i === 0 ? headAddress : (alloc.addresses?.[name] ?? name), setup: [] });
     }
   } else {
     for (const [name, n] of Object.entries(raw.nodes ?? {})) nodes.push(resolveNode(name, n, headAddress, abs, add));
@@ -278,7 +281,7 @@ function resolveCluster(
     });
   }
 
-  const ordered = topoOrder(groups, (cycle) => add(['workers', cycle[0]!, 'dependsOn'], `dependency cycle: ${cycle.join(' → ')}`));
+  let ordered = topoOrder(groups, (cycle) => add(['workers', cycle[0]!, 'dependsOn'], `dependency cycle: ${cycle.join(' → ')}`));
 
   // Ports: every replica port and the control plane's must be distinct per node.
   const cp = raw.controlPlane ?? {};
@@ -289,6 +292,7 @@ function resolveCluster(
     port: cp.nats?.port ?? 4222,
     monitorPort: cp.nats?.monitorPort ?? 8222,
     jetstream: cp.nats?.jetstream ?? true,
+    workerCredentials: cp.nats?.workerCredentials ?? false,
   };
   const etcd = {
     enabled: cp.etcd?.enabled ?? true,
@@ -298,6 +302,8 @@ function resolveCluster(
     peerPort: cp.etcd?.peerPort ?? 2380,
   };
   const cpPorts: [ConfigPath, number][] = [];
+  const metrics = { enabled: raw.metrics?.enabled ?? true, port: raw.metrics?.port ?? 9464 };
+  if (metrics.enabled) cpPorts.push([['metrics', 'port'], metrics.port]);
   if (nats.enabled) cpPorts.push([['controlPlane', 'nats', 'port'], nats.port], [['controlPlane', 'nats', 'monitorPort'], nats.monitorPort]);
   if (etcd.enabled) cpPorts.push([['controlPlane', 'etcd', 'port'], etcd.port], [['controlPlane', 'etcd', 'peerPort'], etcd.peerPort]);
   const seen = new Map<number, string>();
@@ -317,7 +323,20 @@ function resolveCluster(
 
   if (issues.length) return null;
 
-  const placed = place(nodes, ordered);
+  let placed = place(nodes, ordered);
+  if (!placed.ok && alloc && autoSized) {
+    // Grow the placeholder allocation until everything fits (bounded: a hopeless file fails as it is).
+    const roles = (raw.slurm?.roles ?? {}) as Record<string, RoleSpec>;
+    for (let n = nodes.length + 1; n <= nodes.length + 1024 && !placed.ok; n++) {
+      const a = previewAllocation(n);
+      const r = resolveRoles(a.nodes, roles);
+      if (!r.ok) continue;
+      const ns = a.nodes.map((name, i) => ({ ...nodes[0]!, name, address: i === 0 ? headAddress : name }));
+      const gs = ordered.map((g) => (r.nodes.has(g.name) ? { ...g, nodes: r.nodes.get(g.name)! } : g));
+      const p = place(ns, gs);
+      if (p.ok) [alloc, nodes, ordered, placed] = [a, ns, gs, p];
+    }
+  }
   if (!placed.ok) {
     const where = alloc ? ` (Slurm allocation: ${alloc.preview ? `${nodes.length} placeholder nodes` : nodeNames.join(', ')}, ${nodes[0]?.gpus ?? 0} GPUs each)` : '';
     for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], `${e.message}${where}`);
@@ -348,6 +367,7 @@ function resolveCluster(
     leaseMs: ms(raw.lease, 30_000),
     nats,
     etcd,
+    metrics,
     nodes,
     groups: ordered,
     replicas: placed.replicas,

@@ -191,6 +191,10 @@ export const clusterSchema = z
             port: port.optional().meta({ description: 'Client port (default 4222).' }),
             monitorPort: port.optional().meta({ description: 'HTTP monitoring port (default 8222), bound to the head address.' }),
             jetstream: z.boolean({ error: 'expected true or false' }).optional(),
+            workerCredentials: z.boolean({ error: 'expected true or false' }).optional().meta({
+              description:
+                'Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default false: workers connect anonymously and cannot touch the dynsup.> control subjects).',
+            }),
           })
           .optional(),
         etcd: z
@@ -200,6 +204,12 @@ export const clusterSchema = z
             peerPort: port.optional().meta({ description: 'Peer port (default 2380), bound to 127.0.0.1.' }),
           })
           .optional(),
+      })
+      .optional(),
+    metrics: z
+      .strictObject({
+        enabled: z.boolean({ error: 'expected true or false' }).optional(),
+        port: port.optional().meta({ description: 'Prometheus /metrics port on head.address (default 9464).' }),
       })
       .optional(),
     nodes: z

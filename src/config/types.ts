@@ -90,7 +90,8 @@ export interface ClusterConfig {
   readonly headAddress: string;
   readonly stateDir: string;
   readonly leaseMs: number;
-  readonly nats: ServiceConfig & { readonly port: number; readonly monitorPort: number; readonly jetstream: boolean };
+  readonly nats: ServiceConfig & { readonly port: number; readonly monitorPort: number; readonly jetstream: boolean; readonly workerCredentials: boolean };
+  readonly metrics: { readonly enabled: boolean; readonly port: number };
   readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number };
   readonly nodes: readonly NodeConfig[];
   /** Groups in start order (dependencies first). */

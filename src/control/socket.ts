@@ -12,6 +12,8 @@ export type ControlRequest =
   | { op: 'restart'; target: string }
   | { op: 'stop'; target: string }
   | { op: 'start'; target: string }
+  | { op: 'scale'; group: string; count: number }
+  | { op: 'tail'; target?: string | undefined; lines: number }
   | { op: 'down' };
 
 export type ControlResponse = { ok: true; result?: unknown } | { ok: false; error: string; code?: string };

@@ -9,6 +9,23 @@ import { connect } from 'nats';
 import type { ClusterConfig } from '../config/types.js';
 import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
 import { which } from '../util/which.js';
+import type { Credentials } from '../control/credentials.js';
+
+/**
+ * Only the cluster's credentials may use dynsup.> (control requests, log streams). Workers connect
+ * without credentials, as the `anonymous` no_auth_user that is denied those subjects; with
+ * `workerCredentials: true` there is no anonymous access at all and workers get the credentials.
+ */
+export function natsAuthorization(cluster: ClusterConfig, creds: Credentials): string[] {
+  const q = JSON.stringify;
+  const users = [`    { user: ${q(creds.natsUser)}, password: ${q(creds.natsPassword)} }`];
+  if (!cluster.nats.workerCredentials) {
+    users.push(
+      `    { user: "anonymous", password: ${q(`${creds.natsPassword}-unused`)}, permissions: { publish: { deny: ["dynsup.>"] }, subscribe: { deny: ["dynsup.>"] } } }`,
+    );
+  }
+  return ['authorization {', '  users = [', ...users, '  ]', '}', ...(cluster.nats.workerCredentials ? [] : ['no_auth_user: "anonymous"'])];
+}
 
 export interface ServiceSpec {
   readonly name: 'nats' | 'etcd';
@@ -20,7 +37,7 @@ export interface ServiceSpec {
   close(): Promise<void>;
 }
 
-export function natsService(cluster: ClusterConfig): ServiceSpec {
+export function natsService(cluster: ClusterConfig, creds: Credentials): ServiceSpec {
   const dir = join(cluster.stateDir, 'nats');
   const conf = join(dir, 'nats-server.conf');
   const host = cluster.headAddress;
@@ -40,12 +57,13 @@ export function natsService(cluster: ClusterConfig): ServiceSpec {
         `listen: ${JSON.stringify(`${host}:${port}`)}`,
         `http: ${JSON.stringify(`${host}:${monitorPort}`)}`,
         jetstream ? `jetstream { store_dir: ${JSON.stringify(join(dir, 'jetstream'))} }` : '',
+        ...natsAuthorization(cluster, creds),
         '',
       ];
       await writeFile(conf, lines.join('\n'), { mode: 0o600 });
     },
     async probe(signal) {
-      const nc = await connect({ servers: natsUrl(cluster), timeout: 1500, reconnect: false, maxReconnectAttempts: 0 });
+      const nc = await connect({ servers: natsUrl(cluster), user: creds.natsUser, pass: creds.natsPassword, timeout: 1500, reconnect: false, maxReconnectAttempts: 0 });
       const onAbort = () => void nc.close();
       signal.addEventListener('abort', onAbort);
       try {

@@ -18,6 +18,8 @@ export interface SlurmAllocation {
   readonly nodes: readonly string[];
   /** Used when the file has no head.address. */
   readonly headAddress?: string | undefined;
+  /** Where other machines reach each node (Slurm's NodeAddr; `{host}`, health URLs); default its name. */
+  readonly addresses?: Readonly<Record<string, string>> | undefined;
   /** SLURM_GPUS_ON_NODE; the file's slurm.gpusPerNode wins. */
   readonly gpusPerNode?: number | undefined;
   /** A made-up allocation (validate, sbatch's checks): node names are placeholders. */
@@ -68,6 +70,23 @@ export function chooseHeadAddress(candidates: readonly AddressCandidate[], local
   const nic = local.find((l) => !l.internal && isIP(l.address) === 4);
   if (nic) return { address: nic.address, source: 'first non-loopback IPv4 address of this machine' };
   return { address: '127.0.0.1', source: 'fallback (no other address found)' };
+}
+
+/** Slurm's NodeAddr of each node, in one scontrol call; nodes it does not know are left out. */
+export async function nodeAddresses(nodes: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<Record<string, string>> {
+  const out = await execFileP('scontrol', ['-o', 'show', 'node', nodes.join(',')], { timeout: 10_000, env }).catch(() => null);
+  return parseNodeAddresses(out?.stdout ?? '');
+}
+
+/** `scontrol -o show node` lines → NodeName → NodeAddr. Pure. */
+export function parseNodeAddresses(text: string): Record<string, string> {
+  const map: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const name = /(?:^|\s)NodeName=(\S+)/.exec(line)?.[1];
+    const addr = /(?:^|\s)NodeAddr=(\S+)/.exec(line)?.[1];
+    if (name && addr) map[name] = addr;
+  }
+  return map;
 }
 
 /**

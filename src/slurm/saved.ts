@@ -18,7 +18,13 @@ export async function saveAllocation(cluster: ClusterConfig): Promise<void> {
   if (!a) return;
   const file = savedAllocationPath(cluster.stateDir);
   await mkdir(join(cluster.stateDir, 'run'), { recursive: true, mode: 0o700 });
-  const saved: SlurmAllocation = { jobId: a.jobId, nodes: a.nodes, headAddress: cluster.headAddress, gpusPerNode: cluster.nodes[0]?.gpus };
+  const saved: SlurmAllocation = {
+    jobId: a.jobId,
+    nodes: a.nodes,
+    headAddress: cluster.headAddress,
+    addresses: Object.fromEntries(cluster.nodes.map((n) => [n.name, n.address])),
+    gpusPerNode: cluster.nodes[0]?.gpus,
+  };
   await writeFile(`${file}.tmp`, `${JSON.stringify(saved)}\n`, { mode: 0o600 });
   await rename(`${file}.tmp`, file);
 }
@@ -37,6 +43,7 @@ export function readSavedAllocation(stateDir: string): SlurmAllocation | undefin
       nodes: a.nodes,
       headAddress: typeof a.headAddress === 'string' ? a.headAddress : undefined,
       gpusPerNode: typeof a.gpusPerNode === 'number' ? a.gpusPerNode : undefined,
+      addresses: a.addresses && typeof a.addresses === 'object' ? a.addresses : undefined,
     };
   } catch {
     return undefined;

@@ -24,8 +24,9 @@ export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: strin
   });
 }
 
-export function natsUrl(cluster: ClusterConfig): string {
-  return `nats://${hostPort(cluster.headAddress, cluster.nats.port)}`;
+export function natsUrl(cluster: ClusterConfig, auth?: { user: string; password: string }): string {
+  const who = auth ? `${encodeURIComponent(auth.user)}:${encodeURIComponent(auth.password)}@` : '';
+  return `nats://${who}${hostPort(cluster.headAddress, cluster.nats.port)}`;
 }
 export function etcdUrl(cluster: ClusterConfig): string {
   return `http://${hostPort(cluster.headAddress, cluster.etcd.port)}`;
@@ -37,9 +38,18 @@ function hostPort(host: string, port: number): string {
 /** Variables dynsup owns: a file's `env` cannot override these (the placement decides them). */
 const OWNED = ['DYNSUP_CLUSTER', 'DYNSUP_WORKER', 'DYNSUP_GROUP', 'DYNSUP_REPLICA_INDEX', 'DYNSUP_NODE', 'DYNSUP_PORT', 'CUDA_VISIBLE_DEVICES'];
 
-export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, host?: string): Record<string, string> {
+export function workerEnv(
+  cluster: ClusterConfig,
+  group: WorkerGroup,
+  replica: ReplicaPlan,
+  host?: string,
+  natsAuth?: { user: string; password: string },
+): Record<string, string> {
   const env: Record<string, string> = {
-    NATS_SERVER: natsUrl(cluster),
+    NATS_SERVER: natsUrl(cluster, natsAuth),
+    // CUDA numbers GPUs fastest-first by default; PCI order matches nvidia-smi's indices, which is what
+    // placement assigns. A file's env may still override it.
+    CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
     ETCD_ENDPOINTS: etcdUrl(cluster),
   };
   if (replica.port !== undefined) env.DYNSUP_PORT = String(replica.port);
@@ -56,12 +66,18 @@ export function workerEnv(cluster: ClusterConfig, group: WorkerGroup, replica: R
   return env;
 }
 
-export function buildLaunchSpec(cluster: ClusterConfig, group: WorkerGroup, replica: ReplicaPlan, node?: NodeConfig): LaunchSpec {
+export function buildLaunchSpec(
+  cluster: ClusterConfig,
+  group: WorkerGroup,
+  replica: ReplicaPlan,
+  node?: NodeConfig,
+  natsAuth?: { user: string; password: string },
+): LaunchSpec {
   const host = node?.address;
   return {
     replica: replica.name,
     argv: group.argv.map((a) => expandPlaceholders(a, replica, host)),
-    env: workerEnv(cluster, group, replica, host),
+    env: workerEnv(cluster, group, replica, host, natsAuth),
     unsetEnv: group.unsetEnv,
     cwd: group.cwd === undefined ? undefined : expandPlaceholders(group.cwd, replica, host),
     graceSeconds: Math.ceil(group.stop.graceMs / 1000),

@@ -240,7 +240,15 @@ export class Replica {
     const started = this.#now();
     let failures = 0;
     while (!signal.aborted) {
-      const ok = await h.probe(AbortSignal.any([signal, AbortSignal.timeout(h.timeoutMs)])).catch(() => false);
+      // An explicit timer, not AbortSignal.any([.., AbortSignal.timeout()]): on Node 20 a garbage-collected
+      // composite signal can fail to fire, and a probe of a hung worker would then wait forever.
+      const probeAbort = new AbortController();
+      const onStop = () => probeAbort.abort();
+      signal.addEventListener('abort', onStop, { once: true });
+      const timer = setTimeout(() => probeAbort.abort(), h.timeoutMs);
+      const ok = await h.probe(probeAbort.signal).catch(() => false);
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onStop);
       if (signal.aborted) return;
       if (ok) {
         failures = 0;

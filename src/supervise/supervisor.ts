@@ -10,6 +10,9 @@ import type { EventLogger } from '../logs/events.js';
 import { ReplicaLog, type LineListener } from '../logs/replica-log.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 import type { Transport } from '../transport/types.js';
+import type { Credentials } from '../control/credentials.js';
+import type { ReplicaLogStats } from '../logs/replica-log.js';
+import type { ReplicaPlan } from '../config/types.js';
 import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
 import { httpProbe } from './http-probe.js';
 import { Replica, type ReplicaEvent, type ReplicaStatus } from './replica.js';
@@ -26,6 +29,10 @@ export interface SupervisorOptions {
   readonly onChange?: (status: ReplicaStatus) => void;
   /** How long the control plane may take to become healthy. */
   readonly controlPlaneTimeoutMs?: number;
+  /** Cluster credentials (NATS authorization; handed to workers only with nats.workerCredentials). */
+  readonly credentials?: Credentials | undefined;
+  /** Runs once the control plane is healthy, before any node is contacted (leader election, control service). */
+  readonly onControlPlaneReady?: () => Promise<void>;
 }
 
 export interface ClusterStatus {
@@ -79,6 +86,7 @@ export class Supervisor {
     const { cluster, logger } = this.#o;
     try {
       await this.#startControlPlane();
+      await this.#o.onControlPlaneReady?.();
       const used = [...new Set(cluster.replicas.map((r) => r.node))];
       const nodes = cluster.nodes.filter((n) => used.includes(n.name));
       // Every node is reached in parallel, and all of them must answer before any worker starts.
@@ -94,7 +102,7 @@ export class Supervisor {
       this.#heartbeat = setInterval(() => void this.#beat(), Math.max(250, Math.floor(cluster.leaseMs / 4)));
       this.#heartbeat.unref();
 
-      for (const group of cluster.groups) this.#createReplicas(group);
+      for (const plan of cluster.replicas) this.#createReplica(plan);
       for (const group of cluster.groups) {
         await this.#waitForDependencies(group);
         if (this.#stopping) return;
@@ -135,7 +143,8 @@ export class Supervisor {
 
   async #startControlPlane(): Promise<void> {
     const { cluster, logger } = this.#o;
-    const specs = [cluster.nats.enabled ? natsService(cluster) : null, cluster.etcd.enabled ? etcdService(cluster) : null].filter(
+    const creds = this.#o.credentials ?? { natsUser: 'dynsup', natsPassword: 'unset' };
+    const specs = [cluster.nats.enabled ? natsService(cluster, creds) : null, cluster.etcd.enabled ? etcdService(cluster) : null].filter(
       (s): s is ServiceSpec => s !== null,
     );
     if (!specs.length) return;
@@ -167,40 +176,111 @@ export class Supervisor {
       replica.start();
     }
     const timeout = this.#o.controlPlaneTimeoutMs ?? 30_000;
-    const deadline = AbortSignal.any([AbortSignal.timeout(timeout), this.#stop.signal]);
+    const expire = new AbortController();
+    const timer = setTimeout(() => expire.abort(), timeout);
+    this.#stop.signal.addEventListener('abort', () => expire.abort(), { once: true });
+    const deadline = expire.signal;
     try {
       await Promise.all(this.#services.map((s) => s.replica.waitFor((r) => r.state === 'ready', deadline)));
     } catch {
+      clearTimeout(timer);
       const bad = this.#services.filter((s) => s.replica.state !== 'ready').map((s) => `${s.spec.name} (${s.replica.state}; see ${join(cluster.stateDir, 'logs', `${s.spec.name}.log`)})`);
       throw new DynsupError('E_CONTROL_PLANE', `control plane not healthy after ${timeout / 1000}s: ${bad.join(', ')}`);
     }
+    clearTimeout(timer);
     logger.info(`control plane ready: nats://${cluster.headAddress}:${cluster.nats.port}, http://${cluster.headAddress}:${cluster.etcd.port}`);
   }
 
-  #createReplicas(group: WorkerGroup): void {
+  #createReplica(plan: ReplicaPlan): Replica {
     const { cluster } = this.#o;
-    for (const plan of cluster.replicas.filter((r) => r.group === group.name)) {
-      const node = cluster.nodes.find((n) => n.name === plan.node)!;
-      const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`));
-      if (this.#o.onLine) log.onLine(this.#o.onLine);
-      this.#logs.push(log);
-      const h = group.health;
-      const replica = new Replica({
-        name: plan.name,
-        group: group.name,
-        node: plan.node,
-        gpus: plan.gpuIds,
-        transport: this.#transports.get(plan.node)!,
-        spec: () => buildLaunchSpec(cluster, group, plan, node),
-        restart: group.restart,
-        stop: group.stop,
-        health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
-        log,
-        onChange: this.#o.onChange,
-        onEvent: (name, ev) => this.#logEvent(name, ev),
-      });
-      this.#replicas.set(plan.name, replica);
+    const group = cluster.groups.find((g) => g.name === plan.group)!;
+    const node = cluster.nodes.find((n) => n.name === plan.node)!;
+    const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`));
+    if (this.#o.onLine) log.onLine(this.#o.onLine);
+    this.#logs.push(log);
+    const creds = this.#o.credentials;
+    const natsAuth = cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
+    const h = group.health;
+    const replica = new Replica({
+      name: plan.name,
+      group: group.name,
+      node: plan.node,
+      gpus: plan.gpuIds,
+      transport: this.#transports.get(plan.node)!,
+      spec: () => buildLaunchSpec(cluster, group, plan, node, natsAuth),
+      restart: group.restart,
+      stop: group.stop,
+      health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
+      log,
+      onChange: this.#o.onChange,
+      onEvent: (name, ev) => this.#logEvent(name, ev),
+    });
+    this.#replicas.set(plan.name, replica);
+    this.#plans.set(plan.name, plan);
+    return replica;
+  }
+
+  readonly #plans = new Map<string, ReplicaPlan>();
+
+  /** Log counters per replica (lines, bytes, write errors), for /metrics. */
+  logStats(): Map<string, ReplicaLogStats> {
+    return new Map(this.#logs.map((l) => [l.replica, l.stats]));
+  }
+
+  /**
+   * Change a group's replica count. New replicas are placed by the same rules (first candidate node with
+   * enough free GPUs, lowest free indices); if they do not all fit, nothing changes (E_USAGE, exit 2).
+   * Removing stops the highest-numbered replicas.
+   */
+  async scale(groupName: string, count: number): Promise<{ added: string[]; removed: string[] }> {
+    const { cluster } = this.#o;
+    const group = cluster.groups.find((g) => g.name === groupName);
+    if (!group) throw new DynsupError('E_USAGE', `no worker group named '${groupName}' (groups: ${cluster.groups.map((g) => g.name).join(', ')})`);
+    if (!Number.isInteger(count) || count < 0 || count > 1024) throw new DynsupError('E_USAGE', `replica count must be a whole number 0-1024, got ${count}`);
+    const current = [...this.#plans.values()].filter((p) => p.group === groupName).sort((a, b) => a.index - b.index);
+    if (count < current.length) {
+      const gone = current.slice(count);
+      await Promise.all(gone.map((p) => this.#replicas.get(p.name)!.stop('scaled down')));
+      for (const p of gone) {
+        this.#replicas.delete(p.name);
+        this.#plans.delete(p.name);
+      }
+      return { added: [], removed: gone.map((p) => p.name) };
     }
+    const used = new Map<string, Set<number>>();
+    for (const p of this.#plans.values()) for (const g of p.gpuIds) (used.get(p.node) ?? used.set(p.node, new Set()).get(p.node)!).add(g);
+    const candidates = group.nodes.length ? group.nodes : cluster.nodes.map((n) => n.name);
+    const plans: ReplicaPlan[] = [];
+    const nextIndex = current.length ? current[current.length - 1]!.index + 1 : 0;
+    for (let i = 0; i < count - current.length; i++) {
+      const index = nextIndex + i;
+      const node = candidates.find((n) => {
+        const total = cluster.nodes.find((x) => x.name === n)?.gpus ?? 0;
+        return total - (used.get(n)?.size ?? 0) >= group.gpus;
+      });
+      if (node === undefined) {
+        throw new DynsupError(
+          'E_USAGE',
+          `cannot scale ${groupName} to ${count}: not enough free GPUs for replica ${groupName}-${index} (${group.gpus} per replica; ` +
+            `${candidates.map((n) => `${n}: ${(cluster.nodes.find((x) => x.name === n)?.gpus ?? 0) - (used.get(n)?.size ?? 0)} free`).join(', ')})`,
+        );
+      }
+      const total = cluster.nodes.find((x) => x.name === node)!.gpus;
+      const taken = used.get(node) ?? used.set(node, new Set()).get(node)!;
+      const gpuIds = Array.from({ length: total }, (_, g) => g).filter((g) => !taken.has(g)).slice(0, group.gpus);
+      for (const g of gpuIds) taken.add(g);
+      plans.push({ name: `${groupName}-${index}`, group: groupName, index, node, gpuIds, port: group.port === undefined ? undefined : group.port + index });
+    }
+    for (const p of plans) {
+      if (!this.#transports.has(p.node)) {
+        const n = cluster.nodes.find((x) => x.name === p.node)!;
+        const t = this.#o.transports(n);
+        this.#transports.set(n.name, t);
+        await t.connect(this.#stop.signal);
+      }
+    }
+    for (const p of plans) this.#createReplica(p).start();
+    return { added: plans.map((p) => p.name), removed: [] };
   }
 
   async #waitForDependencies(group: WorkerGroup): Promise<void> {

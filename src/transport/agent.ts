@@ -20,6 +20,8 @@ export interface AgentOptions {
   readonly leaseSeconds: number;
   /** pipe mode: the agent stops its worker as soon as this pid (the supervisor) is gone. */
   readonly watchPid?: number | undefined;
+  /** spool mode: the file output is appended to (default RUNDIR/NAME.out). */
+  readonly spoolFile?: string | undefined;
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -35,6 +37,7 @@ export function renderSpec(spec: LaunchSpec, opts: AgentOptions): string {
     `A_WATCH_PID=${opts.watchPid ?? ''}`,
     `A_UNSET=${shellQuote(spec.unsetEnv.join(' '))}`,
     `A_CWD=${shellQuote(spec.cwd ?? '')}`,
+    `A_OUT=${shellQuote(opts.spoolFile ?? '')}`,
     'a_env() {',
     '  :',
     ...Object.entries(spec.env).map(([k, v]) => {

@@ -22,7 +22,7 @@ export type NoticeSink = (level: 'info' | 'warn' | 'error', message: string) => 
 export function createTransport(cluster: ClusterConfig, node: NodeConfig, onNotice?: NoticeSink): Transport {
   switch (node.transport) {
     case 'local':
-      return new LocalTransport({ node: node.name, runDir: localRunDir(cluster, node.name), leaseMs: cluster.leaseMs });
+      return new LocalTransport({ node: node.name, runDir: localRunDir(cluster, node.name), leaseMs: cluster.leaseMs, ...(node.name === 'controlplane' ? { watchSupervisor: false, logDir: join(cluster.stateDir, 'logs') } : {}) });
     case 'ssh':
       return new SshTransport({ node, cluster: cluster.name, leaseMs: cluster.leaseMs, onNotice });
     case 'srun':

@@ -16,6 +16,17 @@ export interface LocalTransportOptions {
   /** Runtime files (spec, pid, exit, heartbeat) for this node's replicas. */
   readonly runDir: string;
   readonly leaseMs: number;
+  /**
+   * Stop the workers the moment the supervisor process is gone (default). The control plane sets this
+   * to false: NATS and etcd then outlive a crashed supervisor for the lease, so `status` can still read
+   * the last known state from etcd.
+   */
+  readonly watchSupervisor?: boolean;
+  /**
+   * Append output straight to <logDir>/<replica>.log instead of piping it through the supervisor (the
+   * control plane: NATS and etcd must not die of SIGPIPE, nor lose lines, when the supervisor is gone).
+   */
+  readonly logDir?: string | undefined;
 }
 
 export class LocalTransport implements Transport {
@@ -23,11 +34,15 @@ export class LocalTransport implements Transport {
   readonly node: string;
   readonly #runDir: string;
   readonly #leaseMs: number;
+  readonly #watch: boolean;
+  readonly #logDir: string | undefined;
 
   constructor(opts: LocalTransportOptions) {
     this.node = opts.node;
     this.#runDir = opts.runDir;
     this.#leaseMs = opts.leaseMs;
+    this.#watch = opts.watchSupervisor ?? true;
+    this.#logDir = opts.logDir;
   }
 
   async connect(): Promise<void> {
@@ -42,7 +57,13 @@ export class LocalTransport implements Transport {
   }
 
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<WorkerProcess> {
-    await writeFile(join(this.#runDir, `${spec.replica}.spec`), renderSpec(spec, { mode: 'pipe', leaseSeconds: this.#leaseMs / 1000, watchPid: process.pid }), {
+    if (this.#logDir) await mkdir(this.#logDir, { recursive: true });
+    await writeFile(join(this.#runDir, `${spec.replica}.spec`), renderSpec(spec, {
+        mode: this.#logDir ? 'spool' : 'pipe',
+        spoolFile: this.#logDir ? join(this.#logDir, `${spec.replica}.log`) : undefined,
+        leaseSeconds: this.#leaseMs / 1000,
+        watchPid: this.#watch ? process.pid : undefined,
+      }), {
       mode: 0o600,
     });
     await rm(join(this.#runDir, `${spec.replica}.exit`), { force: true });

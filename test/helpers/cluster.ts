@@ -70,6 +70,7 @@ export interface TempCluster {
   file: string;
   natsPort: number;
   etcdPort: number;
+  metricsPort: number;
 }
 
 /**
@@ -78,12 +79,13 @@ export interface TempCluster {
  */
 export async function tempCluster(body: string, opts: { name?: string; controlPlane?: boolean; address?: string } = {}): Promise<TempCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'dynsup-test-'));
-  const [natsPort, monitorPort, etcdPort, peerPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const [natsPort, monitorPort, etcdPort, peerPort, metricsPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
   const cp = opts.controlPlane ?? false;
   const yaml = `name: ${opts.name ?? 'test'}
 head: { address: ${opts.address ?? '127.0.0.1'} }
 stateDir: ./state
 lease: 10s
+metrics: { port: ${metricsPort} }
 controlPlane:
   nats: { enabled: ${cp}, port: ${natsPort}, monitorPort: ${monitorPort} }
   etcd: { enabled: ${cp}, port: ${etcdPort}, peerPort: ${peerPort} }
@@ -91,7 +93,7 @@ ${body.replaceAll('DIR', dir).replaceAll('NATS_PORT', String(natsPort)).replaceA
 `;
   const file = join(dir, 'cluster.yaml');
   writeFileSync(file, yaml);
-  return { dir, file, natsPort, etcdPort };
+  return { dir, file, natsPort, etcdPort, metricsPort };
 }
 
 export interface StatusJson {

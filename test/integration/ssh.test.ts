@@ -29,7 +29,7 @@ interface Made {
 async function make(opts: { lease: string; nodes?: string; workers?: string; knownHosts?: string; controlPlane?: boolean }): Promise<Made> {
   const dir = mkdtempSync(join(tmpdir(), 'dynsup-ssh-'));
   const name = `s${Math.random().toString(36).slice(2, 8)}`;
-  const [n, m, e, p] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const [n, m, e, p, mp] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(lab.head)]);
   const kh = opts.knownHosts ?? lab.knownHosts;
   const nodes =
     opts.nodes ??
@@ -40,6 +40,7 @@ async function make(opts: { lease: string; nodes?: string; workers?: string; kno
 head: { address: ${lab.head} }
 stateDir: ${dir}/state
 lease: ${opts.lease}
+metrics: { port: ${mp} }
 controlPlane:
   nats: { enabled: ${opts.controlPlane ?? true}, port: ${n}, monitorPort: ${m} }
   etcd: { enabled: ${opts.controlPlane ?? true}, port: ${e}, peerPort: ${p} }

@@ -62,8 +62,9 @@ describe('good cluster files', () => {
       headAddress: '127.0.0.1',
       stateDir: join(goodDir, '.dynsup/minimal'),
       leaseMs: 30_000,
-      nats: { enabled: true, binary: 'nats-server', args: [], port: 4222, monitorPort: 8222, jetstream: true },
+      nats: { enabled: true, binary: 'nats-server', args: [], port: 4222, monitorPort: 8222, jetstream: true, workerCredentials: false },
       etcd: { enabled: true, binary: 'etcd', args: [], port: 2379, peerPort: 2380 },
+      metrics: { enabled: true, port: 9464 },
       nodes: [{ name: 'local', transport: 'local', gpus: 0, address: '127.0.0.1', setup: [], runDir: undefined, ssh: undefined }],
       groups: [
         {
@@ -315,7 +316,7 @@ describe('good cluster files', () => {
     expect(c.headAddress).toBe('fd00::1');
     expect(natsUrl(c)).toBe('nats://[fd00::1]:4333');
     expect(etcdUrl(c)).toBe('http://[fd00::1]:2479');
-    expect(c.nats).toEqual({ enabled: true, binary: 'nats-server', args: ['--debug'], port: 4333, monitorPort: 8333, jetstream: false });
+    expect(c.nats).toEqual({ enabled: true, binary: 'nats-server', args: ['--debug'], port: 4333, monitorPort: 8333, jetstream: false, workerCredentials: false });
     expect(c.etcd).toEqual({ enabled: true, binary: '/opt/etcd/bin/etcd', args: [], port: 2479, peerPort: 2480 });
     expect(c.nodes.map((n) => [n.name, n.address])).toEqual([
       ['head', 'fd00::1'],

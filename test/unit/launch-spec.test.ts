@@ -37,6 +37,7 @@ describe('workerEnv', () => {
     expect(workerEnv(cluster(), group(), replica())).toEqual({
       NATS_SERVER: 'nats://10.0.0.1:4222',
       ETCD_ENDPOINTS: 'http://10.0.0.1:2379',
+      CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
       DYNSUP_CLUSTER: 'demo',
       DYNSUP_WORKER: 'decode-1',
       DYNSUP_GROUP: 'decode',
@@ -156,6 +157,7 @@ describe('buildLaunchSpec', () => {
       env: {
         NATS_SERVER: 'nats://10.0.0.1:4222',
         ETCD_ENDPOINTS: 'http://10.0.0.1:2379',
+      CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
         DYNSUP_PORT: '9001',
         LOG: '/logs/decode-1.log',
         DYNSUP_CLUSTER: 'demo',

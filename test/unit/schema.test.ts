@@ -163,7 +163,7 @@ describe('clusterJsonSchema', () => {
 
   it('mentions every top-level key, requiring name, head, nodes (unless slurm) and workers', () => {
     expect(keysOf(schema)).toEqual(Object.keys(clusterSchema.shape).sort());
-    expect(keysOf(schema)).toEqual(['$schema', 'controlPlane', 'defaults', 'head', 'lease', 'name', 'nodes', 'slurm', 'stateDir', 'workers']);
+    expect(keysOf(schema)).toEqual(['$schema', 'controlPlane', 'defaults', 'head', 'lease', 'metrics', 'name', 'nodes', 'slurm', 'stateDir', 'workers']);
     expect([...(schema['required'] as string[])].sort()).toEqual(['name', 'workers']);
     // head (with its address) and nodes are required unless the file has a slurm: section (the allocation supplies them).
     expect(schema['if']).toEqual({ not: { properties: { slurm: true }, required: ['slurm'] } });
@@ -175,7 +175,7 @@ describe('clusterJsonSchema', () => {
     expect(keysOf(prop(schema, 'workers', '*'))).toEqual(Object.keys(workerSchema.shape).sort());
     expect(keysOf(prop(schema, 'defaults'))).toEqual(Object.keys(defaultsSchema.shape).sort());
     expect(keysOf(prop(schema, 'controlPlane'))).toEqual(['etcd', 'nats']);
-    expect(keysOf(prop(schema, 'controlPlane', 'nats'))).toEqual(['args', 'binary', 'enabled', 'jetstream', 'monitorPort', 'port']);
+    expect(keysOf(prop(schema, 'controlPlane', 'nats'))).toEqual(['args', 'binary', 'enabled', 'jetstream', 'monitorPort', 'port', 'workerCredentials']);
     expect(keysOf(prop(schema, 'controlPlane', 'etcd'))).toEqual(['args', 'binary', 'enabled', 'peerPort', 'port']);
     for (const p of [['head'], ['nodes', '*'], ['workers', '*'], ['defaults'], ['workers', '*', 'restart'], ['workers', '*', 'stop'], ['workers', '*', 'health']]) {
       expect((prop(schema, ...p) as Obj)['additionalProperties'], p.join('.')).toBe(false);

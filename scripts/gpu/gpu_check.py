@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""The checks of scripts/gpu-check.sh (which sets up node, nats-server and etcd first, then runs this).
+
+Brings up clusters/gpu-local.yaml with `dynsup up -d` and checks with nvidia-smi, from the outside:
+  1. pinning    every replica's processes (its process group: pgid == the replica's pid) run on exactly
+                the GPUs dynsup assigned it (CUDA_VISIBLE_DEVICES, with CUDA_DEVICE_ORDER=PCI_BUS_ID, is
+                the nvidia-smi index), replicas without GPUs on none, and no two replicas share a GPU;
+                each worker registered in etcd the UUID of the GPU it saw, and heartbeats on NATS
+  2. kill -9    of one GPU replica: its compute process leaves nvidia-smi and the GPU's used memory
+                drops; dynsup restarts it, and the replacement is on the same GPU; the others are untouched
+  3. down       leaves no compute process, all GPU memory back to what it was before, no process left
+  4. kill -9 of the supervisor (after a second `up -d`): the node agents stop the workers by themselves
+                (lease / supervisor-pid watch), GPUs freed; `dynsup status` says not running; `down` cleans up
+
+Prints a table per phase (replica, pid, assigned GPU, observed GPU, memory MiB, result) and PASS/FAIL per
+check; exit 0 only if every check passes. Writes gpu-check.txt, gpu-check.json and the cluster's logs
+(gpu-check-logs.tar.gz) to $OUT when it is set.
+
+GPU_CHECK_FAKE=1: no GPU needed: nvidia-smi is replaced by the processes' own CUDA_VISIBLE_DEVICES and
+RSS (workers run on the CPU), so the dynsup side of every check runs anywhere.
+Other knobs: GPU_CHECK_GPUS (use this many GPUs, default all), GPU_CHECK_KV_GIB (KV cache per worker,
+default 4), GPU_CHECK_UP_TIMEOUT (seconds, default 300).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = "clusters/gpu-local.yaml"
+FAKE = os.environ.get("GPU_CHECK_FAKE", "") == "1"
+OUT = os.environ.get("OUT") or ""
+UP_TIMEOUT = int(os.environ.get("GPU_CHECK_UP_TIMEOUT") or 300)
+LEASE_S = 10  # clusters/gpu-local.yaml `lease:`
+FRONTEND = "http://127.0.0.1:8100"
+
+T0 = time.monotonic()
+transcript: list[str] = []
+checks: list[dict] = []
+tables: list[dict] = []
+facts: dict = {"fake": FAKE}
+
+
+def say(msg: str = "") -> None:
+    line = msg if not msg or msg.startswith("  ") or msg.startswith("|") else f"[{time.monotonic() - T0:6.1f}s] {msg}"
+    print(line, flush=True)
+    transcript.append(line)
+
+
+def check(name: str, ok: bool, detail: str) -> bool:
+    checks.append({"check": name, "result": "PASS" if ok else "FAIL", "detail": detail})
+    say(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    return ok
+
+
+def render(headers: list[str], rows: list[list[str]]) -> list[str]:
+    w = [max(len(h), *(len(str(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    fmt = lambda cells: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)) + " |"  # noqa: E731
+    return [fmt(headers), "|" + "|".join("-" * (x + 2) for x in w) + "|", *(fmt(r) for r in rows)]
+
+
+def table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    tables.append({"title": title, "headers": headers, "rows": rows})
+    say(title)
+    for line in render(headers, rows):
+        say(line)
+
+
+# --------------------------------------------------------------------------------------------------
+# dynsup
+
+
+def env_for_cluster(n_gpus: int) -> dict:
+    """Fill the file's ${...}: one GPU per replica, prefill gets the odd one; 1 GPU: decode on the CPU."""
+    e = dict(os.environ)
+    e.update(
+        GPUS=str(n_gpus),
+        PREFILL_REPLICAS=str(max(1, (n_gpus + 1) // 2)),
+        DECODE_REPLICAS=str(max(1, n_gpus // 2)),
+        PREFILL_GPUS="1",
+        DECODE_GPUS="1" if n_gpus >= 2 else "0",
+        DEMO_ALLOW_CPU="1" if (FAKE or n_gpus < 2) else "0",
+        DEMO_KV_GIB=os.environ.get("GPU_CHECK_KV_GIB") or "4",
+        DEMO_REPORT_EVERY="3",
+    )
+    return e
+
+
+DYN_ENV: dict = dict(os.environ)
+
+
+def dynsup(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["node", "bin/dynsup.js", *args], cwd=REPO, env=DYN_ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(e.cmd, 124, e.stdout or "", f"timed out after {timeout}s")
+
+
+def status() -> dict:
+    r = dynsup("status", CLUSTER, "--json", timeout=30)
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return {"running": False, "replicas": [], "error": (r.stderr or r.stdout)[-500:]}
+
+
+def replicas(st: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in st.get("replicas", [])}
+
+
+def wait_ready(timeout: float, want_pids_not: dict[str, int] | None = None) -> dict:
+    """Poll status until every replica is ready (and, for names in want_pids_not, has a new pid)."""
+    end = time.monotonic() + timeout
+    st: dict = {}
+    while time.monotonic() < end:
+        st = status()
+        reps = replicas(st)
+        if reps and all(r["state"] == "ready" and r.get("pid") for r in reps.values()):
+            if not want_pids_not or all(reps[n]["pid"] != p for n, p in want_pids_not.items()):
+                return st
+        time.sleep(0.5)
+    return st
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes and GPUs
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, pgid) of a live process, None if gone."""
+    try:
+        s = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = s[s.rindex(") ") + 2 :].split()
+    return f[0], int(f[2])
+
+
+def pgid(pid: int) -> int | None:
+    st = proc_stat(pid)
+    return None if st is None or st[0] == "Z" else st[1]
+
+
+def proc_env(pid: int) -> dict:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def leftovers() -> list[str]:
+    """Processes of this cluster still alive: workers, agents, the supervisor, nats/etcd of gpu-local."""
+    out = []
+    state_dir = str(REPO / "clusters/.state/gpu-local")
+    me = os.getpid()
+    for pid in all_pids():
+        if pid == me:
+            continue
+        st = proc_stat(pid)
+        if st is None or st[0] == "Z":
+            continue
+        c = cmdline(pid)
+        if ("scripts/gpu/demo_worker.py" in c or "scripts/gpu/frontend.py" in c or ("node-agent.sh" in c and "gpu-local" in c)
+                or (CLUSTER in c and "bin/dynsup.js" in c and " up " in f" {c} ") or state_dir in c):
+            out.append(f"{pid}:{c[:100]}")
+    return out
+
+
+class Smi:
+    """nvidia-smi, or (FAKE) the same answers derived from the demo workers' own env and RSS."""
+
+    def __init__(self, n_fake: int):
+        self.n_fake = n_fake
+
+    def gpus(self) -> list[dict]:
+        if FAKE:
+            used = {i: 0 for i in range(self.n_fake)}
+            for a in self.apps():
+                used[a["index"]] = used.get(a["index"], 0) + a["used"]
+            return [{"index": i, "uuid": f"GPU-fake-{i}", "name": "fake GPU (CPU)", "used": used[i], "total": 0} for i in range(self.n_fake)]
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.used,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        gs = []
+        for line in out.strip().splitlines():
+            i, uuid, name, used, total = [x.strip() for x in line.split(",")]
+            gs.append({"index": int(i), "uuid": uuid, "name": name, "used": num(used), "total": num(total)})
+        return gs
+
+    def apps(self) -> list[dict]:
+        if FAKE:
+            apps = []
+            for pid in all_pids():
+                if "scripts/gpu/demo_worker.py" not in cmdline(pid) or pgid(pid) is None:
+                    continue
+                cvd = proc_env(pid).get("CUDA_VISIBLE_DEVICES", "")
+                if not cvd:
+                    continue
+                try:
+                    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+                except (OSError, IndexError):
+                    continue
+                idx = int(cvd.split(",")[0])
+                apps.append({"pid": pid, "uuid": f"GPU-fake-{idx}", "index": idx, "used": rss})
+            return apps
+        by_uuid = {g["uuid"]: g["index"] for g in self.gpus()}
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        apps = []
+        for line in out.strip().splitlines():
+            if not line.strip() or "No running" in line:
+                continue
+            pid, uuid, used = [x.strip() for x in line.split(",")]
+            apps.append({"pid": int(pid), "uuid": uuid, "index": by_uuid.get(uuid, -1), "used": num(used)})
+        return apps
+
+    def raw_apps(self) -> str:
+        if FAKE:
+            return "\n".join(f"{a['pid']}, {a['uuid']}, {a['used']} MiB (fake: RSS)" for a in self.apps())
+        return subprocess.run(["nvidia-smi", "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def num(s: str) -> int:
+    try:
+        return int(float(s))
+    except ValueError:
+        return 0
+
+
+def observe(smi: Smi, reps: dict[str, dict]) -> dict[str, dict]:
+    """Per replica: the GPU indices its process group is on and the memory it uses there."""
+    apps = smi.apps()
+    obs = {n: {"gpus": set(), "used": 0, "pids": set()} for n in reps}
+    owner = {r["pid"]: n for n, r in reps.items() if r.get("pid")}
+    for a in apps:
+        g = pgid(a["pid"])
+        n = owner.get(g) or owner.get(a["pid"])
+        if n:
+            obs[n]["gpus"].add(a["index"])
+            obs[n]["used"] += a["used"]
+            obs[n]["pids"].add(a["pid"])
+    return obs
+
+
+def fmt_gpus(g) -> str:
+    return ",".join(str(x) for x in sorted(g)) if g else "-"
+
+
+def wait_on_gpus(smi: Smi, timeout: float) -> tuple[dict, dict]:
+    """Until every replica with GPUs shows up in nvidia-smi (a ready worker has allocated; this is a margin)."""
+    end = time.monotonic() + timeout
+    while True:
+        reps = replicas(status())
+        obs = observe(smi, reps)
+        if all(obs[n]["gpus"] or not r["gpus"] for n, r in reps.items()) or time.monotonic() > end:
+            return reps, obs
+        time.sleep(0.5)
+
+
+def frontend_workers() -> dict:
+    try:
+        with urllib.request.urlopen(f"{FRONTEND}/workers", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError) as e:
+        return {"error": str(e), "registered": {}, "heartbeats": {}}
+
+
+def last_stats_line(replica: str) -> str:
+    p = REPO / "clusters/.state/gpu-local/logs" / f"{replica}.log"
+    try:
+        lines = [ln for ln in p.read_text(errors="replace").splitlines() if "TFLOP/s" in ln or "tokens/s" in ln or " on cpu" in ln]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def pinning_phase(smi: Smi, gpus_by_index: dict, title: str) -> tuple[dict, dict, bool]:
+    reps, obs = wait_on_gpus(smi, 60)
+    rows, ok_pin, seen = [], True, {}
+    for n, r in reps.items():
+        o = obs[n]
+        env_cvd = proc_env(r["pid"]).get("CUDA_VISIBLE_DEVICES", "?") if r.get("pid") else "?"
+        assigned = set(r["gpus"])
+        good = o["gpus"] == assigned and env_cvd == ",".join(str(g) for g in r["gpus"])
+        ok_pin &= good
+        for g in o["gpus"]:
+            seen.setdefault(g, []).append(n)
+        rows.append([n, str(r.get("pid")), r["state"], env_cvd or '""', fmt_gpus(assigned), fmt_gpus(o["gpus"]),
+                     str(o["used"]) if o["gpus"] else "-", "PASS" if good else "FAIL"])
+    table(title, ["replica", "pid", "state", "CUDA_VISIBLE_DEVICES", "assigned GPU", "observed GPU", "memory MiB", "result"], rows)
+    shared = {g: ns for g, ns in seen.items() if len(ns) > 1}
+    return reps, obs, ok_pin and not shared
+
+
+def main() -> int:
+    global DYN_ENV
+    os.chdir(REPO)
+    say(f"dynsup GPU check ({'FAKE: no GPU, workers on the CPU' if FAKE else 'nvidia-smi'}) in {REPO}")
+    n_fake = int(os.environ.get("GPU_CHECK_GPUS") or 2)
+    smi = Smi(n_fake)
+    try:
+        gpus = smi.gpus()
+    except (OSError, subprocess.SubprocessError) as e:
+        say(f"nvidia-smi failed: {e} (GPU_CHECK_FAKE=1 runs without a GPU)")
+        return 2
+    if os.environ.get("GPU_CHECK_GPUS"):
+        gpus = gpus[: int(os.environ["GPU_CHECK_GPUS"])]
+    n = len(gpus)
+    if n == 0:
+        say("no GPU found")
+        return 2
+    by_index = {g["index"]: g for g in gpus}
+    facts.update(gpus=gpus, n_gpus=n, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    if not FAKE:
+        drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+        facts["driver"] = drv
+    table("GPUs", ["index", "name", "uuid", "memory used MiB", "total MiB"],
+          [[str(g["index"]), g["name"], g["uuid"], str(g["used"]), str(g["total"])] for g in gpus])
+    baseline_used = {g["index"]: g["used"] for g in gpus}
+    baseline_apps = {a["pid"] for a in smi.apps()}
+    if baseline_apps:
+        say(f"note: compute processes before we start (ignored): {sorted(baseline_apps)}")
+    DYN_ENV = env_for_cluster(n)
+    layout = {k: DYN_ENV[k] for k in ("GPUS", "PREFILL_REPLICAS", "DECODE_REPLICAS", "PREFILL_GPUS", "DECODE_GPUS", "DEMO_ALLOW_CPU", "DEMO_KV_GIB")}
+    facts["layout"] = layout
+    say("layout: " + " ".join(f"{k}={v}" for k, v in layout.items()))
+    if n < 2:
+        say("only 1 GPU: prefill-0 gets GPU 0, decode-0 gets no GPU (empty CUDA_VISIBLE_DEVICES) and runs on the CPU")
+
+    dynsup("down", CLUSTER, timeout=120)  # anything a previous run left
+    v = dynsup("validate", CLUSTER)
+    for line in (v.stdout + v.stderr).strip().splitlines():
+        say(f"  {line}")
+    if v.returncode != 0:
+        check("validate", False, "dynsup validate failed")
+        return finish()
+
+    def gpu_used(i: int) -> int:
+        return next((g["used"] for g in smi.gpus() if g["index"] == i), 0)
+
+    def mem_back_to_baseline(tol: int = 256) -> tuple[bool, str]:
+        now = {g["index"]: g["used"] for g in smi.gpus()}
+        ok = all(now[i] <= baseline_used.get(i, 0) + tol for i in now)
+        return ok, ", ".join(f"GPU{i} {now[i]} MiB (before {baseline_used.get(i, 0)})" for i in sorted(now))
+
+    def our_apps() -> list[dict]:
+        return [a for a in smi.apps() if a["pid"] not in baseline_apps]
+
+    try:
+        # ---------------------------------------------------------------- 1. up + pinning
+        say(f"dynsup up -d {CLUSTER}")
+        t = time.monotonic()
+        r = dynsup("up", CLUSTER, "-d", "--timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 30)
+        up_s = time.monotonic() - t
+        for line in (r.stdout + r.stderr).strip().splitlines()[-15:]:
+            say(f"  {line}")
+        st = wait_ready(60) if r.returncode == 0 else status()
+        reps = replicas(st)
+        if not check("up", r.returncode == 0 and bool(reps) and all(x["state"] == "ready" for x in reps.values()),
+                     f"`dynsup up -d` exit {r.returncode} after {up_s:.1f}s; states: " + ", ".join(f"{k}={x['state']}" for k, x in reps.items())):
+            return finish()
+        reps, obs, ok = pinning_phase(smi, by_index, "after `up -d`: where each replica runs")
+        raw = smi.raw_apps()
+        say("nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv")
+        for line in raw.splitlines():
+            say(f"  {line}")
+        facts["compute_apps_after_up"] = raw
+        gpu_reps = {k: x for k, x in reps.items() if x["gpus"]}
+        shared = [g for g in by_index if sum(g in o["gpus"] for o in obs.values()) > 1]
+        check("pinning", ok, f"{len(gpu_reps)} GPU replicas each on exactly its assigned GPU, {len(reps) - len(gpu_reps)} without GPU on none"
+              + (f"; shared GPUs {shared}" if shared else "; no GPU shared"))
+
+        # control plane: every GPU worker registered the UUID of the GPU it saw, and heartbeats.
+        time.sleep(2.5)
+        fw = frontend_workers()
+        bad = []
+        for k, x in reps.items():
+            if x["group"] == "frontend":
+                continue
+            reg = fw.get("registered", {}).get(f"{x['group']}/{k}")
+            hb = fw.get("heartbeats", {}).get(k)
+            want = by_index[x["gpus"][0]]["uuid"] if x["gpus"] else None
+            if not reg:
+                bad.append(f"{k} not registered in etcd")
+            elif x["gpus"] and not FAKE and reg.get("gpu_uuid") != want:
+                bad.append(f"{k} saw {reg.get('gpu_uuid')}, assigned {want}")
+            if not hb or hb.get("age_s", 99) > 6:
+                bad.append(f"{k} no fresh NATS heartbeat")
+        check("etcd+nats", not bad and "error" not in fw,
+              fw.get("error") or ("; ".join(bad) if bad else f"{len(fw.get('registered', {}))} workers registered in etcd" + ("" if FAKE else " with the UUID of their assigned GPU") + ", all heartbeating on NATS (seen by frontend-0)"))
+        perf = []
+        for k in reps:
+            line = last_stats_line(k)
+            if line:
+                perf.append([k, line.split(" ", 2)[-1].split(" {")[0][:110]])
+        if perf:
+            table("what the workers report (last stats line of each log)", ["replica", "log"], perf)
+        facts["worker_stats"] = perf
+
+        # ---------------------------------------------------------------- 2. kill -9 of a GPU replica
+        if gpu_reps:
+            victim = max(gpu_reps, key=lambda k: max(gpu_reps[k]["gpus"]))
+            vr = reps[victim]
+            gi = vr["gpus"][0]
+            old_pid, old_restarts = vr["pid"], vr["restarts"]
+            others = {k: x["pid"] for k, x in reps.items() if k != victim}
+            victim_pids = obs[victim]["pids"]
+            before = gpu_used(gi)
+            say(f"kill -9 {old_pid} ({victim}, GPU {gi}, {obs[victim]['used']} MiB; GPU {gi} used {before} MiB)")
+            t = time.monotonic()
+            os.kill(old_pid, signal.SIGKILL)
+            freed_s = None
+            min_used = before
+            gone_s = None
+            while time.monotonic() - t < 30:
+                apps = smi.apps()
+                u = sum(a["used"] for a in apps if a["index"] == gi) if FAKE else gpu_used(gi)
+                min_used = min(min_used, u)
+                if gone_s is None and not (victim_pids & {a["pid"] for a in apps}):
+                    gone_s = time.monotonic() - t
+                if gone_s is not None and before - min_used >= 0.8 * max(1, obs[victim]["used"]):
+                    freed_s = time.monotonic() - t
+                    break
+                time.sleep(0.1)
+            check("kill -9 frees the GPU", freed_s is not None,
+                  f"{victim}'s process left nvidia-smi after {gone_s if gone_s is None else round(gone_s, 2)}s; GPU {gi} used {before} -> {min_used} MiB"
+                  + (f" within {freed_s:.2f}s" if freed_s is not None else " (did not drop by the worker's share within 30s)"))
+            st = wait_ready(120, {victim: old_pid})
+            reps2 = replicas(st)
+            reps2, obs2 = wait_on_gpus(smi, 60)
+            nv = reps2.get(victim, {})
+            back_s = time.monotonic() - t
+            same = obs2.get(victim, {}).get("gpus") == set(vr["gpus"]) and nv.get("pid") not in (None, old_pid)
+            untouched = all(reps2.get(k, {}).get("pid") == p for k, p in others.items())
+            rows = [[victim, f"{old_pid} -> {nv.get('pid')}", nv.get("state", "?"), str(nv.get("restarts")), fmt_gpus(vr["gpus"]),
+                     fmt_gpus(obs2.get(victim, {}).get("gpus")), str(obs2.get(victim, {}).get("used", "-")), "PASS" if same else "FAIL"]]
+            for k, p in others.items():
+                x = reps2.get(k, {})
+                rows.append([k, str(x.get("pid")), x.get("state", "?"), str(x.get("restarts")), fmt_gpus(x.get("gpus", [])),
+                             fmt_gpus(obs2.get(k, {}).get("gpus")), str(obs2.get(k, {}).get("used", "-")) if obs2.get(k, {}).get("gpus") else "-",
+                             "PASS" if x.get("pid") == p else "FAIL"])
+            table(f"after `kill -9` of {victim}: restarted, same GPU", ["replica", "pid", "state", "restarts", "assigned GPU", "observed GPU", "memory MiB", "result"], rows)
+            check("restart on the same GPU", same and untouched and nv.get("restarts", 0) > old_restarts,
+                  f"{victim} back as pid {nv.get('pid')} (restarts {old_restarts} -> {nv.get('restarts')}) on GPU {fmt_gpus(obs2.get(victim, {}).get('gpus'))} "
+                  f"{back_s:.1f}s after the kill; other replicas {'untouched' if untouched else 'CHANGED'}")
+        else:
+            check("kill -9 frees the GPU", False, "no replica has a GPU")
+
+        # ---------------------------------------------------------------- 3. down
+        t = time.monotonic()
+        r = dynsup("down", CLUSTER, timeout=120)
+        down_s = time.monotonic() - t
+        end = time.monotonic() + 20
+        while time.monotonic() < end and (our_apps() or not mem_back_to_baseline()[0] or leftovers()):
+            time.sleep(0.25)
+        apps, (mem_ok, mem_txt), left = our_apps(), mem_back_to_baseline(), leftovers()
+        check("down frees everything", r.returncode == 0 and not apps and mem_ok and not left,
+              f"`dynsup down` exit {r.returncode} in {down_s:.1f}s; compute processes left: {len(apps)}; {mem_txt}; processes left: {left or 'none'}")
+
+        # ---------------------------------------------------------------- 4. kill -9 of the supervisor
+        say(f"dynsup up -d {CLUSTER} (again)")
+        r = dynsup("up", CLUSTER, "-d", "--timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 30)
+        st = wait_ready(60) if r.returncode == 0 else status()
+        reps, obs = wait_on_gpus(smi, 60)
+        sup = (st.get("supervisor") or {}).get("pid")
+        on_gpu = sum(1 for o in obs.values() if o["gpus"])
+        if not check("up again", r.returncode == 0 and bool(sup) and on_gpu == len(gpu_reps),
+                     f"exit {r.returncode}, supervisor pid {sup}, {on_gpu} replicas on GPUs"):
+            return finish()
+        pgids = {x["pid"] for x in reps.values() if x.get("pid")}
+        say(f"kill -9 {sup} (the supervisor); lease {LEASE_S}s")
+        t = time.monotonic()
+        os.kill(sup, signal.SIGKILL)
+        gone_s = None
+        while time.monotonic() - t < LEASE_S + 30:
+            alive = [p for p in all_pids() if pgid(p) in pgids]
+            if not alive and not our_apps() and mem_back_to_baseline()[0]:
+                gone_s = time.monotonic() - t
+                break
+            time.sleep(0.2)
+        apps, (mem_ok, mem_txt) = our_apps(), mem_back_to_baseline()
+        still = leftovers()
+        facts["left_after_supervisor_kill"] = still
+        say(f"left running after the supervisor's death (for `down` to clean): {still or 'nothing'}")
+        rows = []
+        for k, x in reps.items():
+            alive = [p for p in all_pids() if pgid(p) == x["pid"]]
+            o = observe(smi, {k: x})[k]
+            rows.append([k, str(x["pid"]), fmt_gpus(x["gpus"]), fmt_gpus(obs[k]["gpus"]), str(obs[k]["used"]) if obs[k]["gpus"] else "-",
+                         "gone" if not alive else f"ALIVE {alive}", fmt_gpus(o["gpus"]), "PASS" if not alive and not o["gpus"] else "FAIL"])
+        table(f"after `kill -9` of the supervisor (pid {sup})", ["replica", "pid", "assigned GPU", "observed GPU before", "memory MiB before",
+                                                                  "process group after", "observed GPU after", "result"], rows)
+        check("supervisor kill -9: workers stop", gone_s is not None and gone_s <= LEASE_S + 5,
+              (f"every replica's process group gone and GPU memory free {gone_s:.1f}s after the kill (lease {LEASE_S}s)" if gone_s is not None
+               else f"still there after {LEASE_S + 30}s: compute processes {len(apps)}; {mem_txt}"))
+        s = dynsup("status", CLUSTER)
+        check("status after supervisor death", s.returncode == 1 and "NOT running" in s.stdout, f"`dynsup status` exit {s.returncode}: {s.stdout.strip().splitlines()[0] if s.stdout.strip() else s.stderr.strip()[:200]}")
+        r = dynsup("down", CLUSTER, timeout=120)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and (our_apps() or leftovers()):
+            time.sleep(0.25)
+        apps, (mem_ok, mem_txt), left = our_apps(), mem_back_to_baseline(), leftovers()
+        check("down after supervisor death", r.returncode == 0 and not apps and mem_ok and not left,
+              f"exit {r.returncode}; compute processes {len(apps)}; {mem_txt}; processes left: {left or 'none'}")
+    finally:
+        if leftovers() or status().get("running"):
+            dynsup("down", CLUSTER, timeout=120)
+    return finish()
+
+
+def finish() -> int:
+    say("")
+    table("checks", ["check", "result", "detail"], [[c["check"], c["result"], c["detail"]] for c in checks])
+    failed = [c for c in checks if c["result"] != "PASS"]
+    say(f"{'PASS' if not failed and checks else 'FAIL'}: {len(checks) - len(failed)}/{len(checks)} checks passed in {time.monotonic() - T0:.0f}s")
+    if OUT:
+        out = Path(OUT)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu-check.txt").write_text("\n".join(transcript) + "\n")
+        (out / "gpu-check.json").write_text(json.dumps({"facts": facts, "checks": checks, "tables": tables}, indent=2, default=str))
+        logs = REPO / "clusters/.state/gpu-local/logs"
+        if logs.is_dir():
+            with tarfile.open(out / "gpu-check-logs.tar.gz", "w:gz") as tf:
+                tf.add(logs, arcname="gpu-local-logs")
+    return 0 if checks and not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

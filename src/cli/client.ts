@@ -1,0 +1,52 @@
+/**
+ * How a command reaches the supervisor: its local socket when it runs on this machine, otherwise NATS
+ * request/reply to the head (address from the file, or --head), with the cluster's credentials
+ * (<stateDir>/run/credentials.json, or --creds FILE).
+ */
+import { loadCluster } from '../config/load.js';
+import type { ClusterConfig } from '../config/types.js';
+import { credentialsPath, readCredentials, type Credentials } from '../control/credentials.js';
+import { readClusterState, type LeaderInfo } from '../control/etcd-state.js';
+import { liveSupervisor, runtimePaths, type LockInfo } from '../control/runtime-files.js';
+import { requestControl, type ControlRequest } from '../control/socket.js';
+import { requestOverNats } from '../control/nats-control.js';
+import { readSavedAllocation } from '../slurm/saved.js';
+import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
+import type { ReplicaStatus } from '../supervise/replica.js';
+import { DynsupError } from '../util/errors.js';
+import type { Flags } from './commands.js';
+
+export const CLIENT_OPTIONS = {
+  head: { type: 'string' },
+  creds: { type: 'string' },
+} as const;
+
+export interface Target {
+  readonly cluster: ClusterConfig;
+  /** The supervisor on this machine, if any. */
+  readonly local: LockInfo | null;
+}
+
+export async function target(file: string, flags: Flags): Promise<Target> {
+  let cluster = loadCluster(file, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
+  if (typeof flags.head === 'string') cluster = { ...cluster, headAddress: flags.head };
+  const local = typeof flags.head === 'string' ? null : await liveSupervisor(runtimePaths(cluster.stateDir));
+  return { cluster, local };
+}
+
+export async function credentials(t: Target, flags: Flags): Promise<Credentials> {
+  return readCredentials(typeof flags.creds === 'string' ? flags.creds : credentialsPath(t.cluster.stateDir));
+}
+
+/** Send a control request: local socket first, then NATS. */
+export async function control(t: Target, flags: Flags, req: ControlRequest, timeoutMs = 10 * 60_000): Promise<unknown> {
+  if (t.local) return requestControl(runtimePaths(t.cluster.stateDir).socket, req, timeoutMs);
+  if (!t.cluster.nats.enabled) throw new DynsupError('E_NOT_RUNNING', `cluster ${t.cluster.name} is not running on this machine (and NATS is disabled, so it cannot be reached remotely)`);
+  return requestOverNats(natsUrl(t.cluster), t.cluster.name, await credentials(t, flags), req, timeoutMs);
+}
+
+/** What etcd remembers of the cluster (when the supervisor does not answer). */
+export async function etcdSnapshot(t: Target): Promise<{ leader: LeaderInfo | null; replicas: ReplicaStatus[] } | null> {
+  if (!t.cluster.etcd.enabled) return null;
+  return readClusterState(etcdUrl(t.cluster), t.cluster.name);
+}

@@ -1,0 +1,63 @@
+/** Prometheus text exposition of the supervisor's state, served at http://<head.address>:<metrics.port>/metrics. */
+import { createServer, type Server } from 'node:http';
+import type { ReplicaLogStats } from '../logs/replica-log.js';
+import type { ReplicaState } from '../supervise/replica.js';
+import type { ClusterStatus } from '../supervise/supervisor.js';
+
+const STATES: readonly ReplicaState[] = ['pending', 'starting', 'running', 'ready', 'backoff', 'stopping', 'stopped', 'failed'];
+
+function label(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+}
+
+export function renderMetrics(status: ClusterStatus, logs: ReadonlyMap<string, ReplicaLogStats>): string {
+  const c = `cluster="${label(status.cluster)}"`;
+  const out: string[] = [];
+  const metric = (name: string, type: string, help: string, rows: string[]) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...rows);
+  };
+  metric(
+    'dynsup_replicas',
+    'gauge',
+    'Replicas by group and state.',
+    [...new Set(status.replicas.map((r) => r.group))].flatMap((g) =>
+      STATES.map((s) => `dynsup_replicas{${c},group="${label(g)}",state="${s}"} ${status.replicas.filter((r) => r.group === g && r.state === s).length}`),
+    ),
+  );
+  metric('dynsup_replica_up', 'gauge', '1 when the replica is running or ready.', status.replicas.map((r) => `dynsup_replica_up{${c},replica="${label(r.name)}",node="${label(r.node)}"} ${r.state === 'running' || r.state === 'ready' ? 1 : 0}`));
+  metric('dynsup_replica_restarts_total', 'counter', 'Restarts of each replica (crashes and health failures).', status.replicas.map((r) => `dynsup_replica_restarts_total{${c},replica="${label(r.name)}"} ${r.restarts}`));
+  metric(
+    'dynsup_replica_last_exit_code',
+    'gauge',
+    'Exit code of the last run (128+N when killed by signal N; -1 before any exit).',
+    status.replicas.map((r) => `dynsup_replica_last_exit_code{${c},replica="${label(r.name)}"} ${r.lastExit ? (r.lastExit.code ?? 128 + signalNumber(r.lastExit.signal)) : -1}`),
+  );
+  metric('dynsup_control_plane_up', 'gauge', '1 when the service answers its health check.', status.controlPlane.map((s) => `dynsup_control_plane_up{${c},service="${label(s.name)}"} ${s.state === 'ready' ? 1 : 0}`));
+  metric('dynsup_control_plane_restarts_total', 'counter', 'Restarts of NATS and etcd.', status.controlPlane.map((s) => `dynsup_control_plane_restarts_total{${c},service="${label(s.name)}"} ${s.restarts}`));
+  metric('dynsup_log_lines_total', 'counter', 'Lines written by each replica.', [...logs].map(([r, s]) => `dynsup_log_lines_total{${c},replica="${label(r)}"} ${s.lines}`));
+  metric('dynsup_log_bytes_total', 'counter', 'Bytes written by each replica.', [...logs].map(([r, s]) => `dynsup_log_bytes_total{${c},replica="${label(r)}"} ${s.bytes}`));
+  metric('dynsup_log_write_errors_total', 'counter', 'Failed log file writes (disk full...).', [...logs].map(([r, s]) => `dynsup_log_write_errors_total{${c},replica="${label(r)}"} ${s.writeErrors}`));
+  return `${out.join('\n')}\n`;
+}
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15, SIGUSR1: 10, SIGUSR2: 12, SIGBUS: 7, SIGFPE: 8, SIGILL: 4 };
+function signalNumber(sig: string | null): number {
+  return sig ? (SIGNALS[sig] ?? 0) : 0;
+}
+
+export async function serveMetrics(host: string, port: number, render: () => string): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.url === '/metrics' || req.url?.startsWith('/metrics?')) {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+      res.end(render());
+    } else {
+      res.writeHead(404).end('see /metrics\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  server.unref();
+  return server;
+}

@@ -1,0 +1,217 @@
+// @vitest-environment node
+//
+// `dynsup sbatch` on a real Slurm cluster (scripts/slurm-testbed.sh: slurmctld + 3 slurmd on this host):
+// the job brings up NATS, etcd and workers placed by slurm.roles on three nodes, each worker its own job
+// step without SLURM_*/PMI_* variables; a killed worker comes back as a new step; scancel leaves nothing.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dynsup, freePort, pidsWithCmdline, pidsWithEnv, ROOT, waitFor } from '../helpers/cluster.js';
+import { startSlurm, type SlurmTestbed } from '../helpers/lab.js';
+
+const execFileP = promisify(execFile);
+
+interface Report {
+  name: string;
+  pid: number;
+  node: string;
+  bad: string[];
+  nats: string;
+  etcd: string;
+}
+
+// A worker that proves it can use the control plane: a real NATS client connection (request/reply
+// through the server) and etcd's /health, then reports (and its environment's SLURM_/PMI_ leftovers).
+const WORKER = `
+import { createRequire } from 'node:module';
+import { writeFileSync, renameSync } from 'node:fs';
+const require = createRequire(${JSON.stringify(join(ROOT, 'package.json'))});
+const { connect, StringCodec } = require('nats');
+const dir = process.argv[2];
+const name = process.env.DYNSUP_WORKER;
+const bad = Object.keys(process.env).filter((k) => /^(SLURM_|PMI_|PMIX_)/.test(k));
+let nats = 'not tried', etcd = 'not tried';
+try {
+  const nc = await connect({ servers: process.env.NATS_SERVER, timeout: 5000 });
+  const sc = StringCodec();
+  const sub = nc.subscribe('dynsup.test.' + name);
+  (async () => { for await (const m of sub) m.respond(sc.encode('pong ' + sc.decode(m.data))); })();
+  const reply = await nc.request('dynsup.test.' + name, sc.encode(name), { timeout: 5000 });
+  nats = sc.decode(reply.data) === 'pong ' + name ? 'ok' : 'bad reply';
+  await nc.drain();
+} catch (e) { nats = String(e); }
+try { etcd = (await (await fetch(process.env.ETCD_ENDPOINTS + '/health')).json()).health; } catch (e) { etcd = String(e); }
+const file = dir + '/report-' + name + '.json';
+writeFileSync(file + '.tmp', JSON.stringify({ name, pid: process.pid, node: process.env.DYNSUP_NODE, bad, nats, etcd }));
+renameSync(file + '.tmp', file);
+console.log('ready ' + name + ' nats=' + nats + ' etcd=' + etcd);
+process.on('SIGTERM', () => process.exit(0));
+setInterval(() => {}, 1 << 30);
+`;
+
+describe('dynsup sbatch on a 3-node Slurm cluster', { timeout: 120_000 }, () => {
+  let slurm: SlurmTestbed;
+  let dir: string;
+  let file: string;
+  let jobId = '';
+  const name = `slurmit${process.pid}`;
+  const env = () => ({ ...slurm.env, PMI_RANK: '0', PMIX_NAMESPACE: 'leak', SLURM_LEAK_TEST: '1' });
+  const squeue = async (...args: string[]) => (await execFileP('squeue', ['-h', ...args], { env: slurm.env })).stdout;
+  /** Steps of the job: name → step id ("J.S") and node. */
+  const steps = async () => {
+    const out = await squeue('-s', '-j', jobId, '-o', '%i|%j|%N');
+    return new Map(
+      out
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => {
+          const [id, stepName, node] = l.split('|');
+          return [stepName!, { id: id!, node: node! }] as const;
+        }),
+    );
+  };
+  const report = (replica: string): Report | null => {
+    try {
+      return JSON.parse(readFileSync(join(dir, `report-${replica}.json`), 'utf8')) as Report;
+    } catch {
+      return null;
+    }
+  };
+  const jobOutput = () => readFile(join(dir, `job-${jobId}.out`), 'utf8').catch(() => '');
+
+  beforeAll(async () => {
+    slurm = await startSlurm(3);
+    dir = mkdtempSync(join(tmpdir(), 'dynsup-slurm-'));
+    const [nats, monitor, etcd, peer] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    writeFileSync(join(dir, 'worker.mjs'), WORKER);
+    const cmd = JSON.stringify([process.execPath, join(dir, 'worker.mjs'), dir]);
+    // No head.address: in Slurm mode it is the batch host's (the test bed's NodeAddr, 127.0.0.1).
+    file = join(dir, 'cluster.yaml');
+    writeFileSync(
+      file,
+      `name: ${name}
+stateDir: ./state
+lease: 10s
+controlPlane:
+  nats: { port: ${nats}, monitorPort: ${monitor} }
+  etcd: { port: ${etcd}, peerPort: ${peer} }
+slurm:
+  nodes: 3
+  jobName: from-file
+  output: ./job-%j.out
+  time: 10m
+  signalLead: 30s
+  roles:
+    frontend: head
+    decode: { first: 1 }
+    prefill: rest
+defaults:
+  command: ${cmd}
+  restart: { initialDelay: 200ms, maxDelay: 1s }
+  stop: { grace: 3s }
+workers:
+  prefill: { replicas: 2 }
+  decode: { dependsOn: [prefill] }
+  frontend: { dependsOn: [decode] }
+`,
+    );
+  }, 120_000);
+
+  afterAll(async () => {
+    if (jobId) await execFileP('scancel', [jobId], { env: slurm.env }).catch(() => undefined);
+    await slurm?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }, 120_000);
+
+  it('submits the job and prints its id; flags override the file', async () => {
+    const r = await dynsup(['sbatch', file, '--job-name', name], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^\d+\n$/);
+    jobId = r.stdout.trim();
+    expect(r.stderr).toContain(`submitted batch job ${jobId} (3 nodes`);
+    const [jobName, nodes] = (await squeue('-j', jobId, '-o', '%j|%D')).trim().split('|');
+    expect(jobName).toBe(name);
+    expect(nodes).toBe('3');
+  });
+
+  it('brings up NATS, etcd and every worker, placed by role, each as its own job step', async () => {
+    const all = ['prefill-0', 'prefill-1', 'decode-0', 'frontend-0'];
+    await waitFor('every worker to report', () => all.every((r) => report(r)), 60_000, 200).catch(async (err: Error) => {
+      throw new Error(`${err.message}\njob ${jobId}: ${await squeue('-j', jobId, '-o', '%T %r').catch(() => '?')}\n--- job output:\n${(await jobOutput()).slice(-4000)}`);
+    });
+    for (const r of all.map((x) => report(x)!)) {
+      expect(r.nats, r.name).toBe('ok');
+      expect(r.etcd, r.name).toBe('true');
+      // The step had them (SLURM_* for srun, the leaks we exported); the worker must not.
+      expect(r.bad, r.name).toEqual([]);
+    }
+    const s = await steps();
+    expect(s.get('frontend-0')?.node).toBe('node1');
+    expect(s.get('decode-0')?.node).toBe('node2');
+    expect(s.get('prefill-0')?.node).toBe('node3');
+    expect(s.get('prefill-1')?.node).toBe('node3');
+    expect(s.get('batch')?.node).toBe('node1');
+    // Each worker runs under its step's slurmstepd (worker → node agent → slurmstepd: [J.S]).
+    for (const r of all) {
+      const pid = report(r)!.pid;
+      const agent = Number((await readFile(`/proc/${pid}/stat`, 'utf8')).replace(/^.*\) /, '').split(' ')[1]);
+      const stepd = Number((await readFile(`/proc/${agent}/stat`, 'utf8')).replace(/^.*\) /, '').split(' ')[1]);
+      expect((await readFile(`/proc/${stepd}/cmdline`, 'utf8')).replace(/\0/g, ' ').trim(), r).toBe(`slurmstepd: [${s.get(r)!.id}]`);
+    }
+    // The job's output file is the supervisor's terminal: every worker's lines, prefixed.
+    await waitFor('prefixed worker lines in the job output', async () => {
+      const out = await jobOutput();
+      return all.every((r) => new RegExp(`^${r} +\\| ready ${r} nats=ok etcd=true$`, 'm').test(out));
+    }, 10_000, 100);
+  });
+
+  it('restarts a worker killed inside the job as a new step', async () => {
+    const before = (await steps()).get('prefill-0')!;
+    const { pid } = report('prefill-0')!;
+    unlinkSync(join(dir, 'report-prefill-0.json'));
+    process.kill(pid, 'SIGKILL');
+    const after = await waitFor('prefill-0 to come back as another step', async () => {
+      const s = (await steps()).get('prefill-0');
+      return s && s.id !== before.id && report('prefill-0') ? s : null;
+    }, 30_000, 100);
+    expect(after.node).toBe('node3');
+    expect(Number(after.id.split('.')[1])).toBeGreaterThan(Number(before.id.split('.')[1]));
+    expect(report('prefill-0')!.pid).not.toBe(pid);
+    expect(report('prefill-0')!.nats).toBe('ok');
+    const status = JSON.parse((await dynsup(['status', file, '--json'])).stdout) as { replicas: { name: string; node: string; restarts: number }[] };
+    expect(status.replicas.find((r) => r.name === 'prefill-0')).toMatchObject({ node: 'node3', restarts: 1 });
+  });
+
+  it('dynsup restart stops a worker through a signal step and starts a new one', async () => {
+    const before = (await steps()).get('decode-0')!;
+    unlinkSync(join(dir, 'report-decode-0.json'));
+    const r = await dynsup(['restart', file, 'decode-0']);
+    expect(r.code, r.stderr).toBe(0);
+    const after = await waitFor('decode-0 as a new step', async () => {
+      const s = (await steps()).get('decode-0');
+      return s && s.id !== before.id && report('decode-0') ? s : null;
+    }, 30_000, 100);
+    expect(after.node).toBe('node2');
+  });
+
+  it('scancel stops everything gracefully: no steps, no processes left', async () => {
+    const stateDir = join(dir, 'state');
+    expect((await pidsWithEnv(`DYNSUP_CLUSTER=${name}`)).length).toBeGreaterThanOrEqual(4); // the workers
+    expect((await pidsWithCmdline(stateDir)).length).toBeGreaterThan(0); // nats, etcd (their config and data dirs)
+    await execFileP('scancel', [jobId], { env: slurm.env });
+    await waitFor('the job to leave squeue', async () => (await squeue('-j', jobId)).trim() === '', 30_000, 100);
+    await waitFor('no worker processes', async () => (await pidsWithEnv(`DYNSUP_CLUSTER=${name}`)).length === 0, 15_000, 100);
+    await waitFor('no NATS/etcd/agent processes', async () => (await pidsWithCmdline(stateDir)).length === 0, 15_000, 100);
+    expect((await squeue('-s', '-j', jobId).catch(() => '')).trim()).toBe('');
+    const out = await jobOutput();
+    expect(out).toMatch(/stopping cluster .* \(SIGTERM\)/);
+    expect(out).toContain('all stopped');
+    expect(existsSync(join(stateDir, 'run', 'supervisor.json'))).toBe(false);
+    jobId = '';
+  });
+});
