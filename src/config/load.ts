@@ -338,7 +338,10 @@ function resolveCluster(
     }
   }
   if (!placed.ok) {
-    const where = alloc ? ` (Slurm allocation: ${alloc.preview ? `${nodes.length} placeholder nodes` : nodeNames.join(', ')}, ${nodes[0]?.gpus ?? 0} GPUs each)` : '';
+    const gpus = nodes[0]?.gpus ?? 0;
+    const where = alloc
+      ? ` (Slurm allocation: ${alloc.preview ? `${nodes.length} placeholder nodes` : nodes.map((n) => n.name).join(', ')}, ${gpus} GPUs each${gpus ? '' : ': set slurm.gpusPerNode'})`
+      : '';
     for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], `${e.message}${where}`);
     return null;
   }
@@ -368,6 +371,7 @@ function resolveCluster(
     nats,
     etcd,
     metrics,
+    logs: { maxBytes: raw.logs?.maxSize === undefined ? 100 * 2 ** 20 : parseSize(raw.logs.maxSize), keep: raw.logs?.keep ?? 5 },
     nodes,
     groups: ordered,
     replicas: placed.replicas,
@@ -479,4 +483,13 @@ function topoOrder(groups: WorkerGroup[], onCycle: (cycle: string[]) => void): W
 
 function normalizeSignal(s: string): NodeJS.Signals {
   return (s.startsWith('SIG') ? s : `SIG${s}`) as NodeJS.Signals;
+}
+
+const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+
+/** `100MB`, `1GiB`, `4096` → bytes. */
+export function parseSize(v: number | string): number {
+  if (typeof v === 'number') return v;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v)!;
+  return Math.round(Number(m[1]) * (SIZE_UNITS[(m[2] || 'b').toLowerCase()] ?? 1));
 }

@@ -206,6 +206,17 @@ export const clusterSchema = z
           .optional(),
       })
       .optional(),
+    logs: z
+      .strictObject({
+        maxSize: z
+          .union([z.int().min(0), z.string().regex(/^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$/i, { error: "expected a size like '100MB' or '1GiB'" })], {
+            error: "expected a size: bytes as a number, or a string like '100MB', '1GiB'",
+          })
+          .optional()
+          .meta({ description: 'Rotate a replica log when it reaches this size, at a line boundary (default 100MiB; 0 = never).' }),
+        keep: z.int({ error: 'expected a whole number ≥ 1' }).min(1, { error: 'expected a whole number ≥ 1' }).max(1000).optional().meta({ description: 'Rotated files kept (default 5).' }),
+      })
+      .optional(),
     metrics: z
       .strictObject({
         enabled: z.boolean({ error: 'expected true or false' }).optional(),

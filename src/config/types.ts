@@ -92,6 +92,7 @@ export interface ClusterConfig {
   readonly leaseMs: number;
   readonly nats: ServiceConfig & { readonly port: number; readonly monitorPort: number; readonly jetstream: boolean; readonly workerCredentials: boolean };
   readonly metrics: { readonly enabled: boolean; readonly port: number };
+  readonly logs: { readonly maxBytes: number; readonly keep: number };
   readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number };
   readonly nodes: readonly NodeConfig[];
   /** Groups in start order (dependencies first). */

@@ -3,9 +3,11 @@
  * exactly once, across restarts; lines are also handed to listeners (terminal, followers).
  * Backpressure: a slow disk slows the reading of the worker's output (the pipe then fills and the worker
  * blocks) rather than buffering without bound in the supervisor.
+ * Rotation by size happens only at a line boundary (file.log → file.log.1 → ...), so no line is split
+ * across files. A failing disk (ENOSPC...) is reported and retried; the worker keeps running.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rename, stat } from 'node:fs/promises';
 import { once } from 'node:events';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -18,21 +20,39 @@ export interface ReplicaLogStats {
   bytes: number;
   /** Write errors (disk full...): reported, never fatal to the worker. */
   writeErrors: number;
+  /** Bytes that could not be written (the disk refused them). */
+  bytesLost: number;
+  rotations: number;
   lastError?: string | undefined;
 }
+
+export interface ReplicaLogOptions {
+  /** Longest line kept whole for the terminal/followers (the file always gets everything). */
+  readonly maxLineBytes?: number;
+  /** Rotate when the file reaches this size (0 = never). */
+  readonly maxBytes?: number;
+  /** Rotated files kept (file.log.1 ... file.log.N). */
+  readonly keep?: number;
+  /** Called once per failure episode (and once when writing works again). */
+  readonly onError?: (replica: string, message: string) => void;
+}
+
+const RETRY_MS = 2000;
 
 export class ReplicaLog {
   readonly replica: string;
   readonly file: string;
-  readonly stats: ReplicaLogStats = { lines: 0, bytes: 0, writeErrors: 0 };
+  readonly stats: ReplicaLogStats = { lines: 0, bytes: 0, writeErrors: 0, bytesLost: 0, rotations: 0 };
   readonly #listeners = new Set<LineListener>();
-  readonly #maxLineBytes: number;
+  readonly #o: ReplicaLogOptions;
   #out: WriteStream | undefined;
+  #size = 0;
+  #failedAt = 0;
 
-  constructor(replica: string, file: string, maxLineBytes = 64 * 1024) {
+  constructor(replica: string, file: string, options: ReplicaLogOptions = {}) {
     this.replica = replica;
     this.file = file;
-    this.#maxLineBytes = maxLineBytes;
+    this.#o = options;
   }
 
   onLine(listener: LineListener): () => void {
@@ -40,23 +60,76 @@ export class ReplicaLog {
     return () => this.#listeners.delete(listener);
   }
 
-  async #stream(): Promise<WriteStream> {
+  /** The open stream, or null while the disk is failing (retried every RETRY_MS). */
+  async #stream(): Promise<WriteStream | null> {
     if (this.#out && !this.#out.destroyed) return this.#out;
-    await mkdir(dirname(this.file), { recursive: true });
+    if (this.#failedAt && Date.now() - this.#failedAt < RETRY_MS) return null;
+    try {
+      await mkdir(dirname(this.file), { recursive: true });
+      this.#size = await stat(this.file).then((s) => s.size, () => 0);
+    } catch (err) {
+      this.#fail(err as Error);
+      return null;
+    }
     const out = createWriteStream(this.file, { flags: 'a', mode: 0o640 });
-    out.on('error', (err) => {
-      this.stats.writeErrors++;
-      this.stats.lastError = err.message;
-    });
+    out.on('error', (err) => this.#fail(err));
     this.#out = out;
     return out;
   }
 
+  #fail(err: Error): void {
+    this.stats.writeErrors++;
+    this.stats.lastError = err.message;
+    if (!this.#failedAt) this.#o.onError?.(this.replica, `cannot write ${this.file}: ${err.message}; the worker keeps running, its output is dropped until the disk recovers`);
+    this.#failedAt = Date.now();
+  }
+
+  async #write(chunk: Buffer): Promise<void> {
+    const out = await this.#stream();
+    if (!out) {
+      this.stats.bytesLost += chunk.length;
+      return;
+    }
+    if (this.#failedAt) {
+      this.#failedAt = 0;
+      this.#o.onError?.(this.replica, `writing ${this.file} works again (${this.stats.bytesLost} bytes were lost)`);
+    }
+    this.#size += chunk.length;
+    if (!out.write(chunk)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
+  }
+
+  /** Write a chunk, rotating at its last line end if the file reaches maxBytes (never inside a line). */
+  async #append(chunk: Buffer): Promise<void> {
+    const max = this.#o.maxBytes ?? 0;
+    if (max && this.#size + chunk.length >= max) {
+      const nl = chunk.lastIndexOf(10);
+      if (nl >= 0) {
+        await this.#write(chunk.subarray(0, nl + 1));
+        await this.#rotate();
+        if (nl + 1 < chunk.length) await this.#write(chunk.subarray(nl + 1));
+        return;
+      }
+    }
+    await this.#write(chunk);
+  }
+
+  async #rotate(): Promise<void> {
+    if (!this.#out || this.#out.destroyed) return;
+    const out = this.#out;
+    this.#out = undefined;
+    await new Promise<void>((resolve) => out.end(resolve));
+    const keep = Math.max(1, this.#o.keep ?? 3);
+    for (let i = keep - 1; i >= 1; i--) await rename(`${this.file}.${i}`, `${this.file}.${i + 1}`).catch(() => undefined);
+    await rename(this.file, `${this.file}.1`).catch((err: Error) => this.#fail(err));
+    this.#size = 0;
+    this.stats.rotations++;
+    await this.#stream(); // the current file always exists (followers and `dynsup logs` read it)
+  }
+
   /** Read `output` to its end. Resolves once everything read is handed to the file stream. */
   async consume(output: Readable): Promise<void> {
-    const out = await this.#stream();
     let lastByte = 10;
-    const splitter = new LineSplitter(this.#maxLineBytes, (line, truncated) => {
+    const splitter = new LineSplitter(this.#o.maxLineBytes ?? 64 * 1024, (line, truncated) => {
       this.stats.lines++;
       for (const l of this.#listeners) l(this.replica, line, truncated);
     });
@@ -64,7 +137,7 @@ export class ReplicaLog {
       for await (const chunk of output as AsyncIterable<Buffer>) {
         this.stats.bytes += chunk.length;
         lastByte = chunk[chunk.length - 1] ?? lastByte;
-        if (!out.destroyed && !out.write(chunk)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
+        await this.#append(chunk);
         splitter.push(chunk);
       }
     } catch {
@@ -72,10 +145,10 @@ export class ReplicaLog {
     }
     splitter.flush();
     // A worker killed mid-line must not have the next run's first line glued to its last one.
-    if (lastByte !== 10 && !out.destroyed) out.write('\n');
+    if (lastByte !== 10) await this.#write(Buffer.from('\n'));
   }
 
-  /** Wait until everything written so far is on disk (flushed to the OS), then close. */
+  /** Wait until everything written so far is handed to the OS, then close. */
   async close(): Promise<void> {
     const out = this.#out;
     this.#out = undefined;

@@ -4,7 +4,7 @@
  * does not list.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ClusterConfig } from '../config/types.js';
 import type { SlurmAllocation } from './allocation.js';
@@ -27,6 +27,11 @@ export async function saveAllocation(cluster: ClusterConfig): Promise<void> {
   };
   await writeFile(`${file}.tmp`, `${JSON.stringify(saved)}\n`, { mode: 0o600 });
   await rename(`${file}.tmp`, file);
+  // Runtime files of earlier jobs (their processes ended with them; their spec files hold secrets) go.
+  const run = join(cluster.stateDir, 'run');
+  for (const d of await readdir(run).catch(() => [] as string[])) {
+    if (d.startsWith('slurm-') && d !== `slurm-${a.jobId ?? 'none'}`) await rm(join(run, d), { recursive: true, force: true });
+  }
 }
 
 export async function forgetAllocation(stateDir: string): Promise<void> {

@@ -195,7 +195,11 @@ export class Supervisor {
     const { cluster } = this.#o;
     const group = cluster.groups.find((g) => g.name === plan.group)!;
     const node = cluster.nodes.find((n) => n.name === plan.node)!;
-    const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`));
+    const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`), {
+      maxBytes: cluster.logs.maxBytes,
+      keep: cluster.logs.keep,
+      onError: (replica, message) => this.#o.logger.warn({ replica }, `${replica}: ${message}`),
+    });
     if (this.#o.onLine) log.onLine(this.#o.onLine);
     this.#logs.push(log);
     const creds = this.#o.credentials;

@@ -38,9 +38,9 @@ let nats = 'not tried', etcd = 'not tried';
 try {
   const nc = await connect({ servers: process.env.NATS_SERVER, timeout: 5000 });
   const sc = StringCodec();
-  const sub = nc.subscribe('dynsup.test.' + name);
+  const sub = nc.subscribe('itest.' + name);
   (async () => { for await (const m of sub) m.respond(sc.encode('pong ' + sc.decode(m.data))); })();
-  const reply = await nc.request('dynsup.test.' + name, sc.encode(name), { timeout: 5000 });
+  const reply = await nc.request('itest.' + name, sc.encode(name), { timeout: 5000 });
   nats = sc.decode(reply.data) === 'pong ' + name ? 'ok' : 'bad reply';
   await nc.drain();
 } catch (e) { nats = String(e); }

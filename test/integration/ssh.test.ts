@@ -205,6 +205,27 @@ describe('ssh transport on a 3-node lab', () => {
     expect(leftover.stdout.trim()).toBe('0');
   }, 120_000);
 
+  it('delivers hostile names, env values and arguments to the remote shell literally', async () => {
+    const marker = join(tmpdir(), `pwned-${Math.random().toString(36).slice(2, 8)}`);
+    const m = await make({ lease: '10s', controlPlane: false, workers: `  w:
+    command: [sh, -c, 'printf "%s\\n" "$$1" "$$HOSTILE_A" "$$HOSTILE_B" "$$HOSTILE_C" > "$$OUT"; exec sleep 600', argv0, '$$(touch ${marker}-argv)']
+    replicas: 1
+    env:
+      HOSTILE_A: '$$(touch ${marker}-env)'
+      HOSTILE_B: "'; rm -rf ~ #"
+      HOSTILE_C: "line1\\nline2 \\`id\\` $$HOME"
+      OUT: "{replica}-out.txt"
+    cwd: DIRX` });
+    writeFileSync(m.file, readFileSync(m.file, 'utf8').replace('DIRX', m.dir));
+    const r = await dynsup(['up', '-d', m.file, '--timeout', '60']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = await waitFor('output', () => (existsSync(join(m.dir, 'w-0-out.txt')) ? readFileSync(join(m.dir, 'w-0-out.txt'), 'utf8') : null));
+    expect(out).toBe(`$(touch ${marker}-argv)\n$(touch ${marker}-env)\n'; rm -rf ~ #\nline1\nline2 \`id\` $HOME\n`);
+    expect(existsSync(`${marker}-argv`)).toBe(false);
+    expect(existsSync(`${marker}-env`)).toBe(false);
+    await dynsup(['down', m.file]);
+  });
+
   it('the example cluster files validate', async () => {
     for (const f of ['clusters/lab-ssh.yaml', 'clusters/dynamo-trtllm-disagg.yaml']) {
       const r = await dynsup(['validate', join(ROOT, f)], { env: { ...process.env, HF_TOKEN: 'hf_example' } });

@@ -1,7 +1,11 @@
 /** Cluster files in Slurm mode: the allocation replaces `nodes:`, roles place the groups, errors say file:line. */
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadCluster, type LoadOptions } from '../../src/config/load.js';
-import { allocationFromEnv, chooseHeadAddress, previewAllocation, type SlurmAllocation } from '../../src/slurm/allocation.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { allocationFromEnv, chooseHeadAddress, parseNodeAddresses, previewAllocation, type SlurmAllocation } from '../../src/slurm/allocation.js';
+import { readSavedAllocation, saveAllocation } from '../../src/slurm/saved.js';
 
 const ENV = { HOME: '/home/t', PATH: '/usr/bin:/bin' };
 const load = (yaml: string, opts: Omit<LoadOptions, 'content' | 'env'> = {}) => loadCluster('/work/c.yaml', { env: ENV, content: Buffer.from(yaml), ...opts });
@@ -206,5 +210,40 @@ describe('chooseHeadAddress', () => {
   it('falls back to the first non-loopback IPv4 address, then 127.0.0.1', () => {
     expect(chooseHeadAddress([{ address: 'node1', source: 'x' }], local).address).toBe('10.1.2.3');
     expect(chooseHeadAddress([], [{ address: '127.0.0.1', internal: true }]).address).toBe('127.0.0.1');
+  });
+});
+
+describe('node addresses', () => {
+  it("reads NodeAddr from scontrol -o show node, and uses it for the nodes' {host}", () => {
+    const text = 'NodeName=gpu01 Arch=x86_64 NodeAddr=10.2.0.1 NodeHostName=gpu01 Port=6818\nNodeName=gpu02 NodeAddr=gpu02-ib NodeHostName=gpu02\n';
+    const addresses = parseNodeAddresses(text);
+    expect(addresses).toEqual({ gpu01: '10.2.0.1', gpu02: 'gpu02-ib' });
+    const c = load(DISAGG, { slurm: job(['gpu00', 'gpu01', 'gpu02', 'gpu03'], { addresses }) });
+    // The head is reached at the head address; the others at their NodeAddr, or their name.
+    expect(c.nodes.map((n) => n.address)).toEqual(['10.1.0.1', '10.2.0.1', 'gpu02-ib', 'gpu03']);
+  });
+  it('says to set slurm.gpusPerNode when the allocation has no GPUs', () => {
+    expect(issues(DISAGG.replace('  gpusPerNode: 4\n', ''), { slurm: job(['a', 'b', 'c', 'd']) })[0]).toMatch(/\(Slurm allocation: a, b, c, d, 0 GPUs each: set slurm\.gpusPerNode\)$/);
+  });
+});
+
+describe('the recorded allocation', () => {
+  it('round-trips through <stateDir>/run/slurm.json, and earlier jobs\' run dirs go', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dynsup-saved-'));
+    try {
+      expect(readSavedAllocation(dir)).toBeUndefined();
+      const c = load(DISAGG, { stateDir: dir, slurm: job(['a', 'b', 'c', 'd'], { addresses: { b: '10.0.0.2' } }) });
+      const { mkdirSync, existsSync } = await import('node:fs');
+      mkdirSync(join(dir, 'run', 'slurm-41', 'a'), { recursive: true });
+      mkdirSync(join(dir, 'run', 'slurm-42', 'a'), { recursive: true });
+      await saveAllocation(c);
+      expect(existsSync(join(dir, 'run', 'slurm-41'))).toBe(false);
+      expect(existsSync(join(dir, 'run', 'slurm-42'))).toBe(true);
+      const back = readSavedAllocation(dir)!;
+      expect(back).toEqual({ jobId: '42', nodes: ['a', 'b', 'c', 'd'], headAddress: '10.1.0.1', gpusPerNode: 4, addresses: { a: '10.1.0.1', b: '10.0.0.2', c: 'c', d: 'd' } });
+      expect(brief(load(DISAGG, { stateDir: dir, slurm: readSavedAllocation }))).toEqual(brief(c));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
