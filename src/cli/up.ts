@@ -33,11 +33,15 @@ export async function upCommand([file]: string[], flags: Flags): Promise<number>
   if (flags.slurm) {
     // Slurm mode: the allocation's nodes replace the file's; the head is where we run (the batch host).
     const alloc = allocationFromEnv(process.env);
-    const here = process.env.SLURMD_NODENAME;
-    const [h, addresses] = await Promise.all([resolveHeadAddress(here && alloc.nodes[0] === here ? here : undefined), nodeAddresses(alloc.nodes)]);
-    head = h;
-    cluster = loadCluster(file!, { stateDir, slurm: { ...alloc, headAddress: head.address, addresses } });
-    if (cluster.headAddress !== head.address) head = undefined; // the file's head.address won
+    const addresses = await nodeAddresses(alloc.nodes);
+    const PENDING = '\0pending';
+    cluster = loadCluster(file!, { stateDir, slurm: { ...alloc, addresses, headAddress: PENDING } });
+    if (cluster.headAddress === PENDING) {
+      // No head.address in the file: the address of the node we run on, as the other nodes reach it.
+      const here = process.env.SLURMD_NODENAME;
+      head = await resolveHeadAddress(here && alloc.nodes[0] === here ? here : undefined);
+      cluster = loadCluster(file!, { stateDir, slurm: { ...alloc, addresses, headAddress: head.address } });
+    }
   } else {
     cluster = loadCluster(file!, { stateDir, slurmPreview: false });
   }

@@ -205,22 +205,29 @@ describe('ssh transport on a 3-node lab', () => {
     expect(leftover.stdout.trim()).toBe('0');
   }, 120_000);
 
-  it('delivers hostile names, env values and arguments to the remote shell literally', async () => {
+  it('delivers hostile env values and arguments to the remote shell literally', async () => {
     const marker = join(tmpdir(), `pwned-${Math.random().toString(36).slice(2, 8)}`);
-    const m = await make({ lease: '10s', controlPlane: false, workers: `  w:
-    command: [sh, -c, 'printf "%s\\n" "$$1" "$$HOSTILE_A" "$$HOSTILE_B" "$$HOSTILE_C" > "$$OUT"; exec sleep 600', argv0, '$$(touch ${marker}-argv)']
-    replicas: 1
-    env:
-      HOSTILE_A: '$$(touch ${marker}-env)'
-      HOSTILE_B: "'; rm -rf ~ #"
-      HOSTILE_C: "line1\\nline2 \\`id\\` $$HOME"
-      OUT: "{replica}-out.txt"
-    cwd: DIRX` });
-    writeFileSync(m.file, readFileSync(m.file, 'utf8').replace('DIRX', m.dir));
+    const values = {
+      argv: `$(touch ${marker}-argv)`,
+      A: `$(touch ${marker}-env)`,
+      B: "'; rm -rf ~ #",
+      C: 'line1\nline2 `id` $HOME "q" \\ end',
+    };
+    // JSON strings are valid YAML; `$` is doubled for dynsup's own ${VAR} interpolation.
+    const y = (v: string) => JSON.stringify(v.replaceAll('$', '$$'));
+    const script = 'printf "%s\\n" "$1" "$HOSTILE_A" "$HOSTILE_B" "$HOSTILE_C" > "$OUT"; exec sleep 600';
+    const m = await make({
+      lease: '10s',
+      controlPlane: false,
+      workers: `  w:
+    command: [sh, -c, ${y(script)}, argv0, ${y(values.argv)}]
+    env: { HOSTILE_A: ${y(values.A)}, HOSTILE_B: ${y(values.B)}, HOSTILE_C: ${y(values.C)}, OUT: "{replica}-out.txt" }`,
+    });
+    writeFileSync(m.file, readFileSync(m.file, 'utf8').replace('    env: {', `    cwd: ${m.dir}\n    env: {`));
     const r = await dynsup(['up', '-d', m.file, '--timeout', '60']);
     expect(r.code, r.stderr).toBe(0);
     const out = await waitFor('output', () => (existsSync(join(m.dir, 'w-0-out.txt')) ? readFileSync(join(m.dir, 'w-0-out.txt'), 'utf8') : null));
-    expect(out).toBe(`$(touch ${marker}-argv)\n$(touch ${marker}-env)\n'; rm -rf ~ #\nline1\nline2 \`id\` $HOME\n`);
+    expect(out).toBe(`${values.argv}\n${values.A}\n${values.B}\n${values.C}\n`);
     expect(existsSync(`${marker}-argv`)).toBe(false);
     expect(existsSync(`${marker}-env`)).toBe(false);
     await dynsup(['down', m.file]);

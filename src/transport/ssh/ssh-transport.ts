@@ -39,6 +39,8 @@ interface Attached {
   settle: (exit: ExitInfo) => void;
   settled: boolean;
   channel?: ClientChannel | undefined;
+  /** When a stop was asked for while the node was unreachable. */
+  stopRequestedAt?: number | undefined;
 }
 
 export class SshTransport implements Transport {
@@ -178,6 +180,7 @@ export class SshTransport implements Transport {
       exited,
       kill: async (sig) => {
         if (!this.#send(`kill -${sig.replace(/^SIG/, '')} -${pid} 2>/dev/null`)) {
+          w.stopRequestedAt ??= Date.now();
           throw new DynsupError('E_NODE', `node ${this.node} unreachable: cannot deliver ${sig} to ${spec.replica}`);
         }
       },
@@ -265,13 +268,13 @@ export class SshTransport implements Transport {
   async #reconnect(): Promise<void> {
     let delay = 250;
     const lostAt = this.#lostSince ?? Date.now();
-    let given = false;
     while (!this.#closing) {
-      // Past the lease (plus the node's stop grace) the node side has stopped our workers: say so, so the
-      // supervisor applies the restart policy once the node is back, instead of waiting for ghosts.
-      if (!given && Date.now() - lostAt > this.#o.leaseMs + 5000) {
-        given = true;
-        for (const w of [...this.#workers.values()]) {
+      // Workers keep running (and spooling) on the node during a partition; on reconnect they are
+      // re-attached and whatever they printed is fetched, and if the lease stopped them meanwhile, that
+      // exit is reported then. Only a stop we were asked for cannot wait for the node to come back:
+      // past the lease (plus its grace) the node side has stopped them anyway.
+      for (const w of [...this.#workers.values()]) {
+        if (w.stopRequestedAt && Date.now() - Math.max(lostAt, w.stopRequestedAt) > this.#o.leaseMs + 5000) {
           this.#o.onNotice?.('warn', `node ${this.node}: ${w.name} presumed stopped (node unreachable for longer than the lease)`);
           w.settle({ code: null, signal: 'SIGKILL' });
         }
