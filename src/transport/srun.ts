@@ -17,6 +17,7 @@
 import { chmod, copyFile, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { spawn } from 'node:child_process';
 import { execa } from 'execa';
 import { DynsupError } from '../util/errors.js';
 import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec } from './agent.js';
@@ -130,17 +131,15 @@ export class SrunTransport implements Transport {
     // starts; the agent then drops SLURM_* from the worker's environment.
     const script = 'echo "$SLURM_JOB_ID.$SLURM_STEP_ID" > "$1/$2.step"; echo "dynsup-srun step $SLURM_JOB_ID.$SLURM_STEP_ID" >&2; exec sh "$1/node-agent.sh" "$1" "$2"';
     // detached: Ctrl-C on a terminal reaches the supervisor only, which stops workers in order.
-    const child = execa(this.#o.srun ?? 'srun', [...this.#stepArgs(spec.replica), ...(this.#o.extraArgs ?? []), 'sh', '-c', script, 'sh', dir, spec.replica], {
+    // node:child_process, not execa: the output must be read from its first byte, and the exit reported
+    // only after all of it was read ('close'); execa may tear down a stream it thinks nobody reads.
+    const child = spawn(this.#o.srun ?? 'srun', [...this.#stepArgs(spec.replica), ...(this.#o.extraArgs ?? []), 'sh', '-c', script, 'sh', dir, spec.replica], {
       env: this.#env,
       detached: true,
-      stdin: 'ignore',
-      stdout: 'pipe',
-      stderr: 'pipe',
-      buffer: false,
-      reject: false,
-      cleanup: false,
-      ...(signal ? { cancelSignal: signal } : {}),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(signal ? { signal } : {}),
     });
+    const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, sig) => resolve({ code, signal: sig })));
     const stderrLines: string[] = [];
     let agentRc: number | undefined;
     let step: string | undefined;
@@ -157,19 +156,17 @@ export class SrunTransport implements Transport {
           this.#o.onNotice?.(CANCELLED.test(line) ? 'info' : 'warn', `node ${this.node}: ${spec.replica}: ${line.trim()}`);
         }
       });
-      child.once('exit', () =>
-        setImmediate(() =>
-          reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${stderrLines.join('; ') || 'srun exited before the agent started'}`)),
-        ),
+      void closed.then(() =>
+        reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${stderrLines.join('; ') || 'srun exited before the agent started'}`)),
       );
       child.once('error', (err) => reject(new DynsupError('E_LAUNCH', `node ${this.node}: could not start ${spec.replica}: ${err.message}`, { cause: err })));
     });
-    const exited: Promise<ExitInfo> = child.then(async (result) => {
+    const exited: Promise<ExitInfo> = closed.then(async (result) => {
       if (agentRc !== undefined) return exitFromStatus(agentRc);
       // srun or the agent died before the agent could report: the step may still run; end it, so that an
       // exit always means "nothing of this replica is left".
       if (step) await this.#scancel(step, undefined);
-      return { code: result.exitCode ?? null, signal: (result.signal as NodeJS.Signals | undefined) ?? null };
+      return { code: result.code, signal: result.signal };
     });
     return {
       pid,
