@@ -214,4 +214,21 @@ workers:
     expect(existsSync(join(stateDir, 'run', 'supervisor.json'))).toBe(false);
     jobId = '';
   });
+
+  it('kill -9 of the supervisor inside the job leaves nothing running after the lease', async () => {
+    const stateDir = join(dir, 'state');
+    for (const r of ['frontend-0', 'decode-0', 'prefill-0', 'prefill-1']) rmSync(join(dir, `report-${r}.json`), { force: true });
+    const sub = await dynsup(['sbatch', file], { env: env() });
+    expect(sub.code, sub.stderr).toBe(0);
+    jobId = sub.stdout.trim();
+    await waitFor('workers up', () => ['frontend-0', 'decode-0', 'prefill-0', 'prefill-1'].every((r) => report(r)?.nats === 'ok'), 60_000, 200);
+    const lock = await waitFor('supervisor lock', () => JSON.parse(readFileSync(join(stateDir, 'run', 'supervisor.json'), 'utf8')) as { pid: number });
+    process.kill(lock.pid, 'SIGKILL');
+    const t0 = Date.now();
+    await waitFor('no worker processes', async () => (await pidsWithEnv(`DYNSUP_CLUSTER=${name}`)).length === 0, 25_000, 100);
+    await waitFor('no NATS/etcd/agent processes', async () => (await pidsWithCmdline(stateDir)).length === 0, 25_000, 100);
+    expect(Date.now() - t0).toBeLessThan(10_000 + 10_000); // lease (10s) + the agents' grace and tick
+    await waitFor('the job to end', async () => (await squeue('-j', jobId)).trim() === '', 30_000, 200);
+    jobId = '';
+  });
 });

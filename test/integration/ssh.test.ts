@@ -131,9 +131,18 @@ describe('ssh transport on a 3-node lab', () => {
     expect(events).toMatch(/node lab3: connection lost/);
     expect(events).toMatch(/node lab3: re-attached w-2/);
 
+    // Operated from a node (another machine as far as the network goes): status over NATS.
+    const fromNode = await lab.exec('lab1', [process.execPath, join(ROOT, 'bin/dynsup.js'), 'status', m.file, '--head', lab.head, '--json']);
+    const remote = JSON.parse(fromNode.stdout) as { source: string; replicas: { name: string; pid: number }[] };
+    expect(remote.source).toBe('supervisor');
+    expect(remote.replicas.map((x) => [x.name, x.pid])).toEqual(before);
+
     const down = await dynsup(['down', m.file]);
     expect(down.code).toBe(0);
     expect(await pidsWithEnv(`DYNSUP_CLUSTER=${m.name}`)).toEqual([]);
+    // Runtime files removed on every node.
+    const left = await lab.ssh('lab2', `ls -A /tmp/dynsup-root/${m.name} 2>/dev/null | wc -l`);
+    expect(left.stdout.trim()).toBe('0');
   }, 120_000);
 
   it('a partition longer than the lease stops the workers on the node; they are restarted when it is back', async () => {
@@ -234,7 +243,7 @@ describe('ssh transport on a 3-node lab', () => {
   });
 
   it('the example cluster files validate', async () => {
-    for (const f of ['clusters/lab-ssh.yaml', 'clusters/dynamo-trtllm-disagg.yaml']) {
+    for (const f of ['clusters/lab-ssh.yaml', 'clusters/dynamo-trtllm-disagg.yaml', 'clusters/slurm-disagg.yaml', 'clusters/gpu-local.yaml', 'clusters/local.yaml']) {
       const r = await dynsup(['validate', join(ROOT, f)], { env: { ...process.env, HF_TOKEN: 'hf_example' } });
       expect(r.code, `${f}: ${r.stderr}`).toBe(0);
     }
