@@ -20,6 +20,8 @@ import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from '../types.js
 import { connectSsh, type SshConnection } from './connection.js';
 import { shellQuote as q } from './shell-quote.js';
 
+const SPOOL_FREE_BYTES = 16 * 2 ** 20;
+
 export interface SshTransportOptions {
   readonly node: NodeConfig;
   readonly cluster: string;
@@ -35,6 +37,8 @@ interface Attached {
   readonly output: PassThrough;
   /** Bytes of the spool already received (and written to `output`). */
   received: number;
+  /** Spool bytes already released on the node (fallocate --punch-hole). */
+  freed: number;
   pid: number;
   settle: (exit: ExitInfo) => void;
   settled: boolean;
@@ -122,6 +126,15 @@ export class SshTransport implements Transport {
 
   async heartbeat(): Promise<void> {
     this.#send(`: > ${q(`${this.#runDir}/heartbeat`)}`);
+    // The spool only has to hold what the head has not read yet: free the rest (a hole keeps the
+    // offsets valid), so a chatty worker cannot fill the node's disk.
+    for (const w of this.#workers.values()) {
+      const upTo = Math.floor(w.received / 4096) * 4096;
+      if (upTo - w.freed >= SPOOL_FREE_BYTES) {
+        this.#send(`fallocate -p -o 0 -l ${upTo} ${q(`${this.#runDir}/${w.name}.out`)} 2>/dev/null`);
+        w.freed = upTo;
+      }
+    }
   }
 
   #send(line: string): boolean {
@@ -159,7 +172,7 @@ export class SshTransport implements Transport {
     void conn;
     let settle!: (e: ExitInfo) => void;
     const exited = new Promise<ExitInfo>((r) => (settle = r));
-    const w: Attached = { name: spec.replica, output: new PassThrough({ highWaterMark: 1 << 20 }), received: 0, pid: 0, settle, settled: false };
+    const w: Attached = { name: spec.replica, output: new PassThrough({ highWaterMark: 1 << 20 }), received: 0, freed: 0, pid: 0, settle, settled: false };
     w.settle = (e) => {
       if (w.settled) return;
       w.settled = true;
