@@ -1,0 +1,302 @@
+// Bench 2, restart latency: from `kill -9` of a worker to its replacement's first output line in the
+// supervisor's log file, with zero backoff, for dynsup (local and over SSH), supervisord and pm2.
+//
+// Every tool supervises the same program (worker.sh: prints `start PID EPOCH_NS`, then exec sleep), so the
+// pid to kill next is read from the line itself. The bench polls each tool's own log file every 1 ms from
+// the same process, identically for every tool; "spawn" is the worker's own timestamp minus the kill time
+// (how fast the process came back, without the log pipeline).
+//
+//   node scripts/bench/restart.mjs [--kills N]      (BENCH_LAB_ATTACH=1: use a lab that is already up)
+import { closeSync, mkdirSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import {
+  WORK, dynsup, ensureApt, ensureCleanUser, ensurePm2, short, supervisorErrors, killByEnv, labFor, log, mdTable, ms, must, onCleanup, percentile, pidAlive, procSample, ratio, run, runCleanups, sleep, waitFor,
+} from './lib.mjs';
+
+const nowMs = () => performance.timeOrigin + performance.now();
+
+const WORKER = `#!/bin/sh
+# bench worker: one timestamped line at start, then nothing (exec keeps the pid the supervisor started)
+echo "start $$ $(date +%s%N)"
+exec sleep 1000000
+`;
+
+/** Follows a log file from an offset; returns parsed `start` lines as they appear. */
+class LogFollower {
+  constructor(file) {
+    this.file = file;
+    this.offset = 0;
+    this.rest = '';
+    this.buf = Buffer.alloc(1 << 16);
+  }
+  /** New `start` lines since the last call: [{pid, ns}]. */
+  poll() {
+    let size;
+    try {
+      size = statSync(this.file).size;
+    } catch {
+      return [];
+    }
+    if (size < this.offset) this.offset = 0; // truncated/rotated
+    if (size === this.offset) return [];
+    const fd = openSync(this.file, 'r');
+    let text = '';
+    try {
+      while (this.offset < size) {
+        const n = readSync(fd, this.buf, 0, Math.min(this.buf.length, size - this.offset), this.offset);
+        if (n <= 0) break;
+        this.offset += n;
+        text += this.buf.toString('utf8', 0, n);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const lines = (this.rest + text).split('\n');
+    this.rest = lines.pop() ?? '';
+    const out = [];
+    for (const l of lines) {
+      const m = /start (\d+) (\d+)/.exec(l);
+      if (m) out.push({ pid: Number(m[1]), ns: BigInt(m[2]) });
+    }
+    return out;
+  }
+  /** Wait (1 ms polling) for a start line whose pid is not `notPid`; resolves {line, seenAt}. */
+  async next(notPid, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      for (const l of this.poll()) if (l.pid !== notPid) return { line: l, seenAt: nowMs() };
+      if (Date.now() > deadline) throw new Error(`no new start line in ${this.file} within ${timeoutMs} ms`);
+      await sleep(1);
+    }
+  }
+}
+
+/** Kill the current worker `kills` times; measure kill → first line in the log, and kill → worker start. */
+async function measure(name, logFile, kills, supervisorPid) {
+  const f = new LogFollower(logFile);
+  let { line: cur } = await f.next(-1, 30_000);
+  await sleep(300); // let the supervisor settle after the first start
+  const seen = [];
+  const spawned = [];
+  const cpu0 = supervisorPid ? procSample(supervisorPid)?.cpuS : undefined;
+  const t0 = Date.now();
+  for (let i = 0; i < kills; i++) {
+    const killedAt = nowMs();
+    try {
+      process.kill(cur.pid, 'SIGKILL');
+    } catch (err) {
+      throw new Error(`${name}: cannot kill worker pid ${cur.pid}: ${err.message}`);
+    }
+    const { line, seenAt } = await f.next(cur.pid, 15_000);
+    seen.push(seenAt - killedAt);
+    spawned.push(Number(line.ns / 1000n) / 1000 - killedAt);
+    cur = line;
+    await sleep(30); // a crash does not follow a start within the same millisecond
+  }
+  const cpu1 = supervisorPid ? procSample(supervisorPid)?.cpuS : undefined;
+  const r = { name, kills, seen, spawned, wallS: (Date.now() - t0) / 1000, supCpuPerRestartMs: cpu0 !== undefined && cpu1 !== undefined ? ((cpu1 - cpu0) * 1000) / kills : NaN };
+  log(`restart ${name}: p50 ${ms(percentile(seen, 50))} ms, p99 ${ms(percentile(seen, 99))} ms (${kills} kills, ${r.wallS.toFixed(1)} s)`);
+  return r;
+}
+
+async function supervisorPidOf(stateDir) {
+  const lock = JSON.parse((await import('node:fs')).readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8'));
+  return lock.pid;
+}
+
+async function dynsupCase(label, dir, nodesYaml, nodeName, kills) {
+  const name = `bench-restart-${label.replace(/\W+/g, '-')}-${process.pid}`;
+  const file = join(dir, `${name}.yaml`);
+  const stateDir = join(dir, `state-${name}`);
+  rmSync(stateDir, { recursive: true, force: true });
+  writeFileSync(file, `name: ${name}
+head: { address: 10.99.0.1 }
+stateDir: ${stateDir}
+lease: 30s
+metrics: { enabled: false }
+controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
+nodes:
+${nodesYaml}
+workers:
+  w:
+    command: [sh, ${join(dir, 'worker.sh')}]
+    nodes: [${nodeName}]
+    restart: { initialDelay: 0, maxRestarts: 0 }
+    stop: { grace: 1s }
+`);
+  const done = onCleanup(`dynsup ${label}`, async () => {
+    await dynsup(['down', file], { timeoutMs: 120_000 });
+    await killByEnv(`DYNSUP_CLUSTER=${name}`);
+  });
+  try {
+    const up = await dynsup(['up', '-d', file, '--timeout', '60']);
+    if (up.code !== 0) throw new Error(`dynsup up (${label}) failed (exit ${up.code}): ${supervisorErrors(stateDir) || short(up.stderr)}`);
+    const pid = await supervisorPidOf(stateDir);
+    return await measure(`dynsup ${label}`, join(stateDir, 'logs/w-0.log'), kills, pid).catch((err) => {
+      const why = supervisorErrors(stateDir);
+      throw new Error(`${short(err)}${why ? `; the supervisor logged: ${why}` : ''}`);
+    });
+  } finally {
+    await done();
+  }
+}
+
+async function supervisordCase(dir, kills) {
+  const d = join(dir, 'supervisord');
+  rmSync(d, { recursive: true, force: true });
+  mkdirSync(d, { recursive: true });
+  const token = `BENCH_RESTART_SUPD_${process.pid}`;
+  const conf = join(d, 'supervisord.conf');
+  writeFileSync(conf, `[unix_http_server]
+file=${d}/supervisor.sock
+[supervisord]
+logfile=${d}/supervisord.log
+pidfile=${d}/supervisord.pid
+childlogdir=${d}
+nodaemon=true
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://${d}/supervisor.sock
+[program:w]
+command=/bin/sh ${join(dir, 'worker.sh')}
+environment=${token}="1"
+startsecs=0
+startretries=1000000
+autorestart=true
+redirect_stderr=true
+stdout_logfile=${d}/w.log
+stdout_logfile_maxbytes=0
+stopasgroup=true
+killasgroup=true
+`);
+  const child = spawn('/usr/bin/supervisord', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (x) => (err += x));
+  const done = onCleanup('supervisord', async () => {
+    if (pidAlive(child.pid)) {
+      child.kill('SIGTERM');
+      await waitFor('supervisord to exit', () => !pidAlive(child.pid) || child.exitCode !== null, 15_000).catch(() => child.kill('SIGKILL'));
+    }
+    await killByEnv(`${token}=1`);
+  });
+  try {
+    const r = await measure('supervisord', join(d, 'w.log'), kills, child.pid);
+    return r;
+  } catch (e) {
+    throw new Error(`${e.message}\n${err}`);
+  } finally {
+    await done();
+  }
+}
+
+async function pm2Case(dir, kills, pm2) {
+  const d = join(dir, 'pm2');
+  rmSync(d, { recursive: true, force: true });
+  mkdirSync(d, { recursive: true });
+  const token = `BENCH_RESTART_PM2_${process.pid}`;
+  const env = { ...process.env, PM2_HOME: join(d, 'home') };
+  const eco = join(d, 'ecosystem.config.cjs');
+  writeFileSync(eco, `module.exports = { apps: [{
+  name: 'w', script: ${JSON.stringify(join(dir, 'worker.sh'))}, interpreter: '/bin/sh', exec_mode: 'fork',
+  autorestart: true, restart_delay: 0, min_uptime: 0, max_restarts: 1000000000, time: false, merge_logs: true,
+  out_file: ${JSON.stringify(join(d, 'w-out.log'))}, error_file: ${JSON.stringify(join(d, 'w-err.log'))},
+  env: { ${token}: '1' },
+}] };
+`);
+  const done = onCleanup('pm2', async () => {
+    await run(pm2, ['kill'], { env, timeoutMs: 60_000 });
+    await killByEnv(`${token}=1`);
+    // the God daemon, by the pid file in our PM2_HOME, if `pm2 kill` left it
+    try {
+      const pid = Number((await import('node:fs')).readFileSync(join(d, 'home/pm2.pid'), 'utf8'));
+      if (pid > 1 && pidAlive(pid)) process.kill(pid, 'SIGKILL');
+    } catch { /* gone */ }
+  });
+  try {
+    await must(pm2, ['start', eco], { env, timeoutMs: 60_000 });
+    const god = Number((await import('node:fs')).readFileSync(join(d, 'home/pm2.pid'), 'utf8'));
+    return await measure('pm2', join(d, 'w-out.log'), kills, god);
+  } finally {
+    await done();
+  }
+}
+
+/** Runs the restart bench; returns the report section. */
+export async function benchRestart({ lab, kills = 200, supervisordKills = kills, cleanUser }) {
+  const installed = await ensureApt([['/usr/bin/supervisord', 'supervisor']]);
+  const pm2 = await ensurePm2();
+  const dir = join(WORK, 'restart');
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'worker.sh'), WORKER, { mode: 0o755 });
+  const results = [];
+  const errors = [];
+  const cases = [
+    ['dynsup local', () => dynsupCase('local', dir, '  head: { transport: local }', 'head', kills)],
+    ['dynsup ssh', () => dynsupCase('ssh', dir, lab.yamlNodes(1), lab.nodes[0].name, kills)],
+    ...(cleanUser ? [['dynsup ssh (clean login)', () => dynsupCase('ssh (clean login)', dir, lab.yamlNodes(1, cleanUser), lab.nodes[0].name, kills)]] : []),
+    ['supervisord', () => supervisordCase(dir, supervisordKills)],
+    ['pm2', () => pm2Case(dir, kills, pm2.bin)],
+  ];
+  for (const [name, fn] of cases) {
+    try {
+      results.push(await fn());
+    } catch (err) {
+      log(`restart ${name} FAILED: ${err.message}`);
+      errors.push(`${name}: ${short(err, 500)}`);
+    }
+  }
+  const by = Object.fromEntries(results.map((r) => [r.name, r]));
+  const p = (r, q, k = 'seen') => (r ? percentile(r[k], q) : NaN);
+  const best = Math.min(p(by.supervisord, 50), p(by.pm2, 50));
+  const bestName = p(by.supervisord, 50) <= p(by.pm2, 50) ? 'supervisord' : 'pm2';
+  const rows = results.map((r) => [
+    r.name,
+    String(r.kills),
+    ms(p(r, 50)),
+    ms(p(r, 99)),
+    ms(p(r, 50, 'spawned')),
+    ms(p(r, 99, 'spawned')),
+    ratio(p(r, 50), best),
+    Number.isFinite(r.supCpuPerRestartMs) ? ms(r.supCpuPerRestartMs) : 'n/a',
+  ]);
+  const targets = ['dynsup local', 'dynsup ssh', 'dynsup ssh (clean login)'].filter((n) => by[n]).map((n) => {
+    const v = p(by[n], 50);
+    const met = Number.isFinite(v) && Number.isFinite(best) && v < p(by.supervisord, 50) && v < p(by.pm2, 50);
+    return { bench: 'restart', what: `${n} p50 below supervisord and pm2`, value: `${ms(v)} ms vs ${bestName} ${ms(best)} ms`, met };
+  });
+  const md = [
+    mdTable(['supervisor', 'kills', 'kill→line p50 ms', 'p99 ms', 'kill→worker start p50 ms', 'p99 ms', 'p50 vs best baseline', 'supervisor CPU per restart ms'], rows),
+    '',
+    `Zero backoff everywhere: dynsup \`restart: {initialDelay: 0, maxRestarts: 0}\`; supervisord \`startsecs=0, autorestart=true\`; ` +
+      `pm2 \`restart_delay: 0, min_uptime: 0\`. "kill→line" is what an operator sees: \`kill -9\` to the replacement's first line ` +
+      `in the tool's own log file (dynsup: \`<stateDir>/logs/w-0.log\`; supervisord: \`stdout_logfile\`; pm2: \`out_file\`), ` +
+      `polled every 1 ms by the bench. "kill→worker start" is the timestamp the new worker prints first (\`date +%s%N\`). ` +
+      `Baseline = the faster of supervisord and pm2 (${bestName}). supervisord and pm2 supervise locally; "dynsup ssh" runs the worker on lab node ${lab.nodes[0].name} over SSH as root ` +
+      `(its login shell runs ~/.bashrc with pyenv init for every exec channel)` + (cleanUser ? `, "clean login" as user ${cleanUser} (/bin/sh, no rc file)` : '') + '.' +
+      (supervisordKills !== kills ? ` supervisord: ${supervisordKills} kills instead of ${kills}, to fit the time budget: each of its restarts waits for its 1 s main-loop tick (about 2 s per kill), so ${kills} kills would take ${Math.round(kills * 2.05)} s; its p50/p99 are stable at that tick.` : '') +
+      (installed.length ? ` Installed for this run with apt-get: ${installed.join(', ')}.` : '') +
+      (pm2.installed ? ` pm2 installed for this run into ${pm2.bin.replace(/\/node_modules.*/, '')} (npm --prefix).` : ''),
+    ...(errors.length ? ['', `**Errors:** ${errors.join('; ')}`] : []),
+  ].join('\n');
+  return { title: 'Restart latency', md, targets, raw: results.map((r) => ({ ...r, p50: p(r, 50), p99: p(r, 99) })) };
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const arg = (k, d) => {
+    const i = process.argv.indexOf(k);
+    return i > 0 ? process.argv[i + 1] : d;
+  };
+  const kills = Number(arg('--kills', '200'));
+  try {
+    const lab = await labFor(1);
+    const clean = await ensureCleanUser();
+    const r = await benchRestart({ lab, kills, supervisordKills: Number(arg('--supervisord-kills', String(kills))), cleanUser: clean.name });
+    console.log(`## ${r.title}\n\n${r.md}\n`);
+  } finally {
+    await runCleanups();
+  }
+}
