@@ -24,6 +24,10 @@ export async function serveControl(path: string, handler: ControlHandler): Promi
   await rm(path, { force: true });
   const server = createServer((sock) => {
     const rl = createInterface({ input: sock });
+    // A client that goes away before its answer (a timed-out `up -d` poll, a Ctrl-C'd `status`) makes the
+    // answer's write fail with EPIPE; readline re-emits that on the interface, and unhandled it would kill the
+    // supervisor. The socket's own handler below ignores it too.
+    rl.on('error', () => undefined);
     rl.on('line', (line) => {
       let req: ControlRequest;
       try {

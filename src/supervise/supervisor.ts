@@ -2,6 +2,7 @@
  * The supervisor: control plane first, then nodes, then worker groups in dependency order; stop in reverse.
  * It owns Replica objects and Transports, but never starts a process itself.
  */
+import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
 import type { ClusterConfig, NodeConfig, WorkerGroup } from '../config/types.js';
 import { assertPortFree } from '../controlplane/ports.js';
@@ -50,7 +51,7 @@ export class Supervisor {
   readonly #logs: ReplicaLog[] = [];
   #heartbeat: NodeJS.Timeout | undefined;
   #stopping = false;
-  readonly #stop = new AbortController();
+  readonly #stop = stopController();
 
   constructor(options: SupervisorOptions) {
     this.#o = options;
@@ -321,4 +322,11 @@ export class Supervisor {
         return log.info({ replica: name }, `${name} stopped: ${ev.reason}`);
     }
   }
+}
+
+/** One abort signal shared by every node connection (hundreds of listeners are expected, not a leak). */
+function stopController(): AbortController {
+  const c = new AbortController();
+  setMaxListeners(0, c.signal);
+  return c;
 }

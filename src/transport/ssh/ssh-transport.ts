@@ -97,12 +97,17 @@ export class SshTransport implements Transport {
       signal,
     );
     const dir = q(this.#runDir);
-    const prep = await conn.exec(`umask 077 && mkdir -p ${dir} && chmod 700 ${dir} && command -v flock >/dev/null && command -v setsid >/dev/null && echo ok`, { signal });
+    // One exec (one login) prepares the node: run dir, tool check, and the agent itself (on stdin).
+    const agent = q(`${this.#runDir}/node-agent.sh`);
+    const prep = await conn.exec(
+      `umask 077 && mkdir -p ${dir} && chmod 700 ${dir} && command -v flock >/dev/null && command -v setsid >/dev/null && ` +
+        `cat > ${agent}.tmp && chmod 700 ${agent}.tmp && mv -f ${agent}.tmp ${agent} && echo ok`,
+      { signal, stdin: agentScript() },
+    );
     if (prep.code !== 0 || !prep.stdout.toString().includes('ok')) {
       await conn.end();
       throw new DynsupError('E_NODE', `node ${this.node}: cannot prepare ${this.#runDir} (needs sh, mkdir, flock, setsid): ${prep.stderr.toString().trim() || `exit ${prep.code}`}`);
     }
-    await conn.writeFile(`${this.#runDir}/node-agent.sh`, agentScript(), 0o700, { signal });
     if (!this.#setupDone && this.#o.node.setup.length) {
       for (const cmd of this.#o.node.setup) {
         const r = await conn.exec(cmd, { signal });
@@ -215,11 +220,13 @@ export class SshTransport implements Transport {
       `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null & t=$!`,
       `flock -s ${n}.lock true`,
       `kill $t 2>/dev/null; wait $t 2>/dev/null`,
+      `echo "dynsup-agent size $(stat -c %s ${n}.out 2>/dev/null || echo 0)" >&2`,
       `echo "dynsup-agent exit $(cat ${n}.exit 2>/dev/null || echo 255)" >&2`,
     ].join('\n');
     const channel = await conn.spawn(`exec sh -c ${q(script)}`);
     w.channel = channel;
     let rc: number | undefined;
+    let finalSize: number | undefined;
     let pidResolve!: (p: number | null) => void;
     const pidKnown = new Promise<number | null>((r) => (pidResolve = r));
     let errBuf = '';
@@ -227,43 +234,57 @@ export class SshTransport implements Transport {
       errBuf += d.toString();
       let nl: number;
       while ((nl = errBuf.indexOf('\n')) >= 0) {
-        const ev = parseAgentLine(errBuf.slice(0, nl));
+        const line = errBuf.slice(0, nl);
+        const ev = parseAgentLine(line);
         errBuf = errBuf.slice(nl + 1);
         if (ev?.kind === 'pid') {
           w.pid = ev.pid || w.pid;
           pidResolve(ev.pid || null);
         } else if (ev?.kind === 'exit') rc = ev.rc;
+        else {
+          const m = /^dynsup-agent size (\d+)/.exec(line);
+          if (m) finalSize = Number(m[1]);
+        }
       }
     });
-    channel.on('data', (d: Buffer) => {
-      w.received += d.length;
-      if (!w.output.write(d)) channel.pause();
-    });
-    w.output.on('drain', () => channel.resume());
+    this.#pump(channel, w);
     channel.on('close', () => {
       pidResolve(null);
       w.channel = undefined;
-      void this.#detached(w, rc);
+      void this.#detached(w, rc, finalSize);
     });
     const pid = await pidKnown;
     if (!first && pid) this.#o.onNotice?.('info', `node ${this.node}: re-attached ${w.name} (pid ${pid}) at byte ${w.received}`);
     return pid;
   }
 
+  /** Copy a channel's stdout into the replica's output, with backpressure (memory stays bounded). */
+  #pump(channel: ClientChannel, w: Attached): void {
+    const resume = () => channel.resume();
+    w.output.on('drain', resume);
+    channel.on('data', (d: Buffer) => {
+      w.received += d.length;
+      if (!w.output.write(d)) channel.pause();
+    });
+    channel.once('close', () => w.output.off('drain', resume));
+  }
+
   /** The attach channel closed: either the worker exited (rc known) or the link dropped (re-attach later). */
-  async #detached(w: Attached, rc: number | undefined): Promise<void> {
+  async #detached(w: Attached, rc: number | undefined, finalSize: number | undefined): Promise<void> {
     if (w.settled) return;
     if (rc === undefined) return; // link trouble: #onClose/#reconnect re-attaches
-    // Exited. tail may have been killed before it sent the last bytes: fetch the remainder from our offset.
-    try {
-      const conn = await this.#ready();
-      const rest = await conn.exec(`tail -c +${w.received + 1} ${q(`${this.#runDir}/${w.name}.out`)}`);
-      if (rest.stdout.length) {
-        w.received += rest.stdout.length;
-        w.output.write(rest.stdout);
+    // Exited. `tail -f` is stopped once the worker is gone and may not have sent the last bytes: stream
+    // the rest from our offset (never buffered whole: a fast worker can leave gigabytes behind).
+    if (finalSize === undefined || finalSize > w.received) {
+      try {
+        const conn = await this.#ready();
+        const rest = await conn.spawn(`exec tail -c +${w.received + 1} ${q(`${this.#runDir}/${w.name}.out`)}`);
+        rest.stderr.resume();
+        this.#pump(rest, w);
+        await new Promise((r) => rest.once('close', r));
+      } catch {
+        /* the node went away right now: what we have is what we have */
       }
-    } catch {
-      /* the node went away right now: what we have is what we have */
     }
     w.settle(exitFromStatus(rc));
   }
