@@ -224,7 +224,7 @@ export async function benchLogs({ lab, lines = 10_000_000 }) {
     `${lines.toLocaleString('en')} lines of 100 bytes (${(bytes / 1e9).toFixed(2)} GB) from \`node gen.mjs\` on lab node ${lab.nodes[0].name}, ` +
       `as root. Both start on the same trigger file after the login; the time runs to the last byte in the file on the head. ` +
       `dynsup: the worker's output is spooled on the node, streamed by \`tail -f\` over the node's SSH connection, written to ` +
-      `\`<stateDir>/logs/w-0.log\` (\`logs: {maxSize: 0}\`: no rotation, so the whole GB is one file to check). "intact" = same ` +
+      `\`<stateDir>/logs/w-0.log\` (\`logs: {maxSize: 0}\`: no rotation, so the whole output is one file to check). "intact" = same ` +
       `byte count, line count and SHA-256 as the generator's output. "machine CPU s" = all CPU the machine spent (generator, ` +
       `sshd, tail, client), for scale.`,
     ...(errors.length ? ['', `**Errors:** ${errors.join('; ')}`] : []),

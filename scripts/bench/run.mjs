@@ -55,6 +55,9 @@ try {
   if (pm2.installed) installedNotes.push(`npm install --prefix ${pm2.bin.replace(/\/node_modules.*/, '')} pm2@5`);
   const pm2Version = (await run(pm2.bin, ['--version'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } })).stdout.trim().split('\n').pop();
   await run(pm2.bin, ['kill'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } });
+  // What is benchmarked: the tree as built by `npm run bench` right before this (others may commit meanwhile).
+  const commit = (await run('git', ['rev-parse', '--short', 'HEAD'])).stdout.trim();
+  const dirty = (await run('git', ['status', '--porcelain', 'src', 'share'])).stdout.trim() ? ' (with uncommitted changes in src/ or share/)' : '';
   lab = await startLab(32);
   const clean = await ensureCleanUser();
   if (clean.created) installedNotes.push(`useradd ${clean.name} (removed at the end)`);
@@ -80,8 +83,8 @@ try {
   }
   const versions = {
     dynsup: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version,
-    commit: (await run('git', ['rev-parse', '--short', 'HEAD'])).stdout.trim(),
-    dirty: (await run('git', ['status', '--porcelain', 'src', 'share'])).stdout.trim() ? ' (with uncommitted changes in src/ or share/)' : '',
+    commit,
+    dirty,
     ssh: (await run('ssh', ['-V'])).stderr.trim(),
     pdsh: (await run('pdsh', ['-V'])).stdout.split('\n')[0].trim() || (await run('pdsh', ['-V'])).stderr.split('\n')[0].trim(),
     supervisord: (await run('/usr/bin/supervisord', ['--version'])).stdout.trim(),
