@@ -1,5 +1,6 @@
 /** Prometheus text exposition of the supervisor's state, served at http://<head.address>:<metrics.port>/metrics. */
 import { createServer, type Server } from 'node:http';
+import { constants } from 'node:os';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaState } from '../supervise/replica.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
@@ -40,9 +41,8 @@ export function renderMetrics(status: ClusterStatus, logs: ReadonlyMap<string, R
   return `${out.join('\n')}\n`;
 }
 
-const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15, SIGUSR1: 10, SIGUSR2: 12, SIGBUS: 7, SIGFPE: 8, SIGILL: 4 };
 function signalNumber(sig: string | null): number {
-  return sig ? (SIGNALS[sig] ?? 0) : 0;
+  return sig ? (constants.signals[sig as NodeJS.Signals] ?? 0) : 0;
 }
 
 export async function serveMetrics(host: string, port: number, render: () => string): Promise<Server> {

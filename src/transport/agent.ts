@@ -3,6 +3,7 @@
  * the per-replica spec file it sources and parses the control lines it prints. Pure, except agentScript().
  */
 import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { ExitInfo, LaunchSpec } from './types.js';
 import { shellJoin, shellQuote } from './ssh/shell-quote.js';
@@ -61,10 +62,13 @@ export function parseAgentLine(line: string): AgentEvent | null {
   return { kind: 'error', message: m[2] ?? '' };
 }
 
-const SIGNAL_BY_NUMBER: Record<number, NodeJS.Signals> = {
-  1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 4: 'SIGILL', 6: 'SIGABRT', 7: 'SIGBUS', 8: 'SIGFPE', 9: 'SIGKILL',
-  10: 'SIGUSR1', 11: 'SIGSEGV', 12: 'SIGUSR2', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM',
-};
+/** Signal names by number, from the OS's own table (the one metrics and exit reports share). */
+// The first name wins: aliases (SIGIOT for SIGABRT, SIGPOLL for SIGIO) come after the usual names.
+const SIGNAL_BY_NUMBER: Record<number, NodeJS.Signals> = Object.fromEntries(
+  Object.entries(constants.signals)
+    .reverse()
+    .map(([name, n]) => [n, name as NodeJS.Signals]),
+);
 
 /** The shell reports death by signal N as status 128+N. */
 export function exitFromStatus(rc: number): ExitInfo {
