@@ -213,7 +213,7 @@ export const clusterSchema = z
             error: "expected a size: bytes as a number, or a string like '100MB', '1GiB'",
           })
           .optional()
-          .meta({ description: 'Rotate a replica log when it reaches this size, at a line boundary (default 100MiB; 0 = never).' }),
+          .meta({ description: 'Largest size of a replica log file; it is rotated before a line would cross it, so no line is split and no file is larger (except one holding a single longer line). Default 100MiB; 0 = never.' }),
         keep: z.int({ error: 'expected a whole number ≥ 1' }).min(1, { error: 'expected a whole number ≥ 1' }).max(1000).optional().meta({ description: 'Rotated files kept (default 5).' }),
       })
       .optional(),

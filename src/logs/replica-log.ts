@@ -47,6 +47,8 @@ export class ReplicaLog {
   readonly #o: ReplicaLogOptions;
   #out: WriteStream | undefined;
   #size = 0;
+  /** Whether the file's last byte is a line end (a rotation there splits nothing). */
+  #endsLine = true;
   #failedAt = 0;
 
   constructor(replica: string, file: string, options: ReplicaLogOptions = {}) {
@@ -95,26 +97,38 @@ export class ReplicaLog {
       this.#o.onError?.(this.replica, `writing ${this.file} works again (${this.stats.bytesLost} bytes were lost)`);
     }
     this.#size += chunk.length;
+    this.#endsLine = chunk[chunk.length - 1] === 10;
     if (!out.write(chunk)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
   }
 
-  /** Write a chunk, rotating at its last line end if the file reaches maxBytes (never inside a line). */
+  /**
+   * Write a chunk; a file never grows past maxBytes except by one line longer than maxBytes itself.
+   * Rotation happens only after a newline, so no line is split across files.
+   */
   async #append(chunk: Buffer): Promise<void> {
     const max = this.#o.maxBytes ?? 0;
-    if (max && this.#size + chunk.length >= max) {
-      const nl = chunk.lastIndexOf(10);
-      if (nl >= 0) {
-        await this.#write(chunk.subarray(0, nl + 1));
-        await this.#rotate();
-        if (nl + 1 < chunk.length) await this.#write(chunk.subarray(nl + 1));
-        return;
+    if (max) await this.#stream(); // learn the size of a file left by an earlier run
+    while (max && this.#size + chunk.length > max) {
+      const room = max - this.#size;
+      // The last line end that still fits in this file...
+      let cut = room > 0 ? chunk.lastIndexOf(10, room - 1) + 1 : 0;
+      if (cut === 0 && this.#size > 0 && this.#endsLine) {
+        if (!(await this.#rotate())) break; // the next line does not fit: start it in a fresh file
+        continue;
       }
+      // ...or, for a line longer than the room left, that line's end.
+      if (cut === 0) cut = chunk.indexOf(10) + 1;
+      if (cut === 0) break; // no line end in sight: keep appending until one arrives
+      await this.#write(chunk.subarray(0, cut));
+      chunk = chunk.subarray(cut);
+      if (!(await this.#rotate())) break;
     }
-    await this.#write(chunk);
+    if (chunk.length) await this.#write(chunk);
   }
 
-  async #rotate(): Promise<void> {
-    if (!this.#out || this.#out.destroyed) return;
+  /** False when there is no open file to rotate (the disk is failing). */
+  async #rotate(): Promise<boolean> {
+    if (!this.#out || this.#out.destroyed) return false;
     const out = this.#out;
     this.#out = undefined;
     await new Promise<void>((resolve) => out.end(resolve));
@@ -124,6 +138,7 @@ export class ReplicaLog {
     this.#size = 0;
     this.stats.rotations++;
     await this.#stream(); // the current file always exists (followers and `dynsup logs` read it)
+    return true;
   }
 
   /** Read `output` to its end. Resolves once everything read is handed to the file stream. */
