@@ -693,6 +693,8 @@ class Connection implements SshConnection {
   private readonly o: Resolved;
   private readonly slots: Slots;
   private readonly listeners = new Set<(err: Error | undefined) => void>();
+  /** Exit status of each exec channel, recorded from the moment it opens (see execRequest). */
+  private readonly exits = new WeakMap<ClientChannel, { code: number | null; signal: NodeJS.Signals | null }>();
   private open = true;
   private endedByUs = false;
   private lastError: SshLibError | undefined;
@@ -767,16 +769,19 @@ class Connection implements SshConnection {
     if (!this.open) throw this.closedError();
     const release = await this.slots.acquire(signal);
     try {
-      const channel = await this.execRequest(command, signal);
-      channel.once('close', release);
-      return channel;
+      return await this.execRequest(command, signal, (channel) => channel.once('close', release));
     } catch (err) {
       release();
       throw err;
     }
   }
 
-  private execRequest(command: string, signal: AbortSignal | undefined): Promise<ClientChannel> {
+  /**
+   * `opened` runs in ssh2's callback, before the promise settles: a short command's output, exit status
+   * and close can arrive in the same read as the channel confirmation, and are emitted before an
+   * `await` would resume. Its exit status is recorded here for collect().
+   */
+  private execRequest(command: string, signal: AbortSignal | undefined, opened: (channel: ClientChannel) => void): Promise<ClientChannel> {
     return new Promise<ClientChannel>((resolve, reject) => {
       signal?.throwIfAborted();
       if (!this.open) return reject(this.closedError());
@@ -793,6 +798,10 @@ class Connection implements SshConnection {
           return;
         }
         if (err !== undefined || channel === undefined) return reject(this.channelError(err));
+        channel.once('exit', (code: number | null, sig?: string) => {
+          this.exits.set(channel, { code: code ?? null, signal: (sig as NodeJS.Signals | undefined) ?? null });
+        });
+        opened(channel);
         resolve(channel);
       };
       try {
@@ -820,7 +829,6 @@ class Connection implements SshConnection {
     return new Promise<ExecResult>((resolve, reject) => {
       const stdout: Buffer[] = [];
       const stderr: Buffer[] = [];
-      let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
       let finished = false;
       const signal = options.signal;
 
@@ -842,10 +850,8 @@ class Connection implements SshConnection {
 
       channel.on('data', (d: Buffer) => stdout.push(d));
       channel.stderr.on('data', (d: Buffer) => stderr.push(d));
-      channel.on('exit', (code: number | null, sig?: string) => {
-        exit = { code: code ?? null, signal: (sig as NodeJS.Signals | undefined) ?? null };
-      });
       channel.on('close', () => {
+        const exit = this.exits.get(channel);
         if (exit === undefined) {
           finish(() => reject(this.open ? this.o.fail('E_SSH_CHANNEL', 'command channel closed without an exit status') : this.closedError()));
           return;
