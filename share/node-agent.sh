@@ -75,7 +75,10 @@ flock -x 9
 if [ "$A_MODE" = spool ]; then
   # Detached from any ssh channel: only the lease or an explicit signal stops us, never a dropped link.
   trap '' HUP
-  (a_env; exec setsid "$@") >>"${A_OUT:-$rundir/$name.out}" 2>&1 </dev/null 9>&- &
+  # The spool exists before the pid is reported: a reader's `tail -f` must not find it missing.
+  out=${A_OUT:-$rundir/$name.out}
+  : >>"$out"
+  (a_env; exec setsid "$@") >>"$out" 2>&1 </dev/null 9>&- &
 else
   (a_env; exec setsid "$@") 2>&1 </dev/null 9>&- &
 fi

@@ -420,7 +420,7 @@ function resolveNode(
 ): NodeConfig {
   const transport = n.transport ?? 'local';
   const at = (...p: string[]): ConfigPath => ['nodes', name, ...p];
-  const sshOnly = ['host', 'port', 'user', 'identityFile', 'knownHosts', 'hostKeyCheck'] as const;
+  const sshOnly = ['host', 'port', 'user', 'identityFile', 'knownHosts', 'hostKeyCheck', 'maxSessions'] as const;
   if (transport === 'ssh' && !n.host) add(at(), "missing required field 'host' (transport: ssh)");
   if (transport !== 'ssh') for (const k of sshOnly) if (n[k] !== undefined) add(at(k), `only valid with transport: ssh (this node is ${transport})`, true);
   return {
@@ -439,6 +439,7 @@ function resolveNode(
             identityFile: n.identityFile === undefined ? undefined : abs(n.identityFile),
             knownHosts: abs(n.knownHosts ?? '~/.ssh/known_hosts'),
             hostKeyCheck: n.hostKeyCheck ?? 'strict',
+            maxSessions: n.maxSessions ?? 10,
           }
         : undefined,
   };

@@ -112,6 +112,15 @@ export const nodeSchema = z.strictObject({
   identityFile: nonEmpty.optional().meta({ description: 'ssh: private key file (default: the ssh-agent at SSH_AUTH_SOCK).' }),
   knownHosts: nonEmpty.optional().meta({ description: 'ssh: known_hosts file (default ~/.ssh/known_hosts).' }),
   hostKeyCheck: z.enum(['strict', 'accept-new', 'off'], { error: "expected one of 'strict', 'accept-new', 'off'" }).optional(),
+  maxSessions: z
+    .int({ error: 'expected a whole number ≥ 3' })
+    .min(3, { error: 'expected a whole number ≥ 3 (sshd MaxSessions)' })
+    .max(1000, { error: 'expected a whole number of at most 1000' })
+    .optional()
+    .meta({
+      description:
+        "ssh: the node's sshd MaxSessions, channels per connection (default 10, OpenSSH's default). Each worker's output streams over one channel; dynsup opens more connections to the node when its workers need more.",
+    }),
   setup: z.array(nonEmpty, { error: 'expected a list of shell commands' }).optional().meta({ description: 'Commands run once on the node before its workers start.' }),
   runDir: nonEmpty.optional().meta({ description: 'Where dynsup keeps runtime files on the node (default /tmp/dynsup-<user>/<cluster>).' }),
 });

@@ -39,6 +39,8 @@ export interface SshNodeOptions {
   readonly identityFile?: string | undefined;
   readonly knownHosts: string;
   readonly hostKeyCheck: 'strict' | 'accept-new' | 'off';
+  /** The node's sshd MaxSessions: channels per connection. */
+  readonly maxSessions: number;
 }
 
 export interface NodeConfig {

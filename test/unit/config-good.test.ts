@@ -288,6 +288,7 @@ describe('good cluster files', () => {
             identityFile: join(goodDir, 'keys/id_ed25519'),
             knownHosts: join(homedir(), '.ssh/known_hosts'),
             hostKeyCheck: 'accept-new',
+            maxSessions: 10,
           },
         },
       ]);

@@ -28,12 +28,30 @@ export interface SshTransportOptions {
   readonly leaseMs: number;
   /** Called for connection trouble and recovery (the supervisor logs it). */
   readonly onNotice?: (level: 'info' | 'warn' | 'error', message: string) => void;
-  /** Parallel channels allowed on the connection (sshd MaxSessions). */
+  /** Channels per connection (the node's sshd MaxSessions); default node.ssh.maxSessions. */
   readonly maxChannels?: number;
+}
+
+/**
+ * A connection that carries attach channels (one per worker) and how many it carries, counted before
+ * the channel opens so concurrent launches never oversubscribe it. sshd refuses channels past its
+ * MaxSessions (10 by default, less than a node's 8 GPU workers plus what dynsup itself needs), so
+ * workers beyond one connection's share get another connection.
+ */
+interface Carrier {
+  readonly conn: SshConnection;
+  readonly capacity: number;
+  used: number;
 }
 
 interface Attached {
   readonly name: string;
+  /**
+   * This launch's token, written to NAME.gen by the control shell once the previous run's files are
+   * removed. The attach channel is another channel and may run first: until NAME.gen holds this token,
+   * the pid, exit and spool files it would read are the previous run's.
+   */
+  readonly gen: string;
   readonly output: PassThrough;
   /** Bytes of the spool already received (and written to `output`). */
   received: number;
@@ -43,6 +61,8 @@ interface Attached {
   settle: (exit: ExitInfo) => void;
   settled: boolean;
   channel?: ClientChannel | undefined;
+  /** An attach is being opened (one at a time: the reconnect loop and a retry may both try). */
+  attaching: boolean;
   /** When a stop was asked for while the node was unreachable. */
   stopRequestedAt?: number | undefined;
 }
@@ -60,6 +80,9 @@ export class SshTransport implements Transport {
   readonly #workers = new Map<string, Attached>();
   #setupDone = false;
   #reconnectWake = new AbortController();
+  /** The main connection (control shell, commands, the first attach channels) and any extra ones. */
+  #carriers: Carrier[] = [];
+  #openingCarrier: Promise<void> | undefined;
 
   constructor(options: SshTransportOptions) {
     this.#o = options;
@@ -76,11 +99,13 @@ export class SshTransport implements Transport {
     await this.#open(signal);
   }
 
-  /** Connect, install the agent, start the control channel. Shared by first connect and reconnects. */
-  async #open(signal?: AbortSignal): Promise<void> {
+  get #maxSessions(): number {
+    return this.#o.maxChannels ?? this.#o.node.ssh?.maxSessions ?? 10;
+  }
+
+  #connectOptions(main: boolean): Parameters<typeof connectSsh>[0] {
     const ssh = this.#o.node.ssh!;
-    const conn = await connectSsh(
-      {
+    return {
         node: this.node,
         host: ssh.host,
         port: ssh.port,
@@ -91,11 +116,15 @@ export class SshTransport implements Transport {
         keepaliveInterval: 2000,
         keepaliveCountMax: 3,
         readyTimeout: 10_000,
-        maxChannels: this.#o.maxChannels ?? 64,
-        onWarning: (w) => this.#o.onNotice?.('warn', `node ${this.node}: ${w.message}`),
-      },
-      signal,
-    );
+        maxChannels: this.#maxSessions,
+        // Extra connections would only repeat the main one's warnings.
+        ...(main ? { onWarning: (w: { message: string }) => this.#o.onNotice?.('warn', `node ${this.node}: ${w.message}`) } : {}),
+    };
+  }
+
+  /** Connect, install the agent, start the control channel. Shared by first connect and reconnects. */
+  async #open(signal?: AbortSignal): Promise<void> {
+    const conn = await connectSsh(this.#connectOptions(true), signal);
     const dir = q(this.#runDir);
     // One exec (one login) prepares the node: run dir, tool check, and the agent itself (on stdin).
     const agent = q(`${this.#runDir}/node-agent.sh`);
@@ -124,6 +153,8 @@ export class SshTransport implements Transport {
     control.stderr.resume();
     this.#conn = conn;
     this.#control = control;
+    // Room kept on the main connection for the control shell and two commands at a time.
+    this.#carriers = [{ conn, capacity: Math.max(1, this.#maxSessions - 3), used: 0 }, ...this.#carriers.filter((c) => c.conn.isOpen)];
     this.#lostSince = null;
     await this.heartbeat();
     conn.on('close', (err) => void this.#onClose(conn, err));
@@ -162,6 +193,7 @@ export class SshTransport implements Transport {
     const base = `${this.#runDir}/${spec.replica}`;
     // Written and started through the control shell: no new channel (and no login-shell start-up) per launch.
     const eof = `__DYNSUP_${randomBytes(9).toString('hex')}__`;
+    const gen = randomBytes(6).toString('hex');
     const spool = renderSpec(spec, { mode: 'spool', leaseSeconds: this.#o.leaseMs / 1000 });
     const sent = this.#send(
       [
@@ -170,6 +202,7 @@ export class SshTransport implements Transport {
         eof,
         `mv -f ${q(`${base}.spec.tmp`)} ${q(`${base}.spec`)}`,
         `cd ${q(this.#runDir)} && rm -f ${q(`${spec.replica}.pid`)} ${q(`${spec.replica}.exit`)} ${q(`${spec.replica}.out`)} && ` +
+          `echo ${gen} > ${q(`${spec.replica}.gen`)} && ` +
           `setsid sh ./node-agent.sh ${q(this.#runDir)} ${q(spec.replica)} </dev/null >/dev/null 2>${q(`${spec.replica}.agent.err`)} &)`,
       ].join('\n'),
     );
@@ -177,7 +210,7 @@ export class SshTransport implements Transport {
     void conn;
     let settle!: (e: ExitInfo) => void;
     const exited = new Promise<ExitInfo>((r) => (settle = r));
-    const w: Attached = { name: spec.replica, output: new PassThrough({ highWaterMark: 1 << 20 }), received: 0, freed: 0, pid: 0, settle, settled: false };
+    const w: Attached = { name: spec.replica, gen, output: new PassThrough({ highWaterMark: 1 << 20 }), received: 0, freed: 0, pid: 0, settle, settled: false, attaching: false };
     w.settle = (e) => {
       if (w.settled) return;
       w.settled = true;
@@ -186,7 +219,19 @@ export class SshTransport implements Transport {
       settle(e);
     };
     this.#workers.set(spec.replica, w);
-    const pid = await this.#attach(w, true);
+    let pid: number | null;
+    try {
+      pid = await this.#attach(w, true);
+    } catch (err) {
+      // No channel to watch it through: do not leave it running unwatched (the heartbeat would keep it).
+      const n = q(spec.replica);
+      this.#send(
+        `(cd ${q(this.#runDir)} && i=0 && while [ "$(cat ${n}.gen 2>/dev/null)" = ${gen} ] && [ ! -s ${n}.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; ` +
+          `[ "$(cat ${n}.gen 2>/dev/null)" = ${gen} ] && kill -KILL -"$(cat ${n}.pid)" 2>/dev/null) &`,
+      );
+      w.settle({ code: 127, signal: null });
+      throw new DynsupError('E_LAUNCH', `node ${this.node}: cannot follow ${spec.replica}'s output, so it was stopped: ${errorMessage(err)}`);
+    }
     if (pid === null) {
       const err = await conn.exec(`cat ${q(`${base}.agent.err`)} 2>/dev/null; tail -c 2000 ${q(`${base}.out`)} 2>/dev/null`).catch(() => null);
       w.settle({ code: 127, signal: null });
@@ -210,12 +255,56 @@ export class SshTransport implements Transport {
    * agent is gone. Resolves with the pid once known (null if the worker never started); the rest runs on.
    */
   async #attach(w: Attached, first: boolean): Promise<number | null> {
-    const conn = await this.#ready();
+    if (w.attaching || w.channel || w.settled) return null;
+    w.attaching = true;
+    try {
+      return await this.#attachOn(w, first);
+    } finally {
+      w.attaching = false;
+    }
+  }
+
+  /** A connection with room for one more attach channel: an open one, or a new one. */
+  async #carrier(): Promise<{ conn: SshConnection; release: () => void }> {
+    for (;;) {
+      await this.#ready();
+      this.#carriers = this.#carriers.filter((c) => c.conn.isOpen);
+      const c = this.#carriers.find((x) => x.used < x.capacity);
+      if (c) {
+        c.used++;
+        let released = false;
+        const release = (): void => {
+          if (!released) c.used--;
+          released = true;
+        };
+        return { conn: c.conn, release };
+      }
+      this.#openingCarrier ??= this.#openCarrier().finally(() => (this.#openingCarrier = undefined));
+      await this.#openingCarrier;
+    }
+  }
+
+  async #openCarrier(): Promise<void> {
+    const conn = await connectSsh(this.#connectOptions(false), AbortSignal.timeout(10_000));
+    if (this.#closing) {
+      await conn.end();
+      throw new DynsupError('E_NODE', `node ${this.node}: transport closed`);
+    }
+    this.#carriers.push({ conn, capacity: this.#maxSessions, used: 0 });
+    const n = this.#carriers.length;
+    this.#o.onNotice?.('info', `node ${this.node}: opened connection ${n} (more workers than one connection's ${this.#maxSessions} sessions)`);
+  }
+
+  async #attachOn(w: Attached, first: boolean): Promise<number | null> {
+    const { conn, release } = await this.#carrier();
     const n = q(w.name);
     const script = [
       `cd ${q(this.#runDir)} || exit 1`,
-      // Wait (briefly, only at start) for the agent to record the pid; it holds the lock by then.
-      `i=0; while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.02; done`,
+      // Wait (briefly, only at start) for this launch's files, then for the agent to record the pid; it
+      // holds the lock by then, and the spool exists.
+      `i=0; until [ "$(cat ${n}.gen 2>/dev/null)" = ${w.gen} ]; do i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
+      `while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
+      `[ "$(cat ${n}.gen 2>/dev/null)" = ${w.gen} ] || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
       `echo "dynsup-agent pid $(cat ${n}.pid 2>/dev/null || echo 0)" >&2`,
       `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null & t=$!`,
       `flock -s ${n}.lock true`,
@@ -223,7 +312,14 @@ export class SshTransport implements Transport {
       `echo "dynsup-agent size $(stat -c %s ${n}.out 2>/dev/null || echo 0)" >&2`,
       `echo "dynsup-agent exit $(cat ${n}.exit 2>/dev/null || echo 255)" >&2`,
     ].join('\n');
-    const channel = await conn.spawn(`exec sh -c ${q(script)}`);
+    let channel: ClientChannel;
+    try {
+      channel = await conn.spawn(`exec sh -c ${q(script)}`);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    channel.once('close', release);
     w.channel = channel;
     let rc: number | undefined;
     let finalSize: number | undefined;
@@ -272,7 +368,12 @@ export class SshTransport implements Transport {
   /** The attach channel closed: either the worker exited (rc known) or the link dropped (re-attach later). */
   async #detached(w: Attached, rc: number | undefined, finalSize: number | undefined): Promise<void> {
     if (w.settled) return;
-    if (rc === undefined) return; // link trouble: #onClose/#reconnect re-attaches
+    if (rc === undefined) {
+      // Link trouble. If the main connection went, its reconnect re-attaches everyone; if only the
+      // connection carrying this channel did, nobody else will.
+      void this.#reattach(w);
+      return;
+    }
     // Exited. `tail -f` is stopped once the worker is gone and may not have sent the last bytes: stream
     // the rest from our offset (never buffered whole: a fast worker can leave gigabytes behind).
     if (finalSize === undefined || finalSize > w.received) {
@@ -287,6 +388,18 @@ export class SshTransport implements Transport {
       }
     }
     w.settle(exitFromStatus(rc));
+  }
+
+  /** Re-attach a worker whose attach channel dropped, retrying while the node is reachable. */
+  async #reattach(w: Attached): Promise<void> {
+    for (let delay = 200; !this.#closing && !w.settled && !w.channel; delay = Math.min(delay * 2, 3000)) {
+      await sleep(delay);
+      try {
+        await this.#attach(w, false);
+      } catch {
+        /* retried */
+      }
+    }
   }
 
   async #onClose(conn: SshConnection, err: Error | undefined): Promise<void> {
@@ -362,6 +475,7 @@ rm -rf "$d"`;
     this.#reconnectWake.abort();
     for (const w of this.#workers.values()) w.channel?.close();
     this.#control?.end();
-    await this.#conn?.end().catch(() => undefined);
+    await Promise.all([this.#conn, ...this.#carriers.map((c) => c.conn)].map((c) => c?.end().catch(() => undefined)));
+    this.#carriers = [];
   }
 }
