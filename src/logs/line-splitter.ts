@@ -2,6 +2,8 @@
  * Splits a byte stream into lines for display and followers, holding at most maxLineBytes of a partial line:
  * a worker that prints megabytes without a newline cannot grow our memory. The log *file* never goes through
  * this (it gets the raw bytes), so truncation here only affects what is shown, never what is kept.
+ * A line that lies whole in one chunk is handed out as a view of the chunk (no copy: splitting is on the
+ * path of every byte a worker prints); a partial line held across chunks is copied.
  */
 export class LineSplitter {
   readonly #max: number;
@@ -20,10 +22,19 @@ export class LineSplitter {
     for (;;) {
       const nl = chunk.indexOf(10, start);
       if (nl < 0) break;
-      this.#hold(chunk.subarray(start, nl));
-      this.#emit();
+      if (this.#held === 0 && this.#dropped === 0 && nl - start <= this.#max) {
+        // A whole line inside the chunk: hand out a view, no copy. Chunks from streams are fresh
+        // allocations that are never reused (the log file's write keeps a reference to them too).
+        let line = chunk.subarray(start, nl);
+        if (line.length && line[line.length - 1] === 13) line = line.subarray(0, line.length - 1);
+        this.#onLine(line, 0);
+      } else {
+        this.#hold(chunk.subarray(start, nl));
+        this.#emit();
+      }
       start = nl + 1;
     }
+    // A partial line is copied: it is held across chunks.
     if (start < chunk.length) this.#hold(chunk.subarray(start));
   }
 
@@ -36,7 +47,6 @@ export class LineSplitter {
     const room = this.#max - this.#held;
     if (part.length <= room) {
       if (part.length) {
-        // Copy: the chunk's memory belongs to the stream and may be reused.
         this.#parts.push(Buffer.from(part));
         this.#held += part.length;
       }

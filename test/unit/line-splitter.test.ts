@@ -118,6 +118,17 @@ describe('LineSplitter', () => {
     expect(texts()).toEqual(['abcdef']);
   });
 
+  it('hands out lines that lie whole in a chunk as views of it, without copying', () => {
+    const seen: Buffer[] = [];
+    const s = new LineSplitter(1024, (l) => seen.push(l));
+    const chunk = b('one\r\ntwo\nthr');
+    s.push(chunk);
+    s.push(b('ee\n'));
+    expect(seen.map((l) => l.toString())).toEqual(['one', 'two', 'three']);
+    expect(seen[0]!.buffer).toBe(chunk.buffer);
+    expect(seen[1]!.byteOffset).toBe(chunk.byteOffset + 5);
+  });
+
   describe('flush', () => {
     it('emits a last line without newline, once', () => {
       const { s, lines } = collect();
