@@ -12,6 +12,7 @@ import { DynsupError } from '../util/errors.js';
 import type { Flags } from './commands.js';
 import { control, credentials, target } from './client.js';
 import { followOverNats } from '../control/nats-control.js';
+import type { TailResult } from '../control/tail.js';
 import { natsUrl } from '../supervise/launch-spec.js';
 
 export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {
@@ -130,20 +131,33 @@ async function remoteLogs(
   const creds = await credentials(t, flags);
   const stop = new AbortController();
   process.once('SIGINT', () => stop.abort());
-  // Subscribe before asking for history so that nothing printed in between is missed.
-  const pending: [string, Buffer][] = [];
+  // Subscribe before asking for history so that nothing printed in between is missed; lines that are in
+  // both (numbered up to the history's last) are shown once.
+  const pending: [string, Buffer, number | undefined][] = [];
+  const seen = new Map<string, number>();
   let live = false;
+  const show = (replica: string, line: Buffer, seq: number | undefined): void => {
+    if (seq !== undefined && seq <= (seen.get(replica) ?? 0)) return;
+    emit(replica, line);
+  };
   const following = flags.follow
-    ? followOverNats(natsUrl(t.cluster), t.cluster.name, creds, what ? names : null, (replica, chunk) => {
+    ? followOverNats(natsUrl(t.cluster), t.cluster.name, creds, what ? names : null, (replica, chunk, firstSeq) => {
         const ls = chunk.toString('utf8').split('\n');
         if (ls.at(-1) === '') ls.pop();
-        for (const l of ls) (live ? emit(replica, Buffer.from(l)) : pending.push([replica, Buffer.from(l)]));
+        ls.forEach((l, i) => {
+          const seq = firstSeq === undefined ? undefined : firstSeq + i;
+          if (live) show(replica, Buffer.from(l), seq);
+          else pending.push([replica, Buffer.from(l), seq]);
+        });
       }, stop.signal)
     : undefined;
-  const history = (await control(t, flags, { op: 'tail', target: what, lines: lines ?? (flags.follow ? 10 : 1000) })) as { replica: string; lines: string[] }[];
-  for (const h of history) for (const l of h.lines) emit(h.replica, Buffer.from(l));
+  const history = (await control(t, flags, { op: 'tail', target: what, lines: lines ?? (flags.follow ? 10 : 1000) })) as TailResult[];
+  for (const h of history) {
+    for (const l of h.lines) emit(h.replica, Buffer.from(l));
+    if (h.seq !== undefined) seen.set(h.replica, h.seq);
+  }
   live = true;
-  for (const [r, l] of pending.splice(0)) emit(r, l);
+  for (const [r, l, seq] of pending.splice(0)) show(r, l, seq);
   await following;
   return 0;
 }

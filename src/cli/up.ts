@@ -103,9 +103,9 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; 
     logger,
     credentials: creds,
     transports: (node) => createTransport(cluster, node, (level, msg) => logger[level](msg)),
-    onLine: (r, line, t) => {
+    onLine: (r, line, t, seq) => {
       mux?.line(r, line, t);
-      natsControl?.publishLine(r, line);
+      natsControl?.publishLine(r, line, seq);
     },
     onChange: (s) => {
       dirty = true;

@@ -3,7 +3,7 @@
  * worker line on dynsup.<cluster>.log.<replica>, so `status`, `restart`, `scale`, `logs -f`... work from
  * any machine that reaches the head and holds the cluster's credentials.
  */
-import { connect, type NatsConnection } from 'nats';
+import { connect, headers, type NatsConnection } from 'nats';
 import { DynsupError, errorMessage } from '../util/errors.js';
 import { subjects, type Credentials } from './credentials.js';
 import type { ControlRequest, ControlResponse } from './socket.js';
@@ -15,7 +15,7 @@ const FLUSH_MS = 25;
 export class NatsControl {
   readonly #nc: NatsConnection;
   readonly #cluster: string;
-  readonly #pending = new Map<string, { parts: Buffer[]; bytes: number }>();
+  readonly #pending = new Map<string, { parts: Buffer[]; bytes: number; firstSeq: number }>();
   #timer: NodeJS.Timeout | undefined;
   dropped = 0;
 
@@ -56,15 +56,21 @@ export class NatsControl {
     return ctl;
   }
 
-  /** Queue a worker line for followers. Batched; bounded per replica. */
-  publishLine(replica: string, line: Buffer): void {
+  /**
+   * Queue a worker line for followers. Batched; bounded per replica. `seq` is the line's number in its
+   * replica's log; each message carries its first line's (header Dynsup-Seq), so a follower can tell
+   * which lines it already got from the history (`tail`).
+   */
+  publishLine(replica: string, line: Buffer, seq: number): void {
     let p = this.#pending.get(replica);
-    if (!p) this.#pending.set(replica, (p = { parts: [], bytes: 0 }));
+    if (!p) this.#pending.set(replica, (p = { parts: [], bytes: 0, firstSeq: seq }));
     if (p.bytes + line.length + 1 > MAX_PENDING_BYTES) {
       this.dropped++;
       return;
     }
-    p.parts.push(line, NL);
+    if (!p.bytes) p.firstSeq = seq;
+    // Copied: the line may be a view of a read buffer, and this batch is sent later.
+    p.parts.push(Buffer.from(line), NL);
     p.bytes += line.length + 1;
     this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
   }
@@ -74,7 +80,9 @@ export class NatsControl {
     if (this.#nc.isClosed()) return;
     for (const [replica, p] of this.#pending) {
       if (!p.bytes) continue;
-      this.#nc.publish(subjects(this.#cluster).log(replica), Buffer.concat(p.parts, p.bytes));
+      const h = headers();
+      h.set(SEQ_HEADER, String(p.firstSeq));
+      this.#nc.publish(subjects(this.#cluster).log(replica), Buffer.concat(p.parts, p.bytes), { headers: h });
     }
     this.#pending.clear();
   }
@@ -87,6 +95,7 @@ export class NatsControl {
 }
 
 const NL = Buffer.from('\n');
+const SEQ_HEADER = 'Dynsup-Seq';
 
 /** Client side: one request to a running supervisor over NATS. */
 export async function requestOverNats(url: string, cluster: string, creds: Credentials, req: ControlRequest, timeoutMs = 30_000): Promise<unknown> {
@@ -116,14 +125,17 @@ export async function followOverNats(
   cluster: string,
   creds: Credentials,
   replicas: readonly string[] | null,
-  onLines: (replica: string, chunk: Buffer) => void,
+  /** `firstSeq`: the number of the chunk's first line (undefined from a supervisor that does not say). */
+  onLines: (replica: string, chunk: Buffer, firstSeq: number | undefined) => void,
   signal: AbortSignal,
 ): Promise<void> {
   const nc = await connect({ servers: url, user: creds.natsUser, pass: creds.natsPassword, timeout: 3000, maxReconnectAttempts: -1 });
   const subs = (replicas ?? [null]).map((r) =>
     nc.subscribe(r ? subjects(cluster).log(r) : subjects(cluster).logs, {
       callback: (err, msg) => {
-        if (!err) onLines(msg.subject.slice(subjects(cluster).log('').length), Buffer.from(msg.data));
+        if (err) return;
+        const seq = Number(msg.headers?.get(SEQ_HEADER));
+        onLines(msg.subject.slice(subjects(cluster).log('').length), Buffer.from(msg.data), Number.isSafeInteger(seq) && seq > 0 ? seq : undefined);
       },
     }),
   );

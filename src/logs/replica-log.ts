@@ -13,7 +13,15 @@ import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { LineSplitter } from './line-splitter.js';
 
-export type LineListener = (replica: string, line: Buffer, truncatedBytes: number) => void;
+/** `seq`: the line's number in this log since the supervisor started (1, 2, ...), as in `snapshot()`. */
+export type LineListener = (replica: string, line: Buffer, truncatedBytes: number, seq: number) => void;
+
+/** A consistent point of the log: `lines` lines handed out so far, all of them in the first `size` bytes of the current file. */
+export interface LogSnapshot {
+  readonly lines: number;
+  readonly size: number;
+  readonly rotations: number;
+}
 
 export interface ReplicaLogStats {
   lines: number;
@@ -47,6 +55,8 @@ export class ReplicaLog {
   readonly #o: ReplicaLogOptions;
   #out: WriteStream | undefined;
   #size = 0;
+  /** Updated after each chunk is written: every line counted so far lies in the file's first `size` bytes. */
+  #snap: LogSnapshot = { lines: 0, size: 0, rotations: 0 };
   /** Whether the file's last byte is a line end (a rotation there splits nothing). */
   #endsLine = true;
   #failedAt = 0;
@@ -145,15 +155,19 @@ export class ReplicaLog {
   async consume(output: Readable): Promise<void> {
     let lastByte = 10;
     const splitter = new LineSplitter(this.#o.maxLineBytes ?? 64 * 1024, (line, truncated) => {
-      this.stats.lines++;
-      for (const l of this.#listeners) l(this.replica, line, truncated);
+      const seq = ++this.stats.lines;
+      for (const l of this.#listeners) l(this.replica, line, truncated, seq);
     });
+    // Lines are handed out before their bytes reach the file, and the snapshot is taken after: so a
+    // reader of the file (`tail` for a remote `logs -f`) knows exactly which lines it has seen and which
+    // will come to it live.
     try {
       for await (const chunk of output as AsyncIterable<Buffer>) {
         this.stats.bytes += chunk.length;
         lastByte = chunk[chunk.length - 1] ?? lastByte;
-        await this.#append(chunk);
         splitter.push(chunk);
+        await this.#append(chunk);
+        this.#takeSnapshot();
       }
     } catch {
       // A stream error (connection lost) ends this run's output; what was read is kept.
@@ -161,6 +175,23 @@ export class ReplicaLog {
     splitter.flush();
     // A worker killed mid-line must not have the next run's first line glued to its last one.
     if (lastByte !== 10) await this.#write(Buffer.from('\n'));
+    this.#takeSnapshot();
+  }
+
+  #takeSnapshot(): void {
+    this.#snap = { lines: this.stats.lines, size: this.#size, rotations: this.stats.rotations };
+  }
+
+  /**
+   * The latest consistent point, once its bytes were handed to the OS (so another reader of the file
+   * sees them). Whether the file is still the same one: compare `rotations` with `stats.rotations`.
+   */
+  async snapshot(): Promise<LogSnapshot> {
+    const snap = this.#snap;
+    const out = this.#out;
+    // Writes complete in order: when this empty one is done, every byte before it is in the file.
+    if (out && !out.destroyed) await new Promise<void>((resolve) => out.write(Buffer.alloc(0), () => resolve()));
+    return snap;
   }
 
   /** Wait until everything written so far is handed to the OS, then close. */

@@ -227,6 +227,12 @@ export class Supervisor {
 
   readonly #plans = new Map<string, ReplicaPlan>();
 
+  /** The log of a replica (or control plane service) by name: the latest one if it was scaled away and back. */
+  replicaLog(name: string): ReplicaLog | undefined {
+    for (let i = this.#logs.length - 1; i >= 0; i--) if (this.#logs[i]!.replica === name) return this.#logs[i];
+    return undefined;
+  }
+
   /** Log counters per replica (lines, bytes, write errors), for /metrics. */
   logStats(): Map<string, ReplicaLogStats> {
     return new Map(this.#logs.map((l) => [l.replica, l.stats]));

@@ -24,6 +24,8 @@ workers:
     replicas: 2
     gpus: 1
     restart: { initialDelay: 100ms }
+  fast:
+    command: "i=0; while true; do j=0; while [ $$j -lt 40 ]; do i=$$((i+1)); j=$$((j+1)); echo \\"fast $$i\\"; done; sleep 0.01; done"
   hung:
     command: [node, ${ROOT}/test/fixtures/workers/hangs.mjs]
     port: ${healthPort}
@@ -43,7 +45,7 @@ describe('operating a cluster over NATS and etcd', () => {
   it('status, restart and logs -f work over NATS from another process', async () => {
     const s = await remoteStatus();
     expect(s.source).toBe('supervisor');
-    expect(s.replicas.map((r) => r.name).sort()).toEqual(['hung-0', 'w-0', 'w-1']);
+    expect(s.replicas.map((r) => r.name).sort()).toEqual(['fast-0', 'hung-0', 'w-0', 'w-1']);
     const before = s.replicas.find((r) => r.name === 'w-1')!.pid;
     const r = await remote(['restart', c.file, 'w-1']);
     expect(r.code, r.stderr).toBe(0);
@@ -64,6 +66,23 @@ describe('operating a cluster over NATS and etcd', () => {
     const at = file.indexOf(followed[0]!);
     expect(at).toBeGreaterThanOrEqual(0);
     expect(file.slice(at, at + followed.length)).toEqual(followed); // same lines, same order, none missing
+  });
+
+  it('logs -f over NATS joins history and live output without repeating or skipping a line', async () => {
+    const { spawn } = await import('node:child_process');
+    // A worker printing ~4000 lines/s: lines are printed while the follower subscribes and asks for the
+    // history, so both carry some of the same lines. Several followers, several boundaries.
+    for (let round = 0; round < 5; round++) {
+      const follower = spawn(process.execPath, [join(ROOT, 'bin/dynsup.js'), 'logs', c.file, 'fast-0', '-f', '-n', '20', '--head', '127.0.0.1']);
+      let out = '';
+      follower.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const nums = () => [...out.matchAll(/^fast (\d+)$/gm)].map((m) => Number(m[1]));
+      await waitFor('followed lines', () => nums().length >= 400, 20_000, 50);
+      follower.kill('SIGINT');
+      const n = nums();
+      const breaks = n.flatMap((v, i) => (i && v !== n[i - 1]! + 1 ? [`${n[i - 1]} -> ${v}`] : []));
+      expect(breaks, `round ${round}`).toEqual([]);
+    }
   });
 
   it('scale adds and removes replicas by the GPU rules, and refuses (exit 2) when GPUs are short', async () => {
