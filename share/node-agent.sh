@@ -6,7 +6,7 @@
 # RUNDIR/NAME.spec (written by the head, mode 0600, sourced here) sets:
 #   A_MODE=pipe|spool   pipe: worker output on our stdout; spool: appended to A_OUT (resumable)
 #   A_OUT=              spool file (default RUNDIR/NAME.out)
-#   A_LEASE=30          seconds without a fresh RUNDIR/heartbeat before the worker is stopped
+#   A_LEASE=30          seconds without a change of RUNDIR/heartbeat's content before the worker is stopped
 #   A_GRACE=10          seconds between the stop signal and SIGKILL of the group
 #   A_SIG=TERM          stop signal
 #   A_WATCH_PID=        (pipe mode) stop at once when this pid (the supervisor) is gone
@@ -51,11 +51,14 @@ group_alive() {
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '{ sub(/^.*\) /, ""); if ($3 == g && $1 != "Z") { f = 1; exit } } END { exit !f }'
 }
 
-# Is process $1 alive (a zombie is not)?
+# Is process $1 alive (a zombie is not)? Shell builtins only: the watchdog calls this every second.
 proc_alive() {
   kill -0 "$1" 2>/dev/null || return 1
   [ -r "/proc/$1/stat" ] || return 0
-  awk '{ sub(/^.*\) /, ""); exit ($1 == "Z") }' "/proc/$1/stat" 2>/dev/null
+  st=''
+  { read -r st <"/proc/$1/stat"; } 2>/dev/null || return 1
+  st=${st##*) }
+  [ "${st%% *}" != Z ]
 }
 
 # Stop the whole group: signal, wait up to the grace for every member to leave, then SIGKILL.
@@ -87,23 +90,33 @@ echo "$pid" >"$rundir/$name.pid"
 echo "dynsup-agent pid $pid" >&2
 
 # Watchdog: the lease. Runs beside the worker; it is the only thing that can stop an unsupervised worker.
+# The head rewrites RUNDIR/heartbeat with new content every few seconds; a lease is A_LEASE seconds
+# (loop turns of at least a second) without a change. Content, not mtime: no clock is compared, so a
+# node's clock skew (or an NFS server's, for srun) cannot expire or stretch it, and the loop needs no
+# process but `sleep`: it runs for every worker, every second.
 agent=$$
 (
   trap '' PIPE HUP
   # Killed when the worker exits: take the pending sleep along, so nothing of ours outlives the agent.
   s=''
   trap '[ -n "$s" ] && kill "$s" 2>/dev/null; exit 0' TERM
+  last='' missed=0
   while kill -0 "$pid" 2>/dev/null; do
     # The agent itself killed (kill -9)? Its worker must not outlive it unsupervised.
     proc_alive "$agent" || { stop_group "$A_SIG"; exit 0; }
     if [ -n "$A_WATCH_PID" ] && ! proc_alive "$A_WATCH_PID"; then
       stop_group "$A_SIG"; exit 0
     fi
-    now=$(date +%s)
-    beat=$(stat -c %Y "$hb" 2>/dev/null || echo 0)
-    if [ $((now - beat)) -gt "$A_LEASE" ]; then
-      echo "$(date -u +%FT%TZ) $name: lease expired (no heartbeat for $((now - beat))s), stopping pgid $pid" >>"$rundir/agent.log"
-      stop_group "$A_SIG"; exit 0
+    beat=''
+    { read -r beat <"$hb"; } 2>/dev/null
+    if [ "$beat" != "$last" ]; then
+      last=$beat missed=0
+    else
+      missed=$((missed + 1))
+      if [ "$missed" -gt "$A_LEASE" ]; then
+        echo "$(date -u +%FT%TZ) $name: lease expired (heartbeat unchanged for ${missed}s), stopping pgid $pid" >>"$rundir/agent.log"
+        stop_group "$A_SIG"; exit 0
+      fi
     fi
     sleep 1 & s=$!
     wait "$s"

@@ -2,6 +2,7 @@
  * The node side of every transport: share/node-agent.sh runs one worker under a lease. This module renders
  * the per-replica spec file it sources and parses the control lines it prints. Pure, except agentScript().
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -53,6 +54,14 @@ export function renderSpec(spec: LaunchSpec, opts: AgentOptions): string {
 }
 
 export type AgentEvent = { readonly kind: 'pid'; readonly pid: number } | { readonly kind: 'exit'; readonly rc: number } | { readonly kind: 'error'; readonly message: string };
+
+/**
+ * Content for the heartbeat file: different on every call, across supervisors too (the agents' lease
+ * runs while the content keeps changing; see share/node-agent.sh).
+ */
+export function heartbeatToken(): string {
+  return `${Date.now()}.${randomBytes(6).toString('hex')}`;
+}
 
 export function parseAgentLine(line: string): AgentEvent | null {
   const m = /^dynsup-agent (pid|exit|error):? ?(.*)$/.exec(line.trim());

@@ -2,12 +2,12 @@
  * `transport: local`: workers on the head itself, each under the node agent (share/node-agent.sh) in pipe
  * mode, so a local worker has the same lease, process-group and cleanup guarantees as a remote one.
  */
-import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { spawn } from 'node:child_process';
 import { DynsupError } from '../util/errors.js';
-import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec } from './agent.js';
+import { AGENT_PATH, exitFromStatus, heartbeatToken, parseAgentLine, renderSpec } from './agent.js';
 import { killGroup, waitGroupGone } from './process-group.js';
 import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from './types.js';
 
@@ -51,9 +51,8 @@ export class LocalTransport implements Transport {
   }
 
   async heartbeat(): Promise<void> {
-    const hb = join(this.#runDir, 'heartbeat');
-    const now = new Date();
-    await utimes(hb, now, now).catch(async () => writeFile(hb, '', { mode: 0o600 }));
+    // The agents watch the content change (see share/node-agent.sh), not the mtime.
+    await writeFile(join(this.#runDir, 'heartbeat'), heartbeatToken(), { mode: 0o600 });
   }
 
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<WorkerProcess> {

@@ -14,13 +14,13 @@
  * process group on its node through a short step (`kill -SIG -PGID`); when no step can be created any more
  * (the job is ending), through `scancel --signal` of the worker's step.
  */
-import { chmod, copyFile, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
 import { DynsupError } from '../util/errors.js';
-import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec } from './agent.js';
+import { AGENT_PATH, exitFromStatus, heartbeatToken, parseAgentLine, renderSpec } from './agent.js';
 import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from './types.js';
 
 export interface SrunTransportOptions {
@@ -115,9 +115,8 @@ export class SrunTransport implements Transport {
   }
 
   async heartbeat(): Promise<void> {
-    const hb = join(this.#o.runDir, 'heartbeat');
-    const now = new Date();
-    await utimes(hb, now, now).catch(async () => writeFile(hb, '', { mode: 0o600 }));
+    // The agents watch the content change (see share/node-agent.sh), not the mtime.
+    await writeFile(join(this.#o.runDir, 'heartbeat'), heartbeatToken(), { mode: 0o600 });
   }
 
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<WorkerProcess> {

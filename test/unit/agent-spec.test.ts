@@ -2,8 +2,9 @@
  * renderSpec writes the file node-agent.sh sources. Sourcing it with a real shell must reproduce the argv and
  * the environment exactly, for any value, and run nothing.
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -221,4 +222,42 @@ describe('agent control lines', () => {
   ] as const)('status %i', (rc, want) => {
     expect(exitFromStatus(rc)).toEqual(want);
   });
+});
+
+describe('node-agent.sh lease', () => {
+  /** Start an agent (spool mode, lease 2 s) around `sleep 60`; returns its run dir and a wait for its exit. */
+  function startAgent(heartbeat: string) {
+    const runDir = mkdtempSync(join(dir, 'lease-'));
+    writeFileSync(join(runDir, 'heartbeat'), heartbeat);
+    const s: LaunchSpec = { replica: 'w-0', argv: ['sleep', '60'], env: {}, unsetEnv: [], graceSeconds: 1, stopSignal: 'SIGTERM' };
+    writeFileSync(join(runDir, 'w-0.spec'), renderSpec(s, { mode: 'spool', leaseSeconds: 2 }));
+    const child = spawn('sh', [AGENT_PATH, runDir, 'w-0'], { env: { PATH }, stdio: 'ignore' });
+    const exited = new Promise<number>((r) => child.once('exit', () => r(Date.now())));
+    return { runDir, child, exited };
+  }
+
+  it('stops the worker when the heartbeat stops changing for the lease, and says so', async () => {
+    const { runDir, exited } = startAgent('1');
+    const t0 = Date.now();
+    const t = await exited;
+    expect(t - t0).toBeGreaterThanOrEqual(2000);
+    expect(t - t0).toBeLessThan(8000);
+    expect(readFileSync(join(runDir, 'agent.log'), 'utf8')).toMatch(/w-0: lease expired \(heartbeat unchanged for 3s\)/);
+  }, 15_000);
+
+  it('keeps the worker while the heartbeat keeps changing, whatever its mtime says', async () => {
+    const { runDir, child, exited } = startAgent('1');
+    let n = 1;
+    let gone = false;
+    void exited.then(() => (gone = true));
+    const hb = join(runDir, 'heartbeat');
+    for (let i = 0; i < 10; i++) {
+      writeFileSync(hb, String(++n));
+      utimesSync(hb, new Date(0), new Date(0)); // a skewed clock: the content is what counts
+      await sleep(500);
+    }
+    expect(gone).toBe(false);
+    child.kill('SIGTERM');
+    await exited;
+  }, 15_000);
 });

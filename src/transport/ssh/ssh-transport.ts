@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClientChannel } from 'ssh2';
 import type { NodeConfig } from '../../config/types.js';
 import { DynsupError, errorMessage } from '../../util/errors.js';
-import { agentScript, exitFromStatus, parseAgentLine, renderSpec } from '../agent.js';
+import { agentScript, exitFromStatus, heartbeatToken, parseAgentLine, renderSpec } from '../agent.js';
 import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from '../types.js';
 import { connectSsh, type SshConnection } from './connection.js';
 import { shellQuote as q } from './shell-quote.js';
@@ -161,7 +161,7 @@ export class SshTransport implements Transport {
   }
 
   async heartbeat(): Promise<void> {
-    this.#send(`: > ${q(`${this.#runDir}/heartbeat`)}`);
+    this.#send(`echo ${heartbeatToken()} > ${q(`${this.#runDir}/heartbeat`)}`);
     // The spool only has to hold what the head has not read yet: free the rest (a hole keeps the
     // offsets valid), so a chatty worker cannot fill the node's disk.
     for (const w of this.#workers.values()) {
