@@ -460,7 +460,8 @@ describe('connection lifetime', { timeout: 20_000 }, () => {
   });
 
   it('survives server-initiated re-keys (host key re-checked against the one accepted)', async () => {
-    const rekeying = await startSshd({ address: '127.0.0.1', extraConfig: ['RekeyLimit 64K 1s'] });
+    // By volume only: a timed re-key could land in the middle of the login on a loaded machine.
+    const rekeying = await startSshd({ address: '127.0.0.1', extraConfig: ['RekeyLimit 64K none'] });
     try {
       const seen: string[] = [];
       const c = await connect({

@@ -83,6 +83,12 @@ export class SshTransport implements Transport {
   /** The main connection (control shell, commands, the first attach channels) and any extra ones. */
   #carriers: Carrier[] = [];
   #openingCarrier: Promise<void> | undefined;
+  /**
+   * One shell opened ahead of need, for the next attach: sshd starts the user's login shell (rc files
+   * and all: often 100 ms of CPU) for every channel, and a restart should not wait for that.
+   */
+  #spare: ClientChannel | undefined;
+  #spareOpening = false;
 
   constructor(options: SshTransportOptions) {
     this.#o = options;
@@ -295,8 +301,50 @@ export class SshTransport implements Transport {
     this.#o.onNotice?.('info', `node ${this.node}: opened connection ${n} (more workers than one connection's ${this.#maxSessions} sessions)`);
   }
 
-  async #attachOn(w: Attached, first: boolean): Promise<number | null> {
+  /** A `sh -s` on the node, waiting for its script on stdin, on a connection with room for it. */
+  async #openShell(): Promise<ClientChannel> {
     const { conn, release } = await this.#carrier();
+    let channel: ClientChannel;
+    try {
+      channel = await conn.spawn('exec sh -s');
+    } catch (err) {
+      release();
+      throw err;
+    }
+    channel.once('close', release);
+    return channel;
+  }
+
+  #refillSpare(): void {
+    if (this.#spare || this.#spareOpening || this.#closing) return;
+    this.#spareOpening = true;
+    this.#openShell().then(
+      (channel) => {
+        this.#spareOpening = false;
+        if (this.#closing) return void channel.close();
+        // Flowing (it prints nothing until it gets a script), so that a channel that dies is noticed.
+        channel.resume();
+        channel.stderr.resume();
+        channel.once('close', () => {
+          if (this.#spare === channel) this.#spare = undefined;
+        });
+        this.#spare = channel;
+      },
+      () => (this.#spareOpening = false),
+    );
+  }
+
+  /** The spare shell if it is still good (and a new spare on its way), else a new shell. */
+  async #shell(): Promise<ClientChannel> {
+    const spare = this.#spare;
+    this.#spare = undefined;
+    this.#refillSpare();
+    if (spare && !spare.destroyed && spare.writable) return spare;
+    spare?.close();
+    return this.#openShell();
+  }
+
+  async #attachOn(w: Attached, first: boolean): Promise<number | null> {
     const n = q(w.name);
     const script = [
       `cd ${q(this.#runDir)} || exit 1`,
@@ -306,20 +354,14 @@ export class SshTransport implements Transport {
       `while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
       `[ "$(cat ${n}.gen 2>/dev/null)" = ${w.gen} ] || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
       `echo "dynsup-agent pid $(cat ${n}.pid 2>/dev/null || echo 0)" >&2`,
-      `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null & t=$!`,
-      `flock -s ${n}.lock true`,
+      `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null </dev/null & t=$!`,
+      `flock -s ${n}.lock true </dev/null`,
       `kill $t 2>/dev/null; wait $t 2>/dev/null`,
       `echo "dynsup-agent size $(stat -c %s ${n}.out 2>/dev/null || echo 0)" >&2`,
       `echo "dynsup-agent exit $(cat ${n}.exit 2>/dev/null || echo 255)" >&2`,
     ].join('\n');
-    let channel: ClientChannel;
-    try {
-      channel = await conn.spawn(`exec sh -c ${q(script)}`);
-    } catch (err) {
-      release();
-      throw err;
-    }
-    channel.once('close', release);
+    const channel = await this.#shell();
+    channel.end(`${script}\n`);
     w.channel = channel;
     let rc: number | undefined;
     let finalSize: number | undefined;
@@ -474,6 +516,8 @@ rm -rf "$d"`;
     this.#closing = true;
     this.#reconnectWake.abort();
     for (const w of this.#workers.values()) w.channel?.close();
+    this.#spare?.close();
+    this.#spare = undefined;
     this.#control?.end();
     await Promise.all([this.#conn, ...this.#carriers.map((c) => c.conn)].map((c) => c?.end().catch(() => undefined)));
     this.#carriers = [];
