@@ -89,6 +89,8 @@ export class SshTransport implements Transport {
    */
   #spare: ClientChannel | undefined;
   #spareOpening = false;
+  /** Attaches being opened now: the spare is refilled when none is, not in the middle of a bring-up (whose logins it would slow down). */
+  #attachesOpening = 0;
 
   constructor(options: SshTransportOptions) {
     this.#o = options;
@@ -263,10 +265,12 @@ export class SshTransport implements Transport {
   async #attach(w: Attached, first: boolean): Promise<number | null> {
     if (w.attaching || w.channel || w.settled) return null;
     w.attaching = true;
+    this.#attachesOpening++;
     try {
       return await this.#attachOn(w, first);
     } finally {
       w.attaching = false;
+      if (--this.#attachesOpening === 0) this.#openSpare();
     }
   }
 
@@ -315,7 +319,7 @@ export class SshTransport implements Transport {
     return channel;
   }
 
-  #refillSpare(): void {
+  #openSpare(): void {
     if (this.#spare || this.#spareOpening || this.#closing) return;
     this.#spareOpening = true;
     this.#openShell().then(
@@ -334,11 +338,10 @@ export class SshTransport implements Transport {
     );
   }
 
-  /** The spare shell if it is still good (and a new spare on its way), else a new shell. */
+  /** The spare shell if it is still good, else a new shell. */
   async #shell(): Promise<ClientChannel> {
     const spare = this.#spare;
     this.#spare = undefined;
-    this.#refillSpare();
     if (spare && !spare.destroyed && spare.writable) return spare;
     spare?.close();
     return this.#openShell();
@@ -350,9 +353,11 @@ export class SshTransport implements Transport {
       `cd ${q(this.#runDir)} || exit 1`,
       // Wait (briefly, only at start) for this launch's files, then for the agent to record the pid; it
       // holds the lock by then, and the spool exists.
-      `i=0; until [ "$(cat ${n}.gen 2>/dev/null)" = ${w.gen} ]; do i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
+      // (`read`, a builtin, not `$(cat ...)`: at bring-up many of these wait at once on a busy node.)
+      `gen() { g=''; { read -r g <${n}.gen; } 2>/dev/null; [ "$g" = ${w.gen} ]; }`,
+      `i=0; until gen; do i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
       `while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
-      `[ "$(cat ${n}.gen 2>/dev/null)" = ${w.gen} ] || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
+      `gen || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
       `echo "dynsup-agent pid $(cat ${n}.pid 2>/dev/null || echo 0)" >&2`,
       `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null </dev/null & t=$!`,
       `flock -s ${n}.lock true </dev/null`,
