@@ -21,6 +21,7 @@ import { connectSsh, type SshConnection } from './connection.js';
 import { shellQuote as q } from './shell-quote.js';
 
 const SPOOL_FREE_BYTES = 16 * 2 ** 20;
+const SPARE_QUIET_MS = 3000;
 
 export interface SshTransportOptions {
   readonly node: NodeConfig;
@@ -89,8 +90,14 @@ export class SshTransport implements Transport {
    */
   #spare: ClientChannel | undefined;
   #spareOpening = false;
-  /** Attaches being opened now: the spare is refilled when none is, not in the middle of a bring-up (whose logins it would slow down). */
+  /**
+   * Attaches being opened now. The spare is opened when none is: at once if one was just used (a
+   * restart: the next one should find a spare too), else after a quiet spell, so that the spares of
+   * nodes already up do not slow down the logins of a bring-up still going on elsewhere.
+   */
   #attachesOpening = 0;
+  #spareUsed = false;
+  #spareTimer: NodeJS.Timeout | undefined;
 
   constructor(options: SshTransportOptions) {
     this.#o = options;
@@ -209,9 +216,11 @@ export class SshTransport implements Transport {
         spool,
         eof,
         `mv -f ${q(`${base}.spec.tmp`)} ${q(`${base}.spec`)}`,
-        `cd ${q(this.#runDir)} && rm -f ${q(`${spec.replica}.pid`)} ${q(`${spec.replica}.exit`)} ${q(`${spec.replica}.out`)} && ` +
-          `echo ${gen} > ${q(`${spec.replica}.gen`)} && ` +
-          `setsid sh ./node-agent.sh ${q(this.#runDir)} ${q(spec.replica)} </dev/null >/dev/null 2>${q(`${spec.replica}.agent.err`)} &)`,
+        `cd ${q(this.#runDir)} || exit`,
+        `rm -f ${q(`${spec.replica}.pid`)} ${q(`${spec.replica}.exit`)} ${q(`${spec.replica}.out`)} ${q(`${spec.replica}.apid`)}`,
+        `echo ${gen} > ${q(`${spec.replica}.gen`)}`,
+        `setsid sh ./node-agent.sh ${q(this.#runDir)} ${q(spec.replica)} </dev/null >/dev/null 2>${q(`${spec.replica}.agent.err`)} &`,
+        `echo $! > ${q(`${spec.replica}.apid`)})`,
       ].join('\n'),
     );
     if (!sent) throw new DynsupError('E_LAUNCH', `node ${this.node}: connection lost while starting ${spec.replica}`);
@@ -231,16 +240,12 @@ export class SshTransport implements Transport {
     try {
       pid = await this.#attach(w, true);
     } catch (err) {
-      // No channel to watch it through: do not leave it running unwatched (the heartbeat would keep it).
-      const n = q(spec.replica);
-      this.#send(
-        `(cd ${q(this.#runDir)} && i=0 && while [ "$(cat ${n}.gen 2>/dev/null)" = ${gen} ] && [ ! -s ${n}.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; ` +
-          `[ "$(cat ${n}.gen 2>/dev/null)" = ${gen} ] && kill -KILL -"$(cat ${n}.pid)" 2>/dev/null) &`,
-      );
+      this.#abandon(spec.replica, gen);
       w.settle({ code: 127, signal: null });
       throw new DynsupError('E_LAUNCH', `node ${this.node}: cannot follow ${spec.replica}'s output, so it was stopped: ${errorMessage(err)}`);
     }
     if (pid === null) {
+      this.#abandon(spec.replica, gen);
       const err = await conn.exec(`cat ${q(`${base}.agent.err`)} 2>/dev/null; tail -c 2000 ${q(`${base}.out`)} 2>/dev/null`).catch(() => null);
       w.settle({ code: 127, signal: null });
       throw new DynsupError('E_LAUNCH', `node ${this.node}: ${spec.replica} did not start: ${err?.stdout.toString().trim() || 'no pid reported'}`);
@@ -259,6 +264,21 @@ export class SshTransport implements Transport {
   }
 
   /**
+   * A launch we cannot watch (no attach channel, or no pid in time: a node so loaded that the agent is
+   * slow to start) must not run on unwatched: the heartbeat would keep it alive, and the next launch of
+   * the replica would wait on its lock. Kill that launch's agent and worker, now or when it gets that far.
+   */
+  #abandon(replica: string, gen: string): void {
+    const n = q(replica);
+    this.#send(
+      `(cd ${q(this.#runDir)} || exit; mine() { g=''; { read -r g <${n}.gen; } 2>/dev/null; [ "$g" = ${gen} ]; }; ` +
+        `p=''; i=0; while mine && [ ! -s ${n}.pid ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; ` +
+        `mine || exit; { read -r a <${n}.apid; } 2>/dev/null && kill -KILL "$a" 2>/dev/null; ` +
+        `{ read -r p <${n}.pid; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null) </dev/null >/dev/null 2>&1 &`,
+    );
+  }
+
+  /**
    * Open the attach channel: reports the worker pid, streams the spool from `received`, returns when the
    * agent is gone. Resolves with the pid once known (null if the worker never started); the rest runs on.
    */
@@ -270,7 +290,12 @@ export class SshTransport implements Transport {
       return await this.#attachOn(w, first);
     } finally {
       w.attaching = false;
-      if (--this.#attachesOpening === 0) this.#openSpare();
+      if (--this.#attachesOpening === 0) {
+        clearTimeout(this.#spareTimer);
+        if (this.#spareUsed) this.#openSpare();
+        else (this.#spareTimer = setTimeout(() => this.#openSpare(), SPARE_QUIET_MS)).unref();
+        this.#spareUsed = false;
+      }
     }
   }
 
@@ -295,7 +320,7 @@ export class SshTransport implements Transport {
   }
 
   async #openCarrier(): Promise<void> {
-    const conn = await connectSsh(this.#connectOptions(false), AbortSignal.timeout(10_000));
+    const conn = await connectSsh(this.#connectOptions(false), AbortSignal.timeout(30_000));
     if (this.#closing) {
       await conn.end();
       throw new DynsupError('E_NODE', `node ${this.node}: transport closed`);
@@ -342,7 +367,10 @@ export class SshTransport implements Transport {
   async #shell(): Promise<ClientChannel> {
     const spare = this.#spare;
     this.#spare = undefined;
-    if (spare && !spare.destroyed && spare.writable) return spare;
+    if (spare && !spare.destroyed && spare.writable) {
+      this.#spareUsed = true;
+      return spare;
+    }
     spare?.close();
     return this.#openShell();
   }
@@ -355,8 +383,9 @@ export class SshTransport implements Transport {
       // holds the lock by then, and the spool exists.
       // (`read`, a builtin, not `$(cat ...)`: at bring-up many of these wait at once on a busy node.)
       `gen() { g=''; { read -r g <${n}.gen; } 2>/dev/null; [ "$g" = ${w.gen} ]; }`,
-      `i=0; until gen; do i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
-      `while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 500 ] && break; sleep 0.02; done`,
+      // Up to a minute in all: a node busy with many logins at bring-up can be slow to start the agent.
+      `i=0; until gen; do i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.02; done`,
+      `while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.02; done`,
       `gen || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
       `echo "dynsup-agent pid $(cat ${n}.pid 2>/dev/null || echo 0)" >&2`,
       `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null </dev/null & t=$!`,
@@ -521,6 +550,7 @@ rm -rf "$d"`;
     this.#closing = true;
     this.#reconnectWake.abort();
     for (const w of this.#workers.values()) w.channel?.close();
+    clearTimeout(this.#spareTimer);
     this.#spare?.close();
     this.#spare = undefined;
     this.#control?.end();
