@@ -368,7 +368,9 @@ export class SshTransport implements Transport {
     const spare = this.#spare;
     this.#spare = undefined;
     if (spare && !spare.destroyed && spare.writable) {
+      // A restart: the next one (a crash loop, a rolling restart) should find a spare too.
       this.#spareUsed = true;
+      this.#openSpare();
       return spare;
     }
     spare?.close();
