@@ -63,7 +63,7 @@ export class NatsControl {
    */
   publishLine(replica: string, line: Buffer, seq: number): void {
     let p = this.#pending.get(replica);
-    if (!p) this.#pending.set(replica, (p = { parts: [], bytes: 0, firstSeq: seq }));
+    if (!p) this.#pending.set(replica, (p = { parts: [], bytes: 0, firstSeq: 0 }));
     if (p.bytes + line.length + 1 > MAX_PENDING_BYTES) {
       this.dropped++;
       return;

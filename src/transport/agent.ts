@@ -1,9 +1,12 @@
 /**
  * The node side of every transport: share/node-agent.sh runs one worker under a lease. This module renders
- * the per-replica spec file it sources and parses the control lines it prints. Pure, except agentScript().
+ * the per-replica spec file it sources and parses the control lines it prints. Pure, except agentScript()
+ * and writeHeartbeat().
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { ExitInfo, LaunchSpec } from './types.js';
@@ -53,7 +56,12 @@ export function renderSpec(spec: LaunchSpec, opts: AgentOptions): string {
   return lines.join('\n');
 }
 
-export type AgentEvent = { readonly kind: 'pid'; readonly pid: number } | { readonly kind: 'exit'; readonly rc: number } | { readonly kind: 'error'; readonly message: string };
+export type AgentEvent =
+  | { readonly kind: 'pid'; readonly pid: number }
+  | { readonly kind: 'exit'; readonly rc: number }
+  /** The spool's size once the worker is gone (the ssh attach script's last word but one). */
+  | { readonly kind: 'size'; readonly bytes: number }
+  | { readonly kind: 'error'; readonly message: string };
 
 /**
  * Content for the heartbeat file: different on every call, across supervisors too (the agents' lease
@@ -63,11 +71,17 @@ export function heartbeatToken(): string {
   return `${Date.now()}.${randomBytes(6).toString('hex')}`;
 }
 
+/** Renew the lease of every agent using `runDir` (where the head and the agents share a filesystem). */
+export async function writeHeartbeat(runDir: string): Promise<void> {
+  await writeFile(join(runDir, 'heartbeat'), heartbeatToken(), { mode: 0o600 });
+}
+
 export function parseAgentLine(line: string): AgentEvent | null {
-  const m = /^dynsup-agent (pid|exit|error):? ?(.*)$/.exec(line.trim());
+  const m = /^dynsup-agent (pid|exit|size|error):? ?(.*)$/.exec(line.trim());
   if (!m) return null;
   if (m[1] === 'pid') return { kind: 'pid', pid: Number(m[2]) };
   if (m[1] === 'exit') return { kind: 'exit', rc: Number(m[2]) };
+  if (m[1] === 'size') return { kind: 'size', bytes: Number(m[2]) };
   return { kind: 'error', message: m[2] ?? '' };
 }
 

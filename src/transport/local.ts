@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { spawn } from 'node:child_process';
 import { DynsupError } from '../util/errors.js';
-import { AGENT_PATH, exitFromStatus, heartbeatToken, parseAgentLine, renderSpec } from './agent.js';
+import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec, writeHeartbeat } from './agent.js';
 import { killGroup, waitGroupGone } from './process-group.js';
 import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from './types.js';
 
@@ -51,8 +51,7 @@ export class LocalTransport implements Transport {
   }
 
   async heartbeat(): Promise<void> {
-    // The agents watch the content change (see share/node-agent.sh), not the mtime.
-    await writeFile(join(this.#runDir, 'heartbeat'), heartbeatToken(), { mode: 0o600 });
+    await writeHeartbeat(this.#runDir);
   }
 
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<WorkerProcess> {

@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { spawn } from 'node:child_process';
 import { execa } from 'execa';
 import { DynsupError } from '../util/errors.js';
-import { AGENT_PATH, exitFromStatus, heartbeatToken, parseAgentLine, renderSpec } from './agent.js';
+import { AGENT_PATH, exitFromStatus, parseAgentLine, renderSpec, writeHeartbeat } from './agent.js';
 import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from './types.js';
 
 export interface SrunTransportOptions {
@@ -115,8 +115,7 @@ export class SrunTransport implements Transport {
   }
 
   async heartbeat(): Promise<void> {
-    // The agents watch the content change (see share/node-agent.sh), not the mtime.
-    await writeFile(join(this.#o.runDir, 'heartbeat'), heartbeatToken(), { mode: 0o600 });
+    await writeHeartbeat(this.#o.runDir);
   }
 
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<WorkerProcess> {

@@ -204,6 +204,7 @@ describe('agent control lines', () => {
     ['dynsup-agent pid 1234', { kind: 'pid', pid: 1234 }],
     ['dynsup-agent exit 0', { kind: 'exit', rc: 0 }],
     ['  dynsup-agent exit 137\r', { kind: 'exit', rc: 137 }],
+    ['dynsup-agent size 1048576', { kind: 'size', bytes: 1048576 }],
     ['dynsup-agent error: no spec /x', { kind: 'error', message: 'no spec /x' }],
     ['worker output dynsup-agent pid 1', null],
     ['', null],

@@ -23,6 +23,12 @@ import { shellQuote as q } from './shell-quote.js';
 const SPOOL_FREE_BYTES = 16 * 2 ** 20;
 const SPARE_QUIET_MS = 3000;
 
+/**
+ * Shell function `mine`: true while NAME.gen holds this launch's token (a builtin `read`, not
+ * `$(cat ...)`: it runs in wait loops, many at once on a node busy with a bring-up).
+ */
+const launchCheck = (n: string, gen: string): string => `mine() { g=''; { read -r g <${n}.gen; } 2>/dev/null; [ "$g" = ${gen} ]; }`;
+
 export interface SshTransportOptions {
   readonly node: NodeConfig;
   readonly cluster: string;
@@ -96,7 +102,6 @@ export class SshTransport implements Transport {
    * nodes already up do not slow down the logins of a bring-up still going on elsewhere.
    */
   #attachesOpening = 0;
-  #spareUsed = false;
   #spareTimer: NodeJS.Timeout | undefined;
 
   constructor(options: SshTransportOptions) {
@@ -271,8 +276,8 @@ export class SshTransport implements Transport {
   #abandon(replica: string, gen: string): void {
     const n = q(replica);
     this.#send(
-      `(cd ${q(this.#runDir)} || exit; mine() { g=''; { read -r g <${n}.gen; } 2>/dev/null; [ "$g" = ${gen} ]; }; ` +
-        `p=''; i=0; while mine && [ ! -s ${n}.pid ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; ` +
+      `(cd ${q(this.#runDir)} || exit; ${launchCheck(n, gen)}; ` +
+        `i=0; while mine && [ ! -s ${n}.pid ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; ` +
         `mine || exit; { read -r a <${n}.apid; } 2>/dev/null && kill -KILL "$a" 2>/dev/null; ` +
         `{ read -r p <${n}.pid; } 2>/dev/null && kill -KILL -"$p" 2>/dev/null) </dev/null >/dev/null 2>&1 &`,
     );
@@ -290,11 +295,10 @@ export class SshTransport implements Transport {
       return await this.#attachOn(w, first);
     } finally {
       w.attaching = false;
-      if (--this.#attachesOpening === 0) {
+      // A spare that was taken is being replaced already (#shell); otherwise open one once things are quiet.
+      if (--this.#attachesOpening === 0 && !this.#spare && !this.#spareOpening) {
         clearTimeout(this.#spareTimer);
-        if (this.#spareUsed) this.#openSpare();
-        else (this.#spareTimer = setTimeout(() => this.#openSpare(), SPARE_QUIET_MS)).unref();
-        this.#spareUsed = false;
+        (this.#spareTimer = setTimeout(() => this.#openSpare(), SPARE_QUIET_MS)).unref();
       }
     }
   }
@@ -369,7 +373,6 @@ export class SshTransport implements Transport {
     this.#spare = undefined;
     if (spare && !spare.destroyed && spare.writable) {
       // A restart: the next one (a crash loop, a rolling restart) should find a spare too.
-      this.#spareUsed = true;
       this.#openSpare();
       return spare;
     }
@@ -383,12 +386,11 @@ export class SshTransport implements Transport {
       `cd ${q(this.#runDir)} || exit 1`,
       // Wait (briefly, only at start) for this launch's files, then for the agent to record the pid; it
       // holds the lock by then, and the spool exists.
-      // (`read`, a builtin, not `$(cat ...)`: at bring-up many of these wait at once on a busy node.)
-      `gen() { g=''; { read -r g <${n}.gen; } 2>/dev/null; [ "$g" = ${w.gen} ]; }`,
+      launchCheck(n, w.gen),
       // Up to a minute in all: a node busy with many logins at bring-up can be slow to start the agent.
-      `i=0; until gen; do i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.02; done`,
+      `i=0; until mine; do i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.02; done`,
       `while [ ! -s ${n}.pid ]; do [ -e ${n}.exit ] && break; i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.02; done`,
-      `gen || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
+      `mine || { echo "dynsup-agent pid 0" >&2; exit 1; }`,
       `echo "dynsup-agent pid $(cat ${n}.pid 2>/dev/null || echo 0)" >&2`,
       `tail -c +${w.received + 1} -f ${n}.out 2>/dev/null </dev/null & t=$!`,
       `flock -s ${n}.lock true </dev/null`,
@@ -408,17 +410,13 @@ export class SshTransport implements Transport {
       errBuf += d.toString();
       let nl: number;
       while ((nl = errBuf.indexOf('\n')) >= 0) {
-        const line = errBuf.slice(0, nl);
-        const ev = parseAgentLine(line);
+        const ev = parseAgentLine(errBuf.slice(0, nl));
         errBuf = errBuf.slice(nl + 1);
         if (ev?.kind === 'pid') {
           w.pid = ev.pid || w.pid;
           pidResolve(ev.pid || null);
         } else if (ev?.kind === 'exit') rc = ev.rc;
-        else {
-          const m = /^dynsup-agent size (\d+)/.exec(line);
-          if (m) finalSize = Number(m[1]);
-        }
+        else if (ev?.kind === 'size') finalSize = ev.bytes;
       }
     });
     this.#pump(channel, w);
