@@ -12,7 +12,7 @@ import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
-  WORK, dynsup, ensureApt, ensureCleanUser, short, supervisorErrors, killByEnv, labFor, log, ls, machineCpu, mdTable, median, onCleanup, procSample, ratio, run, runCleanups, sec, sleep, waitFor,
+  WORK, dynsup, ensureApt, ensureCleanUser, short, supervisorErrors, killByEnv, labFor, log, ls, machineCpu, mdTable, median, onCleanup, onDynsupCleanup, supervisorPid, procSample, ratio, run, runCleanups, sec, sleep, waitFor,
 } from './lib.mjs';
 
 const WORKER = `#!/bin/sh
@@ -50,10 +50,7 @@ workers:
     gpus: 1
     stop: { grace: 2s }
 `);
-  const done = onCleanup(`dynsup ${name}`, async () => {
-    await dynsup(['down', file], { timeoutMs: 180_000 });
-    await killByEnv(`DYNSUP_CLUSTER=${name}`);
-  });
+  const done = onDynsupCleanup(`dynsup ${name}`, name, file, 180_000);
   try {
     const cpu0 = machineCpu();
     const t0 = performance.now();
@@ -83,7 +80,7 @@ workers:
     };
     const logsMs = await waitFor('ready lines in the head logs', () => missing() === 0, 20_000, 5).then(() => performance.now() - t0, () => NaN);
     const logsMissing = Number.isFinite(logsMs) ? 0 : missing();
-    const supPid = JSON.parse(readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8')).pid;
+    const supPid = supervisorPid(stateDir);
     const used = new Set(JSON.parse(readFileSync(join(stateDir, 'run/state.json'), 'utf8')).replicas.map((x) => x.node));
     if (used.size !== n) throw new Error(`placement: replicas on ${used.size} nodes, expected ${n}`);
     const sup = procSample(supPid);

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import {
-  CLK_TCK, WORK, dynsup, short, supervisorErrors, ensureApt, ensureCleanUser, ensurePm2, killByEnv, labFor, log, machineCpu, mb, mdTable, ms, must, onCleanup, percentile, pidAlive, procSample, ratio, run, runCleanups, sec, sleep, waitFor,
+  CLK_TCK, WORK, dynsup, short, supervisorErrors, ensureApt, ensureCleanUser, ensurePm2, killByEnv, labFor, log, machineCpu, mb, mdTable, ms, must, onCleanup, onDynsupCleanup, supervisorPid, percentile, pidAlive, procSample, ratio, run, runCleanups, sec, sleep, waitFor,
 } from './lib.mjs';
 
 const REPLICAS = 256;
@@ -67,10 +67,7 @@ workers:
     gpus: 1
     stop: { grace: 2s }
 `);
-  const stop = onCleanup(`dynsup footprint ${name}`, async () => {
-    await dynsup(['down', file], { timeoutMs: 300_000 });
-    await killByEnv(`DYNSUP_CLUSTER=${name}`);
-  });
+  const stop = onDynsupCleanup(`dynsup footprint ${name}`, name, file, 300_000);
   try {
     const t0 = performance.now();
     const up = await dynsup(['up', '-d', file, '--timeout', '240'], { timeoutMs: 300_000 });
@@ -85,7 +82,7 @@ workers:
       }, 240_000, 1000);
     }
     const upMs = performance.now() - t0;
-    const pid = JSON.parse(readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8')).pid;
+    const pid = supervisorPid(stateDir);
     return { name, file, pid, upMs, stop, staged: initial !== REPLICAS, runDirNeedle: `/dynsup-${user}/${name}/` };
   } catch (err) {
     await stop();

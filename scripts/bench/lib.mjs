@@ -382,6 +382,19 @@ export async function killByUser(name) {
   }
 }
 
+/** Pid of the supervisor of the cluster whose state dir this is (from its lock file). */
+export function supervisorPid(stateDir) {
+  return JSON.parse(readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8')).pid;
+}
+
+/** Register the teardown of a bench cluster: `dynsup down`, then anything still carrying its name. */
+export function onDynsupCleanup(what, name, file, timeoutMs) {
+  return onCleanup(what, async () => {
+    await dynsup(['down', file], { timeoutMs });
+    await killByEnv(`DYNSUP_CLUSTER=${name}`);
+  });
+}
+
 /** The supervisor's own error events (level ≥ 50 in <stateDir>/logs/dynsup.log), joined; '' if none. */
 export function supervisorErrors(stateDir, max = 300) {
   try {

@@ -12,29 +12,40 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import {
-  WORK, dynsup, freePort, killByEnv, withTimeout, labFor, log, machineCpu, mb, mdTable, onCleanup, procSample, ratio, runCleanups, sleep, waitFor,
+  WORK, dynsup, freePort, killByEnv, withTimeout, labFor, log, machineCpu, mb, mdTable, onCleanup, onDynsupCleanup, supervisorPid, procSample, ratio, runCleanups, sleep, waitFor,
 } from './lib.mjs';
 
 const LINE = 100;
 const PAYLOAD = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz'.slice(0, LINE - 12);
 
-// The generator, run on the node by `node gen.mjs N` (the lab shares this filesystem). Line i (from 0):
-// 10-digit i, a space, 88 payload bytes, "\n". Written with writeSync in 64 KB chunks.
-const GEN = `import { writeSync } from 'node:fs';
-const n = Number(process.argv[2]);
-const pay = ${JSON.stringify(PAYLOAD)};
-const per = 655;
-const buf = Buffer.alloc(per * ${LINE});
-let i = 0;
-while (i < n) {
+/**
+ * Lines i .. i+k-1 (from 0) into `buf`: 10-digit i, a space, the payload, "\n". Returns the bytes written.
+ * The one definition of the generator's output: the node runs it (its source is put into gen.mjs) and
+ * expectedHash() runs it here.
+ */
+function fillLines(buf, i, k, pay) {
   let o = 0;
-  const k = Math.min(per, n - i);
   for (let j = 0; j < k; j++, i++) {
     o += buf.write(String(i).padStart(10, '0'), o, 'latin1');
     buf[o++] = 32;
     o += buf.write(pay, o, 'latin1');
     buf[o++] = 10;
   }
+  return o;
+}
+
+// The generator, run on the node by `node gen.mjs N` (the lab shares this filesystem), written with
+// writeSync in 64 KB chunks.
+const GEN = `import { writeSync } from 'node:fs';
+${fillLines.toString()}
+const n = Number(process.argv[2]);
+const pay = ${JSON.stringify(PAYLOAD)};
+const per = 655;
+const buf = Buffer.alloc(per * ${LINE});
+for (let i = 0; i < n; ) {
+  const k = Math.min(per, n - i);
+  const o = fillLines(buf, i, k, pay);
+  i += k;
   let w = 0;
   while (w < o) {
     try { w += writeSync(1, buf, w, o - w); } catch (e) { if (e.code !== 'EAGAIN') throw e; }
@@ -42,21 +53,15 @@ while (i < n) {
 }
 `;
 
-/** SHA-256 of what the generator prints for n lines (computed here, same algorithm). */
+/** SHA-256 of what the generator prints for n lines (computed here, same function). */
 function expectedHash(n) {
   const h = createHash('sha256');
   const per = 6550;
   const buf = Buffer.alloc(per * LINE);
   for (let i = 0; i < n; ) {
-    let o = 0;
     const k = Math.min(per, n - i);
-    for (let j = 0; j < k; j++, i++) {
-      o += buf.write(String(i).padStart(10, '0'), o, 'latin1');
-      buf[o++] = 32;
-      o += buf.write(PAYLOAD, o, 'latin1');
-      buf[o++] = 10;
-    }
-    h.update(buf.subarray(0, o));
+    h.update(buf.subarray(0, fillLines(buf, i, k, PAYLOAD)));
+    i += k;
   }
   return h.digest('hex');
 }
@@ -137,14 +142,11 @@ workers:
     restart: { policy: on-failure }
     stop: { grace: 2s }
 `);
-  const done = onCleanup(`dynsup logs ${tag}`, async () => {
-    await dynsup(['down', file], { timeoutMs: 180_000 });
-    await killByEnv(`DYNSUP_CLUSTER=${name}`);
-  });
+  const done = onDynsupCleanup(`dynsup logs ${tag}`, name, file, 180_000);
   try {
     const up = await dynsup(['up', '-d', file, '--timeout', '60']);
     if (up.code !== 0) throw new Error(`dynsup up -d failed: ${up.stderr}`);
-    const pid = JSON.parse(readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8')).pid;
+    const pid = supervisorPid(stateDir);
     await sleep(1000);
     const logFile = join(stateDir, 'logs/w-0.log');
     const want = n * LINE;

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import {
-  WORK, dynsup, ensureApt, ensureCleanUser, ensurePm2, short, supervisorErrors, killByEnv, labFor, log, mdTable, ms, must, onCleanup, percentile, pidAlive, procSample, ratio, run, runCleanups, sleep, waitFor,
+  WORK, dynsup, ensureApt, ensureCleanUser, ensurePm2, short, supervisorErrors, killByEnv, labFor, log, mdTable, ms, must, onCleanup, onDynsupCleanup, supervisorPid, percentile, pidAlive, procSample, ratio, run, runCleanups, sleep, waitFor,
 } from './lib.mjs';
 
 const nowMs = () => performance.timeOrigin + performance.now();
@@ -101,11 +101,6 @@ async function measure(name, logFile, kills, supervisorPid) {
   return r;
 }
 
-async function supervisorPidOf(stateDir) {
-  const lock = JSON.parse((await import('node:fs')).readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8'));
-  return lock.pid;
-}
-
 async function dynsupCase(label, dir, nodesYaml, nodeName, kills) {
   const name = `bench-restart-${label.replace(/\W+/g, '-')}-${process.pid}`;
   const file = join(dir, `${name}.yaml`);
@@ -126,14 +121,11 @@ workers:
     restart: { initialDelay: 0, maxRestarts: 0 }
     stop: { grace: 1s }
 `);
-  const done = onCleanup(`dynsup ${label}`, async () => {
-    await dynsup(['down', file], { timeoutMs: 120_000 });
-    await killByEnv(`DYNSUP_CLUSTER=${name}`);
-  });
+  const done = onDynsupCleanup(`dynsup ${label}`, name, file, 120_000);
   try {
     const up = await dynsup(['up', '-d', file, '--timeout', '60']);
     if (up.code !== 0) throw new Error(`dynsup up (${label}) failed (exit ${up.code}): ${supervisorErrors(stateDir) || short(up.stderr)}`);
-    const pid = await supervisorPidOf(stateDir);
+    const pid = supervisorPid(stateDir);
     return await measure(`dynsup ${label}`, join(stateDir, 'logs/w-0.log'), kills, pid).catch((err) => {
       const why = supervisorErrors(stateDir);
       throw new Error(`${short(err)}${why ? `; the supervisor logged: ${why}` : ''}`);
