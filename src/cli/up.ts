@@ -18,7 +18,7 @@ import { renderMetrics, serveMetrics } from '../control/metrics.js';
 import { NatsControl } from '../control/nats-control.js';
 import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
 import { tailLogs } from '../control/tail.js';
-import { allTransports, createTransport } from '../transport/factory.js';
+import { allNodes, createNodeAgent } from '../transport/factory.js';
 import { DynsupError, EXIT_RUNTIME, errorMessage } from '../util/errors.js';
 import { allocationFromEnv, nodeAddresses, resolveHeadAddress, type AddressCandidate } from '../slurm/allocation.js';
 import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
@@ -49,14 +49,26 @@ export async function upCommand([file]: string[], flags: Flags): Promise<number>
   return runSupervisor(cluster, { terminal: !flags['supervisor-child'], head });
 }
 
-/** Clean up after a supervisor that died without stopping its workers (their lease may not have run out yet). */
-export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLogger): Promise<void> {
+/**
+ * Stop whatever agents of this cluster still run (a supervisor that died, within the lease): each stops its
+ * workers and removes its runtime files. No agent is started for this. Returns the nodes not reached.
+ */
+export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLogger): Promise<string[]> {
+  const unreachable: string[] = [];
   await Promise.all(
-    allTransports(cluster).map(async (t) => {
-      await t.cleanup(5).catch((err) => logger?.warn(`cleanup on ${t.node}: ${errorMessage(err)}`));
-      await t.close().catch(() => undefined);
+    allNodes(cluster).map(async (n) => {
+      const a = createNodeAgent(cluster, n);
+      try {
+        if (await a.connectExisting(AbortSignal.timeout(15_000))) await a.shutdown(1000, 5000);
+      } catch (err) {
+        unreachable.push(n.name);
+        logger?.warn(`cleanup on ${n.name}: ${errorMessage(err)}`);
+      } finally {
+        await a.close().catch(() => undefined);
+      }
     }),
   );
+  return unreachable;
 }
 
 async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; head?: AddressCandidate | undefined }): Promise<number> {
@@ -65,10 +77,8 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; 
   const creds = await loadOrCreateCredentials(cluster.stateDir);
   const redact = makeRedactor([...cluster.secrets, creds.natsPassword]);
   const logger = createEventLogger({ stateDir: cluster.stateDir, redact });
-  if (stale) {
-    logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; cleaning up what it left`);
-    await cleanupLeftovers(cluster, logger);
-  }
+  // A previous supervisor that died left its agents running (for the lease): the bring-up adopts their workers.
+  if (stale) logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; adopting whatever its node agents still run`);
   // status/logs/down find the allocation's nodes here (the file has none of its own in Slurm mode).
   if (cluster.allocation) {
     await saveAllocation(cluster);
@@ -102,7 +112,7 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; 
     cluster,
     logger,
     credentials: creds,
-    transports: (node) => createTransport(cluster, node, (level, msg) => logger[level](msg)),
+    agents: (node) => createNodeAgent(cluster, node, (level, msg) => logger[level](msg)),
     onLine: (r, line, t, seq) => {
       mux?.line(r, line, t);
       natsControl?.publishLine(r, line, seq);

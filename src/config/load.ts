@@ -430,6 +430,7 @@ function resolveNode(
     address: n.address ?? (transport === 'local' ? headAddress : n.host ?? name),
     setup: n.setup ?? [],
     runDir: n.runDir,
+    node: n.node,
     ssh:
       transport === 'ssh'
         ? {

@@ -119,10 +119,13 @@ export const nodeSchema = z.strictObject({
     .optional()
     .meta({
       description:
-        "ssh: the node's sshd MaxSessions, channels per connection (default 10, OpenSSH's default). Each worker's output streams over one channel; dynsup opens more connections to the node when its workers need more.",
+        "ssh: the node's sshd MaxSessions. Accepted for older files; dynsup now uses one channel per node whatever the number of workers.",
     }),
   setup: z.array(nonEmpty, { error: 'expected a list of shell commands' }).optional().meta({ description: 'Commands run once on the node before its workers start.' }),
   runDir: nonEmpty.optional().meta({ description: 'Where dynsup keeps runtime files on the node (default /tmp/dynsup-<user>/<cluster>).' }),
+  node: nonEmpty
+    .optional()
+    .meta({ description: "Node.js (>= 20) that runs dynsup's agent on the node (default: node on PATH; for ssh nodes without one, the head's own node binary is copied to ~/.cache/dynsup on the node)." }),
 });
 
 const serviceFields = {

@@ -51,6 +51,8 @@ export interface NodeConfig {
   readonly address: string;
   readonly setup: readonly string[];
   readonly runDir?: string | undefined;
+  /** Node.js binary for the agent on the node. */
+  readonly node?: string | undefined;
   readonly ssh?: SshNodeOptions | undefined;
 }
 

@@ -108,7 +108,10 @@ export class ReplicaLog {
     }
     this.#size += chunk.length;
     this.#endsLine = chunk[chunk.length - 1] === 10;
-    if (!out.write(chunk)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
+    // Resolved once the OS has the bytes: the caller acknowledges them to the node only then.
+    await new Promise<void>((resolve) => {
+      out.write(chunk, () => resolve());
+    });
   }
 
   /**
@@ -149,6 +152,23 @@ export class ReplicaLog {
     this.stats.rotations++;
     await this.#stream(); // the current file always exists (followers and `dynsup logs` read it)
     return true;
+  }
+
+  #splitter: LineSplitter | undefined;
+
+  /**
+   * Append a chunk of the replica's output (one continuous stream across restarts: the node agent ends a
+   * killed worker's last line). Resolves once the bytes are handed to the OS.
+   */
+  async append(chunk: Buffer): Promise<void> {
+    this.#splitter ??= new LineSplitter(this.#o.maxLineBytes ?? 64 * 1024, (line, truncated) => {
+      const seq = ++this.stats.lines;
+      for (const l of this.#listeners) l(this.replica, line, truncated, seq);
+    });
+    this.stats.bytes += chunk.length;
+    this.#splitter.push(chunk);
+    await this.#append(chunk);
+    this.#takeSnapshot();
   }
 
   /** Read `output` to its end. Resolves once everything read is handed to the file stream. */

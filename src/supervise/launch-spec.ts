@@ -1,6 +1,6 @@
 /** What a replica is started with: argv, cwd and the environment contract. Pure. */
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
-import type { LaunchSpec } from '../transport/types.js';
+import type { WorkerSpec } from '../agent/protocol.js';
 
 /** `{port}`, `{index}`, `{replica}`, `{node}`, `{host}`, `{group}`, `{gpus}` in commands, env values, cwd and health URLs. */
 export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: string): string {
@@ -72,16 +72,16 @@ export function buildLaunchSpec(
   replica: ReplicaPlan,
   node?: NodeConfig,
   natsAuth?: { user: string; password: string },
-): LaunchSpec {
+): WorkerSpec {
   const host = node?.address;
   return {
-    replica: replica.name,
     argv: group.argv.map((a) => expandPlaceholders(a, replica, host)),
     env: workerEnv(cluster, group, replica, host, natsAuth),
     unsetEnv: group.unsetEnv,
-    cwd: group.cwd === undefined ? undefined : expandPlaceholders(group.cwd, replica, host),
-    graceSeconds: Math.ceil(group.stop.graceMs / 1000),
+    ...(group.cwd === undefined ? {} : { cwd: expandPlaceholders(group.cwd, replica, host) }),
+    graceMs: group.stop.graceMs,
     stopSignal: group.stop.signal,
+    restart: group.restart,
   };
 }
 

@@ -1,17 +1,18 @@
 /**
- * One replica's lifecycle: start through a Transport, watch its exit (an awaited promise, so a crash is seen
- * the moment it happens, not at the next poll), apply the restart policy, probe health, stop with escalation.
+ * One replica as the head sees it. Its process lives under its node's agent, which starts it, restarts it
+ * by its policy (node-local: no round trip) and stops it; this object sends the agent what the head wants,
+ * mirrors what the agent reports, logs its output, and adds what only the head can do: health checks
+ * (`ready`) and operator requests.
  *
  *   pending → starting → running → ready ─┐ (exit) → backoff → starting …
  *                                           ├→ failed   (crash-loop limit)
  *   any → stopping → stopped                └→ stopped  (policy says no restart)
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { RestartPolicy, StopPolicy } from '../config/types.js';
+import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec } from '../agent/protocol.js';
+import { specHash } from '../agent/protocol.js';
 import type { ReplicaLog } from '../logs/replica-log.js';
-import { errorMessage } from '../util/errors.js';
-import type { ExitInfo, LaunchSpec, Transport, WorkerProcess } from '../transport/types.js';
-import { decideRestart, EMPTY_HISTORY, type RestartHistory } from './restart-policy.js';
+import type { NodeAgent } from '../transport/node-agent.js';
 
 export type ReplicaState = 'pending' | 'starting' | 'running' | 'ready' | 'backoff' | 'stopping' | 'stopped' | 'failed';
 
@@ -30,18 +31,15 @@ export interface ReplicaStatus {
   readonly since: number;
   /** Why it is in this state (backoff delay, failure reason). */
   readonly message: string | null;
+  /** Taken over from an earlier supervisor's agent, still running, not restarted. */
+  readonly adopted?: boolean;
 }
 
 export type ReplicaEvent =
-  | { kind: 'started'; pid: number }
-  | { kind: 'exited'; exit: ExitInfo; uptimeMs: number }
-  | { kind: 'launch-failed'; error: string }
-  | { kind: 'restarting'; delayMs: number; restarts: number }
-  | { kind: 'failed'; reason: string }
+  | AgentEvent
   | { kind: 'ready' }
   | { kind: 'unhealthy'; failures: number }
-  | { kind: 'stop-escalated'; graceMs: number }
-  | { kind: 'stopped'; reason: string };
+  | { kind: 'adopted'; pid: number; restarts: number };
 
 export interface HealthProbe {
   /** Resolve true when healthy. Must honour the signal (timeout). */
@@ -57,42 +55,32 @@ export interface ReplicaOptions {
   readonly group: string;
   readonly node: string;
   readonly gpus: readonly number[];
-  readonly transport: Transport;
-  readonly spec: () => LaunchSpec;
-  readonly restart: RestartPolicy;
-  readonly stop: StopPolicy;
+  readonly agent: NodeAgent;
+  readonly spec: () => WorkerSpec;
   readonly health?: HealthProbe | undefined;
   readonly log: ReplicaLog;
-  readonly onChange?: (status: ReplicaStatus) => void;
-  readonly onEvent?: (name: string, event: ReplicaEvent) => void;
-  readonly now?: () => number;
-  readonly random?: () => number;
+  /** How long a stop waits for an unreachable node before leaving the worker to its lease. */
+  readonly unreachableMs: number;
+  readonly onChange?: ((status: ReplicaStatus) => void) | undefined;
+  readonly onEvent?: ((name: string, event: ReplicaEvent) => void) | undefined;
 }
 
 export class Replica {
   readonly name: string;
   readonly #o: ReplicaOptions;
-  readonly #now: () => number;
+  #report: WorkerReport | undefined;
   #state: ReplicaState = 'pending';
-  #since: number;
+  #since = Date.now();
   #message: string | null = null;
-  #pid: number | null = null;
-  #startedAt: number | null = null;
-  #restarts = 0;
-  #lastExit: ReplicaStatus['lastExit'] = null;
-  #history: RestartHistory = EMPTY_HISTORY;
-  #proc: WorkerProcess | undefined;
-  #loop: Promise<void> | undefined;
-  #stopping = false;
-  #restartRequested = false;
-  #wake: AbortController = new AbortController();
+  #adopted = false;
+  #active = false;
+  #healthFor: number | null = null;
+  #healthStop: AbortController | undefined;
   #waiters = new Set<() => void>();
 
   constructor(options: ReplicaOptions) {
     this.#o = options;
     this.name = options.name;
-    this.#now = options.now ?? Date.now;
-    this.#since = this.#now();
   }
 
   get state(): ReplicaState {
@@ -105,63 +93,77 @@ export class Replica {
   }
 
   status(): ReplicaStatus {
+    const r = this.#report;
     return {
       name: this.name,
       group: this.#o.group,
       node: this.#o.node,
       state: this.#state,
-      pid: this.#pid,
-      restarts: this.#restarts,
-      lastExit: this.#lastExit,
+      pid: r?.pid ?? null,
+      restarts: r?.restarts ?? 0,
+      lastExit: r?.lastExit ?? null,
       gpus: this.#o.gpus,
-      startedAt: this.#startedAt,
+      startedAt: r?.startedAt ?? null,
       since: this.#since,
       message: this.#message,
+      ...(this.#adopted ? { adopted: true } : {}),
     };
   }
 
-  /** Begin supervising (idempotent while running; restarts the loop of a stopped or failed replica). */
+  /** Begin supervising: the agent runs the replica, or adopts it when the same spec runs there already. */
   start(): void {
-    if (this.#loop) return;
-    this.#stopping = false;
-    this.#loop = this.#run().finally(() => {
-      this.#loop = undefined;
+    const spec = this.#o.spec();
+    const existing = this.#o.agent.adoptable.find((w) => w.name === this.name);
+    if (!this.#active && existing && existing.pid && existing.state === 'running' && existing.specHash === specHash(spec)) {
+      this.#adopted = true;
+      this.#emit({ kind: 'adopted', pid: existing.pid, restarts: existing.restarts });
+    }
+    this.#active = true;
+    if (this.#state === 'pending' || this.#state === 'stopped' || this.#state === 'failed') this.#set('starting');
+    this.#o.agent.run(this.name, spec, {
+      report: (r) => this.#onReport(r),
+      event: (ev) => this.#emit(ev),
+      data: (bytes) => this.#o.log.append(bytes),
     });
   }
 
-  /** Stop: signal, grace, SIGKILL of the group. Resolves once nothing of the replica runs. */
+  /** Stop: signal, grace, kill of everything the replica started. Resolves once the agent says so. */
   async stop(reason = 'stopped'): Promise<void> {
-    const wasActive = this.#loop !== undefined;
-    this.#stopping = true;
-    this.#wake.abort();
-    const proc = this.#proc;
-    if (proc) {
-      this.#set('stopping', reason);
-      await this.#terminate(proc);
+    if (!this.#active && this.#state !== 'running' && this.#state !== 'ready') {
+      if (this.#state !== 'stopped') this.#set('stopped', reason);
+      return;
     }
-    await this.#loop;
-    if (wasActive) this.#emit({ kind: 'stopped', reason });
-    if (this.#state !== 'stopped') this.#set('stopped', reason);
+    this.#active = false;
+    this.#stopHealth();
+    const ok = await this.#o.agent.stop(this.name, reason, this.#o.unreachableMs);
+    if (!ok) this.#set('stopped', `${reason} (node ${this.#o.node} unreachable: its agent stops the worker within the lease)`);
   }
 
   /** Restart now, not counted against the crash-loop limit (an operator asked for it). */
   async restart(): Promise<void> {
-    this.#history = EMPTY_HISTORY;
-    if (!this.#loop) {
+    if (!this.#active || this.#state === 'failed' || this.#state === 'stopped') {
       this.start();
       return;
     }
-    this.#restartRequested = true;
-    this.#wake.abort();
-    const proc = this.#proc;
-    if (proc) await this.#terminate(proc);
+    const pid = this.#report?.pid;
+    this.#o.agent.restart(this.name, false, 'restart requested');
+    // Resolve once the replacement runs (or the replica ended up elsewhere).
+    await this.waitFor((r) => r.#report?.pid !== pid || r.#state === 'failed' || r.#state === 'stopped').catch(() => undefined);
+  }
+
+  /** Remove the replica from its node (scaled away). */
+  async remove(): Promise<void> {
+    this.#active = false;
+    this.#stopHealth();
+    await this.#o.agent.forget(this.name, this.#o.unreachableMs);
+    if (this.#state !== 'stopped') this.#set('stopped', 'scaled down');
   }
 
   /** Resolve when `pred` holds for this replica (checked on every state change). */
   waitFor(pred: (r: Replica) => boolean, signal?: AbortSignal): Promise<void> {
     if (pred(this)) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const check = () => {
+      const check = (): void => {
         if (pred(this)) {
           this.#waiters.delete(check);
           resolve();
@@ -175,75 +177,45 @@ export class Replica {
     });
   }
 
-  async #run(): Promise<void> {
-    while (!this.#stopping) {
-      this.#wake = new AbortController();
-      this.#set('starting');
-      const launchedAt = this.#now();
-      let exit: ExitInfo;
-      try {
-        const proc = await this.#o.transport.launch(this.#o.spec());
-        exit = await this.#supervise(proc);
-      } catch (err) {
-        this.#emit({ kind: 'launch-failed', error: errorMessage(err) });
-        exit = { code: 127, signal: null };
-      }
-      const uptime = this.#now() - launchedAt;
-      this.#lastExit = { ...exit, at: this.#now() };
-      if (this.#stopping) break;
-      if (this.#restartRequested) {
-        this.#restartRequested = false;
-        continue;
-      }
-      const decision = decideRestart(this.#o.restart, exit, uptime, this.#history, this.#now(), (this.#o.random ?? Math.random)());
-      if (decision.kind === 'fail') {
-        this.#set('failed', decision.reason);
-        this.#emit({ kind: 'failed', reason: decision.reason });
-        return;
-      }
-      if (decision.kind === 'stop') {
-        this.#set('stopped', decision.reason);
-        this.#emit({ kind: 'stopped', reason: decision.reason });
-        return;
-      }
-      this.#history = decision.history;
-      this.#restarts++;
-      this.#set('backoff', `restarting in ${decision.delayMs}ms`);
-      this.#emit({ kind: 'restarting', delayMs: decision.delayMs, restarts: this.#restarts });
-      await sleep(decision.delayMs, undefined, { signal: this.#wake.signal }).catch(() => undefined);
+  #onReport(r: WorkerReport): void {
+    const prevPid = this.#report?.pid ?? null;
+    this.#report = r;
+    if (r.pid !== prevPid && prevPid !== null) this.#adopted = false;
+    if (r.state === 'running') {
+      // Keep `ready` while the same process runs and passes its checks.
+      if (this.#state === 'ready' && this.#healthFor === r.pid) return this.#notify();
+      this.#set('running', r.message);
+      if (this.#o.health && r.pid !== null) this.#startHealth(r.pid, this.#o.health);
+      return;
     }
-    this.#set('stopped', 'stopped by request');
+    this.#stopHealth();
+    if (r.state === 'stopped' || r.state === 'failed') this.#active = false;
+    this.#set(r.state, r.message);
   }
 
-  /** Run one process to its end: log its output, probe it, and report how it exited. */
-  async #supervise(proc: WorkerProcess): Promise<ExitInfo> {
-    this.#proc = proc;
-    this.#pid = proc.pid;
-    this.#startedAt = this.#now();
-    this.#set('running');
-    this.#emit({ kind: 'started', pid: proc.pid });
-    const logged = this.#o.log.consume(proc.output);
-    const healthStop = new AbortController();
-    const health = this.#o.health ? this.#healthLoop(proc, this.#o.health, healthStop.signal) : Promise.resolve();
-    // If we were asked to stop while launching, the stop() call saw no process: stop it here.
-    if (this.#stopping || this.#restartRequested) void this.#terminate(proc);
-    const exit = await proc.exited;
-    healthStop.abort();
-    await Promise.all([logged, health]);
-    this.#proc = undefined;
-    this.#pid = null;
-    this.#emit({ kind: 'exited', exit, uptimeMs: this.#now() - (this.#startedAt ?? this.#now()) });
-    return exit;
+  #startHealth(pid: number, h: HealthProbe): void {
+    if (this.#healthFor === pid) return;
+    this.#stopHealth();
+    this.#healthFor = pid;
+    const stop = new AbortController();
+    this.#healthStop = stop;
+    void this.#healthLoop(pid, h, stop.signal);
   }
 
-  async #healthLoop(proc: WorkerProcess, h: HealthProbe, signal: AbortSignal): Promise<void> {
-    const started = this.#now();
+  #stopHealth(): void {
+    this.#healthStop?.abort();
+    this.#healthStop = undefined;
+    this.#healthFor = null;
+  }
+
+  async #healthLoop(pid: number, h: HealthProbe, signal: AbortSignal): Promise<void> {
+    const started = Date.now();
     let failures = 0;
     while (!signal.aborted) {
       // An explicit timer, not AbortSignal.any([.., AbortSignal.timeout()]): on Node 20 a garbage-collected
       // composite signal can fail to fire, and a probe of a hung worker would then wait forever.
       const probeAbort = new AbortController();
-      const onStop = () => probeAbort.abort();
+      const onStop = (): void => probeAbort.abort();
       signal.addEventListener('abort', onStop, { once: true });
       const timer = setTimeout(() => probeAbort.abort(), h.timeoutMs);
       const ok = await h.probe(probeAbort.signal).catch(() => false);
@@ -252,17 +224,17 @@ export class Replica {
       if (signal.aborted) return;
       if (ok) {
         failures = 0;
-        if (this.#state === 'running') {
+        if (this.#state === 'running' && this.#report?.pid === pid) {
           this.#set('ready');
           this.#emit({ kind: 'ready' });
         }
-      } else if (this.#state === 'ready' && this.#now() - started >= h.startPeriodMs) {
+      } else if (this.#state === 'ready' && Date.now() - started >= h.startPeriodMs) {
         failures++;
         if (failures >= h.failureThreshold) {
           // Alive but not answering: a hung worker holds its GPU as surely as a running one. Replace it.
           this.#emit({ kind: 'unhealthy', failures });
           this.#message = `unhealthy: ${failures} failed health checks`;
-          await this.#terminate(proc);
+          this.#o.agent.restart(this.name, true, this.#message);
           return;
         }
       }
@@ -270,26 +242,14 @@ export class Replica {
     }
   }
 
-  async #terminate(proc: WorkerProcess): Promise<void> {
-    const { signal, graceMs } = this.#o.stop;
-    await proc.kill(signal).catch(() => undefined);
-    const timer = new AbortController();
-    const timedOut = await Promise.race([
-      proc.exited.then(() => false),
-      sleep(graceMs, true, { signal: timer.signal }).catch(() => false),
-    ]);
-    timer.abort();
-    if (timedOut) {
-      this.#emit({ kind: 'stop-escalated', graceMs });
-      await proc.kill('SIGKILL').catch(() => undefined);
-      await proc.exited;
-    }
-  }
-
   #set(state: ReplicaState, message: string | null = null): void {
     this.#state = state;
-    this.#since = this.#now();
+    this.#since = Date.now();
     this.#message = message;
+    this.#notify();
+  }
+
+  #notify(): void {
     this.#o.onChange?.(this.status());
     for (const w of [...this.#waiters]) w();
   }

@@ -2,7 +2,6 @@
  * The supervisor: control plane first, then nodes, then worker groups in dependency order; stop in reverse.
  * It owns Replica objects and Transports, but never starts a process itself.
  */
-import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
 import type { ClusterConfig, NodeConfig, WorkerGroup } from '../config/types.js';
 import { assertPortFree } from '../controlplane/ports.js';
@@ -10,7 +9,9 @@ import { etcdService, natsService, type ServiceSpec } from '../controlplane/serv
 import type { EventLogger } from '../logs/events.js';
 import { ReplicaLog, type LineListener } from '../logs/replica-log.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
-import type { Transport } from '../transport/types.js';
+import { specHash, type WorkerSpec } from '../agent/protocol.js';
+import { CONTROL_PLANE_NODE, controlPlaneNode } from '../transport/factory.js';
+import { sharedAbort, type NodeAgent } from '../transport/node-agent.js';
 import type { Credentials } from '../control/credentials.js';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaPlan } from '../config/types.js';
@@ -18,11 +19,11 @@ import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
 import { httpProbe } from './http-probe.js';
 import { Replica, type ReplicaEvent, type ReplicaStatus } from './replica.js';
 
-export type TransportFactory = (node: NodeConfig) => Transport;
+export type AgentFactory = (node: NodeConfig) => NodeAgent;
 
 export interface SupervisorOptions {
   readonly cluster: ClusterConfig;
-  readonly transports: TransportFactory;
+  readonly agents: AgentFactory;
   readonly logger: EventLogger;
   /** Worker lines (terminal, followers). */
   readonly onLine?: LineListener;
@@ -42,16 +43,20 @@ export interface ClusterStatus {
   readonly replicas: readonly ReplicaStatus[];
 }
 
+/** How long `down` waits for an unreachable node before leaving its workers to their lease. */
+const DOWN_UNREACHABLE_MS = 5000;
+/** The control plane restarts quickly, but a service that cannot start at all ends `failed`, with the reason. */
+const CONTROL_PLANE_RESTART = { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 5000, jitter: 0.1, maxRestarts: 10, windowMs: 60_000, resetAfterMs: 30_000 } as const;
+
 export class Supervisor {
   readonly cluster: ClusterConfig;
   readonly #o: SupervisorOptions;
-  readonly #transports = new Map<string, Transport>();
+  readonly #agents = new Map<string, NodeAgent>();
   readonly #services: { spec: ServiceSpec; replica: Replica }[] = [];
   readonly #replicas = new Map<string, Replica>();
   readonly #logs: ReplicaLog[] = [];
-  #heartbeat: NodeJS.Timeout | undefined;
   #stopping = false;
-  readonly #stop = stopController();
+  readonly #stop = sharedAbort();
 
   constructor(options: SupervisorOptions) {
     this.#o = options;
@@ -60,6 +65,10 @@ export class Supervisor {
 
   get replicas(): readonly Replica[] {
     return [...this.#replicas.values()];
+  }
+
+  get stopping(): boolean {
+    return this.#stopping;
   }
 
   status(): ClusterStatus {
@@ -79,8 +88,14 @@ export class Supervisor {
     throw new DynsupError('E_USAGE', `no replica or worker group named '${target}' (groups: ${this.cluster.groups.map((g) => g.name).join(', ')})`);
   }
 
+  /** The agent of a node (tests, status). */
+  agent(node: string): NodeAgent | undefined {
+    return this.#agents.get(node);
+  }
+
   /**
-   * Bring the cluster up. Resolves once every group has been started (dependencies up first).
+   * Bring the cluster up. Resolves once every group has been started (dependencies up first). Workers an
+   * earlier supervisor left running under their agents (same spec) are adopted, not restarted.
    * Throws (after stopping what it started) if the control plane or a node cannot be brought up.
    */
   async up(): Promise<void> {
@@ -91,19 +106,19 @@ export class Supervisor {
       const used = [...new Set(cluster.replicas.map((r) => r.node))];
       const nodes = cluster.nodes.filter((n) => used.includes(n.name));
       // Every node is reached in parallel, and all of them must answer before any worker starts.
-      const results = await Promise.allSettled(
-        nodes.map(async (n) => {
-          const t = this.#o.transports(n);
-          this.#transports.set(n.name, t);
-          await t.connect(this.#stop.signal);
-        }),
-      );
+      const results = await Promise.allSettled(nodes.map((n) => this.#connect(n)));
       const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${nodes[i]!.name}: ${errorMessage(r.reason)}`] : []));
       if (failed.length) throw new DynsupError('E_NODE', `cannot reach ${failed.length} node(s):\n  ${failed.join('\n  ')}`);
-      this.#heartbeat = setInterval(() => void this.#beat(), Math.max(250, Math.floor(cluster.leaseMs / 4)));
-      this.#heartbeat.unref();
 
       for (const plan of cluster.replicas) this.#createReplica(plan);
+      // What an earlier supervisor ran that this file no longer has goes.
+      for (const a of this.#agents.values()) {
+        for (const w of a.adoptable) {
+          if (a.node === CONTROL_PLANE_NODE || this.#replicas.has(w.name)) continue;
+          logger.info({ replica: w.name }, `${w.name} on ${a.node} is not in ${cluster.file} any more: stopping it`);
+          a.forgetUnwanted(w.name);
+        }
+      }
       for (const group of cluster.groups) {
         await this.#waitForDependencies(group);
         if (this.#stopping) return;
@@ -116,30 +131,57 @@ export class Supervisor {
     }
   }
 
-  /** Stop workers in reverse dependency order, then the control plane; release nodes. */
-  async down(): Promise<void> {
+  async #connect(n: NodeConfig): Promise<NodeAgent> {
+    const existing = this.#agents.get(n.name);
+    if (existing) return existing;
+    const a = this.#o.agents(n);
+    this.#agents.set(n.name, a);
+    await a.connect(this.#stop.signal);
+    if (a.adoptable.some((w) => w.state === 'running')) {
+      this.#o.logger.info({ node: n.name }, `node ${n.name}: agent pid ${a.agentPid} still runs ${a.adoptable.filter((w) => w.state === 'running').map((w) => w.name).join(', ')}: adopting`);
+    }
+    return a;
+  }
+
+  /**
+   * Stop workers in reverse dependency order, then the control plane; shut the agents down. A node that
+   * cannot be reached gets a bounded wait: its agent stops its workers by itself within the lease.
+   */
+  async down(): Promise<{ unreachable: string[] }> {
     this.#stopping = true;
     this.#stop.abort(new DynsupError('E_NOT_RUNNING', 'supervisor is stopping'));
     for (const group of [...this.cluster.groups].reverse()) {
       const rs = this.replicas.filter((r) => r.status().group === group.name);
       await Promise.all(rs.map((r) => r.stop('cluster stopping')));
     }
-    await Promise.all([...this.#services].reverse().map(async (s) => {
-      await s.replica.stop('cluster stopping');
-      await s.spec.close();
-    }));
-    clearInterval(this.#heartbeat);
-    await Promise.all([...this.#transports.values()].map(async (t) => {
-      await t.cleanup(1).catch(() => undefined);
-      await t.close().catch(() => undefined);
-    }));
+    await Promise.all(
+      [...this.#services].reverse().map(async (s) => {
+        await s.replica.stop('cluster stopping');
+        await s.spec.close();
+      }),
+    );
+    const unreachable: string[] = [];
+    await Promise.all(
+      [...this.#agents.values()].map(async (a) => {
+        const ok = await a.shutdown(1000, DOWN_UNREACHABLE_MS).catch(() => false);
+        if (!ok) unreachable.push(a.node);
+        await a.close().catch(() => undefined);
+      }),
+    );
+    if (unreachable.length) {
+      this.#o.logger.warn(
+        `could not reach node(s) ${unreachable.join(', ')}: their workers stop by themselves within the lease (${this.cluster.leaseMs / 1000}s)`,
+      );
+    }
     await Promise.all(this.#logs.map((l) => l.close()));
+    return { unreachable };
   }
 
-  async #beat(): Promise<void> {
-    await Promise.all(
-      [...this.#transports.values()].map((t) => t.heartbeat().catch((err) => this.#o.logger.warn({ node: t.node }, `heartbeat failed: ${errorMessage(err)}`))),
-    );
+  /** Leave without stopping anything (tests: a supervisor that dies); the agents keep workers for the lease. */
+  async abandon(): Promise<void> {
+    this.#stopping = true;
+    this.#stop.abort();
+    await Promise.all([...this.#agents.values()].map((a) => a.close().catch(() => undefined)));
   }
 
   async #startControlPlane(): Promise<void> {
@@ -149,13 +191,22 @@ export class Supervisor {
       (s): s is ServiceSpec => s !== null,
     );
     if (!specs.length) return;
-    // Check every port first: one clear error naming the port beats a service dying in a restart loop.
-    for (const s of specs) for (const p of s.ports) await assertPortFree(p.host, p.port, p.what);
-    const transport = this.#o.transports({ name: 'controlplane', transport: 'local', gpus: 0, address: cluster.headAddress, setup: [] });
-    this.#transports.set('controlplane', transport);
-    await transport.connect();
+    const agent = await this.#connect(controlPlaneNode(cluster));
+    const workerSpec = (spec: ServiceSpec): WorkerSpec => ({
+      argv: spec.argv,
+      env: {},
+      unsetEnv: [],
+      stopSignal: 'SIGTERM',
+      graceMs: 10_000,
+      restart: CONTROL_PLANE_RESTART,
+    });
+    // Check every port first (except a service still running from an earlier supervisor, adopted below):
+    // one clear error naming the port beats a service dying in a restart loop.
+    const running = (spec: ServiceSpec): boolean =>
+      agent.adoptable.some((w) => w.name === spec.name && w.state === 'running' && w.specHash === specHash(workerSpec(spec)));
+    for (const s of specs) if (!running(s)) for (const p of s.ports) await assertPortFree(p.host, p.port, p.what);
     for (const spec of specs) {
-      await spec.prepare();
+      if (!running(spec)) await spec.prepare();
       const log = new ReplicaLog(spec.name, join(cluster.stateDir, 'logs', `${spec.name}.log`));
       this.#logs.push(log);
       const replica = new Replica({
@@ -163,13 +214,11 @@ export class Supervisor {
         group: 'controlPlane',
         node: 'head',
         gpus: [],
-        transport,
-        spec: () => ({ replica: spec.name, argv: spec.argv, env: {}, unsetEnv: [], graceSeconds: 10, stopSignal: 'SIGTERM' }),
-        // The control plane is restarted whenever it dies, quickly and without a crash-loop limit.
-        restart: { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 5000, jitter: 0.1, maxRestarts: 0, windowMs: 60_000, resetAfterMs: 30_000 },
-        stop: { signal: 'SIGTERM', graceMs: 10_000 },
+        agent,
+        spec: () => workerSpec(spec),
         health: { probe: (sig) => spec.probe(sig), intervalMs: 1000, timeoutMs: 3000, startPeriodMs: 0, failureThreshold: 5 },
         log,
+        unreachableMs: DOWN_UNREACHABLE_MS,
         onChange: this.#o.onChange,
         onEvent: (name, ev) => this.#logEvent(name, ev),
       });
@@ -182,10 +231,13 @@ export class Supervisor {
     this.#stop.signal.addEventListener('abort', () => expire.abort(), { once: true });
     const deadline = expire.signal;
     try {
-      await Promise.all(this.#services.map((s) => s.replica.waitFor((r) => r.state === 'ready', deadline)));
+      await Promise.all(this.#services.map((s) => s.replica.waitFor((r) => r.state === 'ready' || r.state === 'failed', deadline)));
+      if (this.#services.some((s) => s.replica.state === 'failed')) throw new Error('failed');
     } catch {
       clearTimeout(timer);
-      const bad = this.#services.filter((s) => s.replica.state !== 'ready').map((s) => `${s.spec.name} (${s.replica.state}; see ${join(cluster.stateDir, 'logs', `${s.spec.name}.log`)})`);
+      const bad = this.#services
+        .filter((s) => s.replica.state !== 'ready')
+        .map((s) => `${s.spec.name} (${s.replica.state}${s.replica.status().message ? `: ${s.replica.status().message}` : ''}; see ${join(cluster.stateDir, 'logs', `${s.spec.name}.log`)})`);
       throw new DynsupError('E_CONTROL_PLANE', `control plane not healthy after ${timeout / 1000}s: ${bad.join(', ')}`);
     }
     clearTimeout(timer);
@@ -211,12 +263,12 @@ export class Supervisor {
       group: group.name,
       node: plan.node,
       gpus: plan.gpuIds,
-      transport: this.#transports.get(plan.node)!,
+      agent: this.#agents.get(plan.node)!,
       spec: () => buildLaunchSpec(cluster, group, plan, node, natsAuth),
-      restart: group.restart,
-      stop: group.stop,
       health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
       log,
+      // A stop asked for while the node is unreachable: past the lease and the grace its agent has stopped it.
+      unreachableMs: this.#stopping ? DOWN_UNREACHABLE_MS : cluster.leaseMs + group.stop.graceMs + 5000,
       onChange: this.#o.onChange,
       onEvent: (name, ev) => this.#logEvent(name, ev),
     });
@@ -251,7 +303,7 @@ export class Supervisor {
     const current = [...this.#plans.values()].filter((p) => p.group === groupName).sort((a, b) => a.index - b.index);
     if (count < current.length) {
       const gone = current.slice(count);
-      await Promise.all(gone.map((p) => this.#replicas.get(p.name)!.stop('scaled down')));
+      await Promise.all(gone.map((p) => this.#replicas.get(p.name)!.remove()));
       for (const p of gone) {
         this.#replicas.delete(p.name);
         this.#plans.delete(p.name);
@@ -282,14 +334,7 @@ export class Supervisor {
       for (const g of gpuIds) taken.add(g);
       plans.push({ name: `${groupName}-${index}`, group: groupName, index, node, gpuIds, port: group.port === undefined ? undefined : group.port + index });
     }
-    for (const p of plans) {
-      if (!this.#transports.has(p.node)) {
-        const n = cluster.nodes.find((x) => x.name === p.node)!;
-        const t = this.#o.transports(n);
-        this.#transports.set(n.name, t);
-        await t.connect(this.#stop.signal);
-      }
-    }
+    for (const p of plans) await this.#connect(cluster.nodes.find((x) => x.name === p.node)!);
     for (const p of plans) this.#createReplica(p).start();
     return { added: plans.map((p) => p.name), removed: [] };
   }
@@ -308,6 +353,8 @@ export class Supervisor {
     switch (ev.kind) {
       case 'started':
         return log.info({ replica: name, pid: ev.pid }, `${name} started (pid ${ev.pid})`);
+      case 'adopted':
+        return log.info({ replica: name, pid: ev.pid }, `${name} adopted (pid ${ev.pid}, ${ev.restarts} restarts so far): still running from before`);
       case 'exited': {
         const how = ev.exit.signal ? `killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
         return log[this.#stopping ? 'info' : 'warn']({ replica: name, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs }, `${name} ${how}`);
@@ -326,13 +373,8 @@ export class Supervisor {
         return log.warn({ replica: name }, `${name} still running ${ev.graceMs / 1000}s after the stop signal: SIGKILL`);
       case 'stopped':
         return log.info({ replica: name }, `${name} stopped: ${ev.reason}`);
+      case 'leftovers':
+        return log.warn({ replica: name }, `${name}: ${ev.count} leftover process(es) killed`);
     }
   }
-}
-
-/** One abort signal shared by every node connection (hundreds of listeners are expected, not a leak). */
-function stopController(): AbortController {
-  const c = new AbortController();
-  setMaxListeners(0, c.signal);
-  return c;
 }

@@ -1,15 +1,19 @@
-/** Picks the Transport for a node from its `transport:` field. */
+/** Picks the pipe to a node's agent from its `transport:` field. */
 import { join } from 'node:path';
 import type { ClusterConfig, NodeConfig } from '../config/types.js';
 import { DynsupError } from '../util/errors.js';
-import { LocalTransport } from './local.js';
-import { SshTransport } from './ssh/ssh-transport.js';
-import { SrunTransport } from './srun.js';
-import type { Transport } from './types.js';
+import { LocalPipe } from './local.js';
+import { NodeAgent } from './node-agent.js';
+import { SshPipe } from './ssh/ssh-pipe.js';
+import { SrunPipe } from './srun.js';
+import type { AgentPipe } from './types.js';
 
-/** Local runtime dir of a node (control plane services use the reserved name `controlplane`). */
+/** The reserved node name of the head's control plane services (NATS, etcd), under their own local agent. */
+export const CONTROL_PLANE_NODE = 'controlplane';
+
+/** Local runtime dir of a node (the control plane uses the reserved name `controlplane`). */
 export function localRunDir(cluster: ClusterConfig, node: string): string {
-  return node === 'controlplane' ? join(cluster.stateDir, 'run', 'controlplane') : join(cluster.stateDir, 'run', 'nodes', node);
+  return node === CONTROL_PLANE_NODE ? join(cluster.stateDir, 'run', 'controlplane') : join(cluster.stateDir, 'run', 'nodes', node);
 }
 
 /** Runtime dir of an allocation node (srun): per job, so nothing of an earlier job is mistaken for this one's. */
@@ -19,21 +23,28 @@ export function srunRunDir(cluster: ClusterConfig, node: string): string {
 
 export type NoticeSink = (level: 'info' | 'warn' | 'error', message: string) => void;
 
-export function createTransport(cluster: ClusterConfig, node: NodeConfig, onNotice?: NoticeSink): Transport {
+export function createPipe(cluster: ClusterConfig, node: NodeConfig, onNotice?: NoticeSink): AgentPipe {
   switch (node.transport) {
     case 'local':
-      return new LocalTransport({ node: node.name, runDir: localRunDir(cluster, node.name), leaseMs: cluster.leaseMs, ...(node.name === 'controlplane' ? { watchSupervisor: false, logDir: join(cluster.stateDir, 'logs') } : {}) });
+      return new LocalPipe(node.name, node.runDir ?? localRunDir(cluster, node.name));
     case 'ssh':
-      return new SshTransport({ node, cluster: cluster.name, leaseMs: cluster.leaseMs, onNotice });
+      return new SshPipe({ node, cluster: cluster.name, onNotice });
     case 'srun':
-      return new SrunTransport({ node: node.name, jobId: cluster.allocation?.jobId, runDir: node.runDir ?? srunRunDir(cluster, node.name), leaseMs: cluster.leaseMs, onNotice });
+      return new SrunPipe({ node: node.name, jobId: cluster.allocation?.jobId, runDir: node.runDir ?? srunRunDir(cluster, node.name), nodeBinary: node.node, onNotice });
     default:
       throw new DynsupError('E_NODE', `node ${node.name}: transport '${node.transport}' is not supported by this build`);
   }
 }
 
-/** Transports to clean up after a supervisor that died: every node of the file plus the control plane. */
-export function allTransports(cluster: ClusterConfig): Transport[] {
-  const local: NodeConfig = { name: 'controlplane', transport: 'local', gpus: 0, address: cluster.headAddress, setup: [] };
-  return [local, ...cluster.nodes].map((n) => createTransport(cluster, n));
+export function createNodeAgent(cluster: ClusterConfig, node: NodeConfig, onNotice?: NoticeSink): NodeAgent {
+  return new NodeAgent({ pipe: createPipe(cluster, node, onNotice), cluster: cluster.name, leaseMs: cluster.leaseMs, onNotice });
+}
+
+export function controlPlaneNode(cluster: ClusterConfig): NodeConfig {
+  return { name: CONTROL_PLANE_NODE, transport: 'local', gpus: 0, address: cluster.headAddress, setup: [] };
+}
+
+/** Every node of the file plus the control plane: what `down` reaches after a supervisor died. */
+export function allNodes(cluster: ClusterConfig): NodeConfig[] {
+  return [controlPlaneNode(cluster), ...cluster.nodes];
 }

@@ -1,0 +1,319 @@
+/**
+ * The resident node agent: one process per node per cluster (per run dir), owning every worker on its
+ * node the way a kubelet does. It listens on a unix socket in the run dir; the head reaches it through
+ * whatever pipe its transport gives (a direct connection, an ssh channel or an srun step running the
+ * bridge), one stream per node.
+ *
+ * The lease: when the head has sent nothing for `leaseMs` (it pings every quarter lease), the agent stops
+ * every worker and, with nothing left to run, exits. One timer per node, no polling.
+ */
+import { createHash } from 'node:crypto';
+import { appendFileSync, mkdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { cgroupBase, makeBox } from './containment.js';
+import {
+  encodeData,
+  encodeMessage,
+  FrameDecoder,
+  PREAMBLE,
+  PROTOCOL_VERSION,
+  socketPath,
+  type AgentMessage,
+  type HeadMessage,
+} from './protocol.js';
+import { Worker, type WorkerHost, type WorkerRecord } from './worker.js';
+
+const DEFAULT_LEASE_MS = 30_000;
+/** Output queued on the link beyond which workers' spools are no longer read (backpressure). */
+const HIGH_WATER = 4 * 2 ** 20;
+
+export interface DaemonOptions {
+  readonly dir: string;
+  /** Identifies this agent build (hash of the bundle), reported to the head. */
+  readonly build: string;
+}
+
+interface Saved {
+  readonly workers: readonly WorkerRecord[];
+}
+
+export class AgentDaemon implements WorkerHost {
+  readonly #o: DaemonOptions;
+  readonly cgroupBase: string | null;
+  readonly #workers = new Map<string, Worker>();
+  /** Records of an earlier agent process: restart counts and acknowledged offsets carry over. */
+  readonly #previous = new Map<string, WorkerRecord>();
+  #server: Server | undefined;
+  #conn: Socket | undefined;
+  #leaseMs = DEFAULT_LEASE_MS;
+  #leaseTimer: NodeJS.Timeout | undefined;
+  #persistQueued = false;
+  #exiting = false;
+  readonly #done: Promise<void>;
+  #resolveDone!: () => void;
+
+  constructor(o: DaemonOptions) {
+    this.#o = o;
+    mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+    this.cgroupBase = cgroupBase(`a-${createHash('sha256').update(o.dir).digest('hex').slice(0, 16)}`);
+    this.#done = new Promise((r) => (this.#resolveDone = r));
+  }
+
+  /** Serve until shut down or the lease runs out with nothing left to run. */
+  async run(): Promise<void> {
+    this.#recover();
+    const path = socketPath(this.#o.dir);
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    try {
+      unlinkSync(path);
+    } catch {
+      /* none */
+    }
+    const server = createServer((sock) => this.#accept(sock));
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    this.#log(`agent pid ${process.pid} listening on ${path} (containment: ${this.cgroupBase ? `cgroup ${this.cgroupBase}` : 'process group'})`);
+    this.#armLease();
+    await this.#done;
+  }
+
+  /** Whatever an agent that died left running is stopped: nobody watches it any more. */
+  #recover(): void {
+    let saved: Saved;
+    try {
+      saved = JSON.parse(readFileSync(join(this.#o.dir, 'state.json'), 'utf8')) as Saved;
+    } catch {
+      return;
+    }
+    for (const r of saved.workers ?? []) {
+      this.#previous.set(r.name, r);
+      if (!r.token) continue;
+      const box = makeBox(this.cgroupBase, r.name, r.token);
+      if (box.alive(r.pid)) {
+        this.#log(`${r.name}: pid ${r.pid} was left by an agent that is gone; killing it`);
+        box.kill(r.pid);
+      }
+    }
+  }
+
+  #accept(sock: Socket): void {
+    if (this.#exiting) return void sock.destroy();
+    // A head that reconnects (after a partition, or a new supervisor) replaces the old link, which may
+    // be half-open and never close by itself.
+    if (this.#conn) {
+      this.#log('a new head connection replaces the previous one');
+      this.#conn.destroy();
+    }
+    this.#conn = sock;
+    for (const w of this.#workers.values()) w.unstream();
+    sock.write(PREAMBLE);
+    const decoder = new FrameDecoder<HeadMessage>({ preamble: false });
+    let hello = false;
+    sock.on('data', (chunk: Buffer) => {
+      this.#armLease();
+      let frames;
+      try {
+        frames = decoder.push(chunk);
+      } catch (err) {
+        this.#log(`bad frame from head: ${(err as Error).message}`);
+        return void sock.destroy();
+      }
+      for (const f of frames) {
+        if (f.kind !== 'msg') continue;
+        if (!hello) {
+          if (f.msg.t !== 'hello') return void sock.destroy();
+          hello = true;
+          this.#hello(sock, f.msg);
+          continue;
+        }
+        void this.#handle(f.msg);
+      }
+    });
+    sock.on('drain', () => {
+      for (const w of this.#workers.values()) w.resumeOutput();
+    });
+    sock.on('error', () => undefined);
+    sock.on('close', () => {
+      if (this.#conn !== sock) return;
+      this.#conn = undefined;
+      for (const w of this.#workers.values()) w.unstream();
+    });
+  }
+
+  #hello(sock: Socket, m: Extract<HeadMessage, { t: 'hello' }>): void {
+    if (m.v !== PROTOCOL_VERSION) {
+      this.#sendOn(sock, {
+        t: 'hello',
+        v: PROTOCOL_VERSION,
+        pid: process.pid,
+        build: this.#o.build,
+        cgroup: this.cgroupBase !== null,
+        workers: [],
+        error: `protocol version mismatch: the agent speaks ${PROTOCOL_VERSION}, the head ${m.v}`,
+      });
+      sock.end();
+      return;
+    }
+    this.#leaseMs = m.leaseMs > 0 ? m.leaseMs : DEFAULT_LEASE_MS;
+    this.#armLease();
+    this.#sendOn(sock, {
+      t: 'hello',
+      v: PROTOCOL_VERSION,
+      pid: process.pid,
+      build: this.#o.build,
+      cgroup: this.cgroupBase !== null,
+      workers: [...this.#workers.values()].map((w) => w.report()),
+    });
+  }
+
+  async #handle(m: HeadMessage): Promise<void> {
+    switch (m.t) {
+      case 'ping':
+        return this.#send({ t: 'pong' });
+      case 'run': {
+        let w = this.#workers.get(m.name);
+        if (w && w.specHash !== m.specHash) {
+          // Another spec (the file changed): the old process goes, the new one starts.
+          await w.stop('spec changed');
+          w.spec = m.spec;
+          w.specHash = m.specHash;
+        }
+        if (!w) {
+          const prev = this.#previous.get(m.name);
+          w = new Worker(m.name, join(this.#o.dir, `${m.name}.out`), m.spec, m.specHash, this, prev);
+          this.#workers.set(m.name, w);
+        }
+        w.stream(m.from < 0 ? w.report().acked : m.from);
+        this.report(w.report());
+        if (!w.active) w.start();
+        return;
+      }
+      case 'stop':
+        return this.#workers.get(m.name)?.stop(m.reason);
+      case 'restart':
+        return this.#workers.get(m.name)?.restart(m.counted);
+      case 'signal':
+        return this.#workers.get(m.name)?.signal(m.signal);
+      case 'ack':
+        return this.#workers.get(m.name)?.ack(m.offset);
+      case 'forget': {
+        const w = this.#workers.get(m.name);
+        if (!w) return;
+        await w.stop('removed');
+        w.close();
+        this.#workers.delete(m.name);
+        this.#previous.delete(m.name);
+        rmSync(w.spool, { force: true });
+        this.persist();
+        return;
+      }
+      case 'shutdown':
+        return this.#shutdown(m.graceMs);
+      case 'hello':
+        return;
+    }
+  }
+
+  async #shutdown(_graceMs: number): Promise<void> {
+    this.#exiting = true;
+    clearTimeout(this.#leaseTimer);
+    await Promise.all([...this.#workers.values()].map((w) => w.stop('cluster stopping')));
+    for (const w of this.#workers.values()) w.close();
+    this.#send({ t: 'bye' });
+    this.#server?.close();
+    const conn = this.#conn;
+    await new Promise<void>((r) => (conn ? conn.end(r) : r()));
+    try {
+      unlinkSync(socketPath(this.#o.dir));
+    } catch {
+      /* gone */
+    }
+    rmSync(this.#o.dir, { recursive: true, force: true });
+    this.#resolveDone();
+  }
+
+  #armLease(): void {
+    clearTimeout(this.#leaseTimer);
+    if (this.#exiting) return;
+    this.#leaseTimer = setTimeout(() => void this.#leaseExpired(), this.#leaseMs);
+  }
+
+  async #leaseExpired(): Promise<void> {
+    const live = [...this.#workers.values()].filter((w) => w.active);
+    if (live.length) this.#log(`lease expired (no word from the head for ${this.#leaseMs / 1000}s): stopping ${live.map((w) => w.name).join(', ')}`);
+    await Promise.all(live.map((w) => w.stop(`lease expired: no word from the head for ${this.#leaseMs / 1000}s`)));
+    // Heard from the head meanwhile: carry on (the head restarts what it wants running).
+    if (this.#conn) return;
+    this.#exiting = true;
+    this.#writeState();
+    for (const w of this.#workers.values()) w.close();
+    this.#server?.close();
+    try {
+      unlinkSync(socketPath(this.#o.dir));
+    } catch {
+      /* gone */
+    }
+    this.#log('nothing left to run and no head: exiting');
+    this.#resolveDone();
+  }
+
+  // WorkerHost
+
+  sendData(name: string, offset: number, bytes: Buffer): boolean {
+    const c = this.#conn;
+    if (!c || c.destroyed) return false;
+    return c.write(encodeData(name, offset, bytes)) && c.writableLength < HIGH_WATER;
+  }
+
+  report(w: ReturnType<Worker['report']>): void {
+    this.#send({ t: 'state', worker: w });
+  }
+
+  event(name: string, event: Extract<AgentMessage, { t: 'event' }>['event']): void {
+    this.#send({ t: 'event', name, event });
+  }
+
+  persist(): void {
+    if (this.#persistQueued) return;
+    this.#persistQueued = true;
+    setImmediate(() => {
+      this.#persistQueued = false;
+      this.#writeState();
+    });
+  }
+
+  #writeState(): void {
+    if (this.#exiting && !this.#workers.size) return;
+    const saved: Saved = {
+      workers: [...new Map([...this.#previous, ...[...this.#workers.values()].map((w) => [w.name, w.record()] as const)]).values()],
+    };
+    try {
+      const f = join(this.#o.dir, 'state.json');
+      writeFileSync(`${f}.tmp`, JSON.stringify(saved), { mode: 0o600 });
+      renameSync(`${f}.tmp`, f);
+    } catch {
+      /* the run dir is gone (shutdown) */
+    }
+  }
+
+  #send(m: AgentMessage): void {
+    const c = this.#conn;
+    if (c && !c.destroyed) c.write(encodeMessage(m));
+  }
+
+  #sendOn(sock: Socket, m: AgentMessage): void {
+    if (!sock.destroyed) sock.write(encodeMessage(m));
+  }
+
+  #log(line: string): void {
+    try {
+      appendFileSync(join(this.#o.dir, 'agent.log'), `${new Date().toISOString()} ${line}\n`);
+    } catch {
+      /* the run dir is gone */
+    }
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * The wire protocol between the head and a node's resident agent, shared by both ends (the agent bundle
+ * includes this file). One byte stream per node, whatever carries it (a unix socket, an ssh exec channel,
+ * an srun step's stdio): frames of `u32 length | u8 type | body`.
+ *
+ *   type 1: a JSON message (control: run, stop, ack, state, exit, ...)
+ *   type 2: worker output: `u16 nameLength | name | f64 offset | bytes` (offset: the chunk's first byte in
+ *           the replica's spool, counted from the spool's creation, across restarts)
+ *
+ * Before the first frame the agent writes PREAMBLE. Everything the channel carried before it (a login
+ * shell's rc files echoing things on stdout) is skipped, so a noisy `.bashrc` never reaches a log.
+ */
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { RestartPolicy } from '../config/types.js';
+
+/** Bumped on any incompatible change; a head and an agent with different versions refuse each other. */
+export const PROTOCOL_VERSION = 1;
+export const PREAMBLE = Buffer.from('\n\u0000dynsup-agent-protocol\u0000\n');
+
+const T_JSON = 1;
+const T_DATA = 2;
+/** A frame larger than this is a corrupt stream, not a message. */
+const MAX_FRAME = 64 * 2 ** 20;
+
+export interface ExitInfo {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/** Everything the agent needs to run one replica. Its hash decides whether a running worker can be adopted. */
+export interface WorkerSpec {
+  readonly argv: readonly string[];
+  /** Set on top of the agent's environment, after `unsetEnv` patterns were removed. */
+  readonly env: Readonly<Record<string, string>>;
+  readonly unsetEnv: readonly string[];
+  readonly cwd?: string | undefined;
+  readonly stopSignal: NodeJS.Signals;
+  readonly graceMs: number;
+  readonly restart: RestartPolicy;
+}
+
+export type WorkerState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
+
+/** What the agent knows of one replica; sent on every change and in the hello. */
+export interface WorkerReport {
+  readonly name: string;
+  readonly specHash: string;
+  readonly state: WorkerState;
+  readonly pid: number | null;
+  readonly restarts: number;
+  readonly lastExit: (ExitInfo & { readonly at: number }) | null;
+  readonly startedAt: number | null;
+  readonly since: number;
+  readonly message: string | null;
+  /** Bytes in the spool so far (end offset). */
+  readonly spooled: number;
+  /** Bytes the head has confirmed it logged: a head that adopts the worker resumes here. */
+  readonly acked: number;
+  /** How the worker is contained: its own cgroup, or its process group plus an environment-token sweep. */
+  readonly containment: 'cgroup' | 'pgroup';
+}
+
+export type AgentEvent =
+  | { readonly kind: 'started'; readonly pid: number }
+  | { readonly kind: 'exited'; readonly exit: ExitInfo; readonly uptimeMs: number }
+  | { readonly kind: 'launch-failed'; readonly error: string }
+  | { readonly kind: 'restarting'; readonly delayMs: number; readonly restarts: number }
+  | { readonly kind: 'failed'; readonly reason: string }
+  | { readonly kind: 'stop-escalated'; readonly graceMs: number }
+  | { readonly kind: 'stopped'; readonly reason: string }
+  | { readonly kind: 'leftovers'; readonly count: number };
+
+export type HeadMessage =
+  | { readonly t: 'hello'; readonly v: number; readonly cluster: string; readonly node: string; readonly leaseMs: number }
+  /** Run (or adopt, when the same spec runs already) a replica; output is streamed from `from`. */
+  | { readonly t: 'run'; readonly name: string; readonly spec: WorkerSpec; readonly specHash: string; readonly from: number }
+  | { readonly t: 'stop'; readonly name: string; readonly reason: string }
+  /** Stop and start again; `counted`: as a crash (unhealthy), else not counted against the crash-loop limit. */
+  | { readonly t: 'restart'; readonly name: string; readonly counted: boolean; readonly reason: string }
+  | { readonly t: 'signal'; readonly name: string; readonly signal: NodeJS.Signals }
+  /** Everything before `offset` is safely in the head's log: the agent may release it. */
+  | { readonly t: 'ack'; readonly name: string; readonly offset: number }
+  | { readonly t: 'forget'; readonly name: string }
+  | { readonly t: 'ping' }
+  /** Stop every worker, remove the run dir, exit. */
+  | { readonly t: 'shutdown'; readonly graceMs: number };
+
+export type AgentMessage =
+  | {
+      readonly t: 'hello';
+      readonly v: number;
+      readonly pid: number;
+      readonly build: string;
+      readonly cgroup: boolean;
+      readonly workers: readonly WorkerReport[];
+      readonly error?: string;
+    }
+  | { readonly t: 'state'; readonly worker: WorkerReport }
+  | { readonly t: 'event'; readonly name: string; readonly event: AgentEvent }
+  | { readonly t: 'pong' }
+  | { readonly t: 'bye' }
+  | { readonly t: 'error'; readonly message: string };
+
+export function encodeMessage(msg: HeadMessage | AgentMessage): Buffer {
+  const body = Buffer.from(JSON.stringify(msg));
+  const frame = Buffer.allocUnsafe(5 + body.length);
+  frame.writeUInt32BE(body.length + 1, 0);
+  frame[4] = T_JSON;
+  body.copy(frame, 5);
+  return frame;
+}
+
+export function encodeData(name: string, offset: number, bytes: Buffer): Buffer {
+  const n = Buffer.from(name);
+  const head = Buffer.allocUnsafe(5 + 2 + n.length + 8);
+  head.writeUInt32BE(1 + 2 + n.length + 8 + bytes.length, 0);
+  head[4] = T_DATA;
+  head.writeUInt16BE(n.length, 5);
+  n.copy(head, 7);
+  head.writeDoubleBE(offset, 7 + n.length);
+  return Buffer.concat([head, bytes]);
+}
+
+export type Frame<M> = { readonly kind: 'msg'; readonly msg: M } | { readonly kind: 'data'; readonly name: string; readonly offset: number; readonly bytes: Buffer };
+
+/**
+ * Splits a byte stream into frames. With `preamble`, bytes before PREAMBLE are handed to `onNoise` (a login
+ * shell's chatter; kept for error messages) instead of being parsed.
+ */
+export class FrameDecoder<M> {
+  #buf: Buffer = Buffer.alloc(0);
+  #synced: boolean;
+  readonly #onNoise: ((b: Buffer) => void) | undefined;
+
+  constructor(opts: { preamble: boolean; onNoise?: (b: Buffer) => void }) {
+    this.#synced = !opts.preamble;
+    this.#onNoise = opts.onNoise;
+  }
+
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  push(chunk: Buffer): Frame<M>[] {
+    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    if (!this.#synced) {
+      const at = this.#buf.indexOf(PREAMBLE);
+      if (at < 0) {
+        // Keep a tail that may be the start of the preamble.
+        const keep = Math.min(this.#buf.length, PREAMBLE.length - 1);
+        if (this.#buf.length > keep) this.#onNoise?.(this.#buf.subarray(0, this.#buf.length - keep));
+        this.#buf = Buffer.from(this.#buf.subarray(this.#buf.length - keep));
+        return [];
+      }
+      if (at > 0) this.#onNoise?.(this.#buf.subarray(0, at));
+      this.#buf = this.#buf.subarray(at + PREAMBLE.length);
+      this.#synced = true;
+    }
+    const frames: Frame<M>[] = [];
+    while (this.#buf.length >= 5) {
+      const len = this.#buf.readUInt32BE(0);
+      if (len < 1 || len > MAX_FRAME) throw new Error(`corrupt agent stream: frame of ${len} bytes`);
+      if (this.#buf.length < 4 + len) break;
+      const type = this.#buf[4];
+      const body = this.#buf.subarray(5, 4 + len);
+      if (type === T_JSON) frames.push({ kind: 'msg', msg: JSON.parse(body.toString('utf8')) as M });
+      else if (type === T_DATA) {
+        const n = body.readUInt16BE(0);
+        const name = body.subarray(2, 2 + n).toString('utf8');
+        const offset = body.readDoubleBE(2 + n);
+        frames.push({ kind: 'data', name, offset, bytes: body.subarray(2 + n + 8) });
+      } else throw new Error(`corrupt agent stream: frame type ${type}`);
+      this.#buf = this.#buf.subarray(4 + len);
+    }
+    if (!this.#buf.length) this.#buf = Buffer.alloc(0);
+    return frames;
+  }
+}
+
+/** Stable hash of a spec: same hash, same process (adoptable). */
+export function specHash(spec: WorkerSpec): string {
+  const canon = JSON.stringify(spec, (_k, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : 1))) : v,
+  );
+  return createHash('sha256').update(canon).digest('hex').slice(0, 16);
+}
+
+/**
+ * The agent's socket for a run dir. Unix socket paths are limited to 107 bytes: a long run dir gets a
+ * hashed name under the temp dir instead (the directory is per user, mode 0700).
+ */
+export function socketPath(runDir: string, uid: number = process.getuid?.() ?? 0): string {
+  const p = join(runDir, 'agent.sock');
+  if (Buffer.byteLength(p) <= 100) return p;
+  return join(tmpdir(), `dynsup-${uid}`, `${createHash('sha256').update(runDir).digest('hex').slice(0, 20)}.sock`);
+}

@@ -1,0 +1,361 @@
+/**
+ * One replica on its node, owned by the resident agent: start it, see its leader exit at once, apply its
+ * restart policy here (no round trip to the head, no login), stop it with signal, grace and kill of
+ * everything it started.
+ *
+ * Output: the worker's stdout and stderr are the replica's spool file itself (opened for append), so the
+ * worker never blocks on a slow head and nothing is lost if the agent or the link goes away. The agent
+ * reads the spool from the head's offset and streams it; acknowledged bytes are released (punched out).
+ * A worker's death is its leader's exit, not the closing of a pipe a grandchild may hold for ever.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../supervise/restart-policy.js';
+import { makeBox, TOKEN_VAR, type Box } from './containment.js';
+import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec, WorkerState } from './protocol.js';
+
+const READ_CHUNK = 256 * 1024;
+/** Release acknowledged spool in steps this big (a hole keeps offsets valid). */
+const RELEASE_STEP = 16 * 2 ** 20;
+/** Fallback read tick for filesystems whose change events do not arrive (NFS written by another host). */
+const POLL_MS = 2000;
+
+export interface WorkerHost {
+  /** Send an output chunk; false when the link is backed up (stop reading until `resumeOutput`). */
+  sendData(name: string, offset: number, bytes: Buffer): boolean;
+  report(w: WorkerReport): void;
+  event(name: string, ev: AgentEvent): void;
+  /** Persist the agent's state (called on every change of a worker). */
+  persist(): void;
+  readonly cgroupBase: string | null;
+}
+
+/** Persisted between agent processes, so a restarted agent can clean up what its predecessor left. */
+export interface WorkerRecord {
+  readonly name: string;
+  readonly specHash: string;
+  readonly pid: number | null;
+  readonly token: string;
+  readonly acked: number;
+  readonly restarts: number;
+}
+
+export class Worker {
+  readonly name: string;
+  readonly spool: string;
+  spec: WorkerSpec;
+  specHash: string;
+  #state: WorkerState = 'stopped';
+  #since = Date.now();
+  #message: string | null = null;
+  #pid: number | null = null;
+  #startedAt: number | null = null;
+  #restarts = 0;
+  #lastExit: WorkerReport['lastExit'] = null;
+  #history: RestartHistory = EMPTY_HISTORY;
+  #child: ChildProcess | undefined;
+  #exit: Promise<ExitInfo> | undefined;
+  #loop: Promise<void> | undefined;
+  #wake = new AbortController();
+  #stopping = false;
+  #restartAsked: { counted: boolean } | null = null;
+  #token = '';
+  #box: Box | undefined;
+  readonly #host: WorkerHost;
+  // Output.
+  #fd: number | undefined;
+  #size = 0;
+  /** Next offset to send to the head; null while no head streams this worker. */
+  #sent: number | null = null;
+  #acked = 0;
+  #released = 0;
+  #watcher: FSWatcher | undefined;
+  #poll: NodeJS.Timeout | undefined;
+  #paused = false;
+
+  constructor(name: string, spool: string, spec: WorkerSpec, specHash: string, host: WorkerHost, previous?: WorkerRecord) {
+    this.name = name;
+    this.spool = spool;
+    this.spec = spec;
+    this.specHash = specHash;
+    this.#host = host;
+    if (previous) {
+      this.#restarts = previous.restarts;
+      this.#acked = previous.acked;
+    }
+    this.#fd = openSync(spool, 'a+', 0o600);
+    this.#size = fstatSync(this.#fd).size;
+    this.#released = Math.min(this.#acked, this.#size);
+    this.#watcher = watch(spool, { persistent: false }, () => this.pump());
+    this.#watcher.on('error', () => undefined);
+    this.#poll = setInterval(() => this.pump(), POLL_MS);
+    this.#poll.unref();
+  }
+
+  get state(): WorkerState {
+    return this.#state;
+  }
+
+  get active(): boolean {
+    return this.#loop !== undefined;
+  }
+
+  record(): WorkerRecord {
+    return { name: this.name, specHash: this.specHash, pid: this.#pid, token: this.#token, acked: this.#acked, restarts: this.#restarts };
+  }
+
+  report(): WorkerReport {
+    return {
+      name: this.name,
+      specHash: this.specHash,
+      state: this.#state,
+      pid: this.#pid,
+      restarts: this.#restarts,
+      lastExit: this.#lastExit,
+      startedAt: this.#startedAt,
+      since: this.#since,
+      message: this.#message,
+      spooled: this.#size,
+      acked: this.#acked,
+      containment: this.#host.cgroupBase ? 'cgroup' : 'pgroup',
+    };
+  }
+
+  /** Start supervising (no-op while the loop runs). */
+  start(): void {
+    if (this.#loop) return;
+    this.#stopping = false;
+    this.#loop = this.#run().finally(() => (this.#loop = undefined));
+  }
+
+  /** Stop: signal, grace, kill of everything in the worker's box. Resolves once nothing of it runs. */
+  async stop(reason: string): Promise<void> {
+    const wasActive = this.#loop !== undefined;
+    this.#stopping = true;
+    this.#wake.abort();
+    if (this.#child) {
+      this.#set('stopping', reason);
+      await this.#terminate();
+    }
+    await this.#loop;
+    if (wasActive) this.#host.event(this.name, { kind: 'stopped', reason });
+    // Always reported, even when it was stopped already: the head waits for this report.
+    this.#set('stopped', reason);
+  }
+
+  /** Replace the running process now; `counted` makes it count as a crash (an unhealthy worker). */
+  async restart(counted: boolean): Promise<void> {
+    if (!counted) this.#history = EMPTY_HISTORY;
+    if (!this.#loop) return this.start();
+    this.#restartAsked = { counted };
+    this.#wake.abort();
+    if (this.#child) await this.#terminate();
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    this.#box?.signal(this.#pid, sig);
+  }
+
+  /** The head wants output from `from` on (its offset; never before what was released). */
+  stream(from: number): void {
+    this.#sent = Math.max(from, this.#released);
+    this.pump();
+  }
+
+  unstream(): void {
+    this.#sent = null;
+  }
+
+  ack(offset: number): void {
+    if (offset <= this.#acked) return;
+    this.#acked = Math.min(offset, this.#size);
+    const upTo = Math.floor(this.#acked / 4096) * 4096;
+    if (upTo - this.#released >= RELEASE_STEP) {
+      this.#released = upTo;
+      // The spool only holds what the head has not yet logged; a chatty worker cannot fill the disk.
+      execFile('fallocate', ['-p', '-o', '0', '-l', String(upTo), this.spool], () => undefined);
+    }
+  }
+
+  /** The link can take more output again. */
+  resumeOutput(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    this.pump();
+  }
+
+  /** Send what the head has not seen yet, while the link takes it. */
+  pump(): void {
+    if (this.#fd === undefined || this.#sent === null || this.#paused) return;
+    for (;;) {
+      try {
+        this.#size = Math.max(this.#size, fstatSync(this.#fd).size);
+      } catch {
+        return;
+      }
+      if (this.#sent >= this.#size) return;
+      const len = Math.min(READ_CHUNK, this.#size - this.#sent);
+      const buf = Buffer.allocUnsafe(len);
+      const n = readSync(this.#fd, buf, 0, len, this.#sent);
+      if (n <= 0) return;
+      const at = this.#sent;
+      this.#sent += n;
+      if (!this.#host.sendData(this.name, at, buf.subarray(0, n))) {
+        this.#paused = true;
+        return;
+      }
+    }
+  }
+
+  /** Release the spool's file handles (forget / shutdown). */
+  close(): void {
+    this.#watcher?.close();
+    clearInterval(this.#poll);
+    if (this.#fd !== undefined) closeSync(this.#fd);
+    this.#fd = undefined;
+    this.#box?.dispose();
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stopping) {
+      this.#wake = new AbortController();
+      this.#set('starting');
+      const launchedAt = Date.now();
+      let exit: ExitInfo;
+      try {
+        exit = await this.#launchAndWait();
+      } catch (err) {
+        this.#host.event(this.name, { kind: 'launch-failed', error: err instanceof Error ? err.message : String(err) });
+        exit = { code: 127, signal: null };
+      }
+      const uptime = Date.now() - launchedAt;
+      this.#lastExit = { ...exit, at: Date.now() };
+      if (this.#stopping) break;
+      const asked = this.#restartAsked;
+      this.#restartAsked = null;
+      if (asked && !asked.counted) continue;
+      const decision = decideRestart(this.spec.restart, exit, uptime, this.#history, Date.now(), Math.random());
+      if (decision.kind === 'fail') {
+        this.#set('failed', decision.reason);
+        this.#host.event(this.name, { kind: 'failed', reason: decision.reason });
+        return;
+      }
+      if (decision.kind === 'stop') {
+        this.#set('stopped', decision.reason);
+        this.#host.event(this.name, { kind: 'stopped', reason: decision.reason });
+        return;
+      }
+      this.#history = decision.history;
+      this.#restarts++;
+      this.#set('backoff', `restarting in ${decision.delayMs}ms`);
+      this.#host.event(this.name, { kind: 'restarting', delayMs: decision.delayMs, restarts: this.#restarts });
+      await sleep(decision.delayMs, undefined, { signal: this.#wake.signal }).catch(() => undefined);
+    }
+    this.#set('stopped', this.#message ?? 'stopped by request');
+  }
+
+  #env(): NodeJS.ProcessEnv {
+    const patterns = this.spec.unsetEnv.map((p) => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`));
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!patterns.some((p) => p.test(k))) env[k] = v;
+    delete env.DYNSUP_AGENT_DIR;
+    return { ...env, ...this.spec.env, [TOKEN_VAR]: this.#token };
+  }
+
+  async #launchAndWait(): Promise<ExitInfo> {
+    this.#token = `${this.name}.${randomBytes(8).toString('hex')}`;
+    this.#box?.dispose();
+    this.#box = makeBox(this.#host.cgroupBase, this.name, this.#token);
+    const box = this.#box;
+    const argv = box.wrap(this.spec.argv);
+    const out = this.#fd!;
+    const child = spawn(argv[0]!, argv.slice(1), {
+      cwd: this.spec.cwd || undefined,
+      env: this.#env(),
+      // setsid: the worker leads its own process group, so its pid is also the group to signal.
+      detached: true,
+      stdio: ['ignore', out, out],
+    });
+    const exit = new Promise<ExitInfo>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+    // spawn reports ENOENT/EACCES through 'error' with no pid.
+    if (child.pid === undefined) {
+      await exit;
+      throw new Error(`cannot start ${this.spec.argv[0]}`);
+    }
+    this.#child = child;
+    this.#exit = exit;
+    this.#pid = child.pid;
+    this.#startedAt = Date.now();
+    this.#set('running');
+    this.#host.event(this.name, { kind: 'started', pid: child.pid });
+    // Asked to stop while starting: stop() saw no process.
+    if (this.#stopping || this.#restartAsked) void this.#terminate();
+    const result = await exit.catch((err: Error): ExitInfo => {
+      this.#host.event(this.name, { kind: 'launch-failed', error: err.message });
+      return { code: 127, signal: null };
+    });
+    // The leader is gone: whatever it left behind (children holding GPUs, a setsid grandchild holding
+    // the spool) goes too, then the spool is read to its end.
+    if (box.alive(child.pid)) {
+      box.kill(child.pid);
+      await waitGone(box, child.pid, 5000);
+    }
+    this.#child = undefined;
+    this.#exit = undefined;
+    this.#pid = null;
+    this.#endLine();
+    this.pump();
+    this.#host.event(this.name, { kind: 'exited', exit: result, uptimeMs: Date.now() - (this.#startedAt ?? Date.now()) });
+    return result;
+  }
+
+  /** A worker killed mid-line must not have the next run's first line glued to its last one. */
+  #endLine(): void {
+    if (this.#fd === undefined) return;
+    try {
+      const size = fstatSync(this.#fd).size;
+      if (size === 0) return;
+      const last = Buffer.alloc(1);
+      readSync(this.#fd, last, 0, 1, size - 1);
+      if (last[0] !== 10) writeSync(this.#fd, '\n');
+    } catch {
+      /* the disk refused: the line stays open */
+    }
+  }
+
+  async #terminate(): Promise<void> {
+    const box = this.#box;
+    const pid = this.#pid;
+    const exit = this.#exit;
+    if (!box || !exit) return;
+    box.signal(pid, this.spec.stopSignal);
+    const exited = await Promise.race([exit.then(() => true, () => true), sleep(this.spec.graceMs, false)]);
+    if (!exited || box.alive(pid)) {
+      if (!exited) this.#host.event(this.name, { kind: 'stop-escalated', graceMs: this.spec.graceMs });
+      box.kill(pid);
+    }
+    await exit.catch(() => undefined);
+  }
+
+  #set(state: WorkerState, message: string | null = null): void {
+    this.#state = state;
+    this.#since = Date.now();
+    this.#message = message;
+    this.#host.report(this.report());
+    this.#host.persist();
+  }
+}
+
+async function waitGone(box: Box, pgid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (box.alive(pgid)) {
+    if (Date.now() > deadline) return false;
+    await sleep(20);
+  }
+  return true;
+}

@@ -1,0 +1,371 @@
+/**
+ * The head's side of one node's agent: one stream (through the node's AgentPipe), the handshake, pings that
+ * keep the agent's lease, per-replica output with offsets and acknowledgements, and reconnection. On every
+ * (re)connect each wanted replica is sent `run` again with the offset the head has logged up to: the agent
+ * adopts what already runs with the same spec and streams from there, so no line is lost or repeated.
+ */
+import { setMaxListeners } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  encodeMessage,
+  FrameDecoder,
+  PROTOCOL_VERSION,
+  specHash,
+  type AgentEvent,
+  type AgentMessage,
+  type HeadMessage,
+  type WorkerReport,
+  type WorkerSpec,
+} from '../agent/protocol.js';
+import { DynsupError, errorMessage } from '../util/errors.js';
+import type { AgentPipe, AgentStream } from './types.js';
+
+/** Queued output bytes (not yet in the log) beyond which the head stops reading the node's stream. */
+const HEAD_HIGH_WATER = 8 * 2 ** 20;
+
+export interface ReplicaSink {
+  report(r: WorkerReport): void;
+  event(ev: AgentEvent): void;
+  /** Write output to the log; resolves once it is handed to the OS (then it is acknowledged). */
+  data(bytes: Buffer): Promise<void>;
+}
+
+interface Wanted {
+  spec: WorkerSpec;
+  hash: string;
+  sink: ReplicaSink;
+  /** Spool offset logged so far; -1: unknown yet (a new supervisor: the agent's acknowledged offset). */
+  received: number;
+  queue: Promise<void>;
+  queued: number;
+  last: WorkerReport | undefined;
+  stopWaiters: Set<() => void>;
+}
+
+export interface NodeAgentOptions {
+  readonly pipe: AgentPipe;
+  readonly cluster: string;
+  readonly leaseMs: number;
+  readonly onNotice?: ((level: 'info' | 'warn' | 'error', message: string) => void) | undefined;
+}
+
+export class NodeAgent {
+  readonly node: string;
+  readonly #o: NodeAgentOptions;
+  readonly #wanted = new Map<string, Wanted>();
+  #stream: AgentStream | undefined;
+  #connected: Promise<void> | undefined;
+  #closing = false;
+  #lostSince: number | null = null;
+  #ping: NodeJS.Timeout | undefined;
+  #paused = false;
+  #wake = new AbortController();
+  #onUp = new Set<() => void>();
+  /** What the agent ran when this head first reached it (adoption). */
+  adoptable: readonly WorkerReport[] = [];
+  /** The agent's pid and whether it contains workers in cgroups (status, tests). */
+  agentPid = 0;
+  cgroup = false;
+
+  constructor(o: NodeAgentOptions) {
+    this.#o = o;
+    this.node = o.pipe.node;
+  }
+
+  get kind(): AgentPipe['kind'] {
+    return this.#o.pipe.kind;
+  }
+
+  get connected(): boolean {
+    return this.#stream !== undefined;
+  }
+
+  /** First connection: starts the agent if needed. Rejects (naming the node) when it cannot be reached. */
+  async connect(signal?: AbortSignal): Promise<void> {
+    const hello = await this.#open(true, signal);
+    this.adoptable = hello.workers;
+  }
+
+  /** Connect only to an agent that runs already (cleanup after a crash); false when none does. */
+  async connectExisting(signal?: AbortSignal): Promise<boolean> {
+    const stream = await this.#o.pipe.open({ spawn: false, signal });
+    if (!stream) return false;
+    const hello = await this.#open(false, signal, stream);
+    this.adoptable = hello.workers;
+    return true;
+  }
+
+  async #open(spawn: boolean, signal?: AbortSignal, opened?: AgentStream): Promise<Extract<AgentMessage, { t: 'hello' }>> {
+    const stream = opened ?? (await this.#o.pipe.open({ spawn, signal }));
+    if (!stream) throw new DynsupError('E_NODE', `node ${this.node}: no agent runs there`);
+    const decoder = new FrameDecoder<AgentMessage>({ preamble: true });
+    let helloResolve!: (m: Extract<AgentMessage, { t: 'hello' }>) => void;
+    let helloReject!: (e: Error) => void;
+    const hello = new Promise<Extract<AgentMessage, { t: 'hello' }>>((res, rej) => ((helloResolve = res), (helloReject = rej)));
+    let gotHello = false;
+    stream.input.on('data', (chunk: Buffer) => {
+      let frames;
+      try {
+        frames = decoder.push(chunk);
+      } catch (err) {
+        this.#o.onNotice?.('error', `node ${this.node}: ${errorMessage(err)}`);
+        stream.destroy();
+        return;
+      }
+      for (const f of frames) {
+        if (f.kind === 'data') this.#data(f.name, f.offset, f.bytes);
+        else if (!gotHello) {
+          if (f.msg.t !== 'hello') continue;
+          gotHello = true;
+          helloResolve(f.msg);
+        } else this.#message(f.msg);
+      }
+    });
+    const closed = new Promise<void>((r) => {
+      stream.input.once('close', r);
+      stream.input.once('end', r);
+      stream.input.once('error', r);
+    });
+    void closed.then(() => {
+      if (!gotHello) {
+        const said = stream.noise?.().trim().split('\n').slice(-5).join('; ');
+        helloReject(new DynsupError('E_NODE', `node ${this.node}: the agent closed the connection before its hello${said ? ` (${said})` : ''}`));
+      }
+      if (this.#stream === stream) this.#lost();
+    });
+    stream.output.on('error', () => stream.destroy());
+    stream.output.write(encodeMessage({ t: 'hello', v: PROTOCOL_VERSION, cluster: this.#o.cluster, node: this.node, leaseMs: this.#o.leaseMs }));
+    const timeout = setTimeout(() => helloReject(new DynsupError('E_NODE', `node ${this.node}: no hello from the agent within 60s`)), 60_000);
+    let h: Extract<AgentMessage, { t: 'hello' }>;
+    try {
+      h = await hello;
+    } catch (err) {
+      stream.destroy();
+      throw err;
+    } finally {
+      clearTimeout(timeout);
+    }
+    if (h.error || h.v !== PROTOCOL_VERSION) {
+      stream.destroy();
+      throw new DynsupError(
+        'E_NODE',
+        `node ${this.node}: the running agent (pid ${h.pid}) speaks protocol ${h.v}, this dynsup ${PROTOCOL_VERSION}: ` +
+          `refusing to take over its workers. Stop it with the dynsup version that started it (dynsup down), then retry.`,
+      );
+    }
+    this.agentPid = h.pid;
+    this.cgroup = h.cgroup;
+    this.#stream = stream;
+    this.#lostSince = null;
+    clearInterval(this.#ping);
+    // A quarter lease: three pings can be lost before the agent gives up on us.
+    this.#ping = setInterval(() => this.#send({ t: 'ping' }), Math.max(200, Math.floor(this.#o.leaseMs / 4)));
+    this.#ping.unref();
+    for (const w of h.workers) this.#wanted.get(w.name)?.sink.report(w);
+    for (const [name, w] of this.#wanted) this.#sendRun(name, w);
+    for (const f of [...this.#onUp]) f();
+    return h;
+  }
+
+  #lost(): void {
+    this.#stream = undefined;
+    clearInterval(this.#ping);
+    this.#paused = false;
+    if (this.#closing) return;
+    this.#lostSince = Date.now();
+    this.#o.onNotice?.('warn', `node ${this.node}: connection to the agent lost; reconnecting`);
+    this.#connected ??= this.#reconnect().finally(() => (this.#connected = undefined));
+  }
+
+  async #reconnect(): Promise<void> {
+    let delay = 250;
+    const lostAt = this.#lostSince ?? Date.now();
+    while (!this.#closing) {
+      try {
+        await this.#open(true, AbortSignal.timeout(30_000));
+        this.#o.onNotice?.('info', `node ${this.node}: reconnected after ${((Date.now() - lostAt) / 1000).toFixed(1)}s`);
+        return;
+      } catch (err) {
+        if (this.#closing) return;
+        if (err instanceof DynsupError && /protocol/.test(err.message)) this.#o.onNotice?.('error', err.message);
+        await sleep(delay, undefined, { signal: this.#wake.signal }).catch(() => undefined);
+        delay = Math.min(delay * 2, 3000);
+      }
+    }
+  }
+
+  #send(m: HeadMessage): boolean {
+    const s = this.#stream;
+    if (!s) return false;
+    s.output.write(encodeMessage(m));
+    return true;
+  }
+
+  #sendRun(name: string, w: Wanted): void {
+    this.#send({ t: 'run', name, spec: w.spec, specHash: w.hash, from: w.received });
+  }
+
+  #message(m: AgentMessage): void {
+    if (m.t === 'state') {
+      const w = this.#wanted.get(m.worker.name);
+      if (!w) return;
+      w.last = m.worker;
+      w.sink.report(m.worker);
+      if (m.worker.state === 'stopped' || m.worker.state === 'failed') for (const f of [...w.stopWaiters]) f();
+    } else if (m.t === 'event') this.#wanted.get(m.name)?.sink.event(m.event);
+  }
+
+  #data(name: string, offset: number, bytes: Buffer): void {
+    const w = this.#wanted.get(name);
+    if (!w) return;
+    if (w.received < 0) w.received = offset;
+    // Already logged (a resend after a reconnect): skip; a gap (released before we asked): accept it.
+    if (offset + bytes.length <= w.received) return;
+    if (offset < w.received) bytes = bytes.subarray(w.received - offset);
+    w.received = Math.max(w.received, offset) + bytes.length;
+    const end = w.received;
+    w.queued += bytes.length;
+    this.#throttle();
+    w.queue = w.queue.then(async () => {
+      await w.sink.data(bytes).catch(() => undefined);
+      w.queued -= bytes.length;
+      this.#send({ t: 'ack', name, offset: end });
+      this.#throttle();
+    });
+  }
+
+  /** A log that cannot keep up slows the reading of the node's stream (the agent then stops reading spools). */
+  #throttle(): void {
+    const s = this.#stream;
+    if (!s) return;
+    let queued = 0;
+    for (const w of this.#wanted.values()) queued += w.queued;
+    if (!this.#paused && queued > HEAD_HIGH_WATER) {
+      this.#paused = true;
+      s.input.pause();
+    } else if (this.#paused && queued < HEAD_HIGH_WATER / 2) {
+      this.#paused = false;
+      s.input.resume();
+    }
+  }
+
+  /** Ask the agent to run (or adopt) a replica; its reports and output go to `sink`. */
+  run(name: string, spec: WorkerSpec, sink: ReplicaSink): void {
+    const hash = specHash(spec);
+    const prev = this.#wanted.get(name);
+    const adopted = this.adoptable.find((r) => r.name === name);
+    const w: Wanted = {
+      spec,
+      hash,
+      sink,
+      received: prev?.received ?? (adopted ? -1 : -1),
+      queue: prev?.queue ?? Promise.resolve(),
+      queued: prev?.queued ?? 0,
+      last: prev?.last,
+      stopWaiters: prev?.stopWaiters ?? new Set(),
+    };
+    this.#wanted.set(name, w);
+    this.#sendRun(name, w);
+  }
+
+  /** The agent's last report of a replica this head asked for. */
+  last(name: string): WorkerReport | undefined {
+    return this.#wanted.get(name)?.last;
+  }
+
+  /**
+   * Stop a replica. Resolves once the agent reports it stopped, or when the node stayed unreachable for
+   * `unreachableMs` (then its agent stops it by itself within the lease): resolves false in that case.
+   */
+  async stop(name: string, reason: string, unreachableMs: number): Promise<boolean> {
+    const w = this.#wanted.get(name);
+    if (!w) return true;
+    const done = new Promise<void>((r) => {
+      const f = (): void => {
+        w.stopWaiters.delete(f);
+        r();
+      };
+      w.stopWaiters.add(f);
+    });
+    const send = (): void => void this.#send({ t: 'stop', name, reason });
+    send();
+    // Sent again after a reconnect: a stop must not be lost to a partition.
+    this.#onUp.add(send);
+    try {
+      for (;;) {
+        const unreachable = this.#stream ? null : this.#lostSince ?? Date.now();
+        const wait = unreachable === null ? 1000 : Math.max(0, unreachable + unreachableMs - Date.now());
+        if (unreachable !== null && wait === 0) return false;
+        const stopped = await Promise.race([done.then(() => true), sleep(Math.min(wait, 1000), false)]);
+        if (stopped) {
+          await w.queue;
+          return true;
+        }
+      }
+    } finally {
+      this.#onUp.delete(send);
+    }
+  }
+
+  restart(name: string, counted: boolean, reason: string): boolean {
+    return this.#send({ t: 'restart', name, counted, reason });
+  }
+
+  signal(name: string, signal: NodeJS.Signals): boolean {
+    return this.#send({ t: 'signal', name, signal });
+  }
+
+  /** Stop and drop a replica (scaled away, not in the file any more). */
+  async forget(name: string, unreachableMs: number): Promise<void> {
+    await this.stop(name, 'removed', unreachableMs);
+    this.#send({ t: 'forget', name });
+    this.#wanted.delete(name);
+  }
+
+  /** Drop a replica of an earlier supervisor that this one does not want (not in the file any more). */
+  forgetUnwanted(name: string): void {
+    this.#send({ t: 'forget', name });
+  }
+
+  /**
+   * Stop everything on the node and remove its runtime files; the agent exits. Bounded: resolves false
+   * when the node cannot be reached within `unreachableMs` (its agent stops the workers within the lease).
+   */
+  async shutdown(graceMs: number, unreachableMs: number): Promise<boolean> {
+    if (!this.#stream) {
+      // Give a reconnect in progress a chance; no new agent is started only to be stopped.
+      const deadline = Date.now() + unreachableMs;
+      while (!this.#stream && Date.now() < deadline && !this.#closing) await sleep(100);
+      if (!this.#stream) return false;
+    }
+    const s = this.#stream!;
+    const bye = new Promise<boolean>((resolve) => {
+      const onClose = (): void => resolve(true);
+      s.input.once('close', onClose);
+      s.input.once('end', onClose);
+    });
+    this.#closing = true;
+    this.#send({ t: 'shutdown', graceMs });
+    const ok = await Promise.race([bye, sleep(graceMs + 60_000, false)]);
+    await Promise.all([...this.#wanted.values()].map((w) => w.queue));
+    return ok;
+  }
+
+  /** Close the stream; the agent keeps its workers for the lease (a supervisor that exits without down). */
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#wake.abort();
+    clearInterval(this.#ping);
+    this.#stream?.output.end();
+    this.#stream?.destroy();
+    this.#stream = undefined;
+    await this.#o.pipe.close();
+  }
+}
+
+/** One abort signal shared by many node connections (hundreds of listeners are expected, not a leak). */
+export function sharedAbort(): AbortController {
+  const c = new AbortController();
+  setMaxListeners(0, c.signal);
+  return c;
+}
