@@ -2,13 +2,18 @@
  * A real OpenSSH server for integration tests: own host keys, own client key, own config, in a temp
  * dir; `sshd -D -e` as a child of the test process. Needs root (sshd's privilege separation) and
  * /usr/sbin/sshd.
+ *
+ * It logs in as a test user (test/helpers/test-user.ts), never as this machine's root: by default
+ * dynsup-t (shell /bin/sh, empty home, no rc files); `login: 'rc'` gives dynsup-rc, whose bash rc files
+ * are slow and noisy on purpose. Only that one user's key is authorized.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { ensureTestUser, giveTo, type LoginKind, type TestUser } from './test-user.js';
 
 const execFileP = promisify(execFile);
 const SSHD = '/usr/sbin/sshd';
@@ -22,6 +27,11 @@ export interface StartSshdOptions {
   readonly maxSessions?: number;
   /** Extra sshd_config lines; they win over the fixture's own settings (sshd keeps a keyword's first value). */
   readonly extraConfig?: readonly string[];
+  /**
+   * Who logs in: 'clean' (default, dynsup-t: /bin/sh, no rc files) or 'rc' (dynsup-rc: bash whose
+   * ~/.bashrc and ~/.profile sleep 1 s and print `rc-noise` to stdout and stderr).
+   */
+  readonly login?: LoginKind;
 }
 
 export interface HostKey {
@@ -40,9 +50,16 @@ export interface Sshd {
   readonly knownHostsFile: string;
   /** Unencrypted private key authorized for `user`. */
   readonly identityFile: string;
-  readonly user: 'root';
-  /** Temp dir holding everything above; removed by stop(). Tests may put their own files here. */
+  /** The only user that can log in (dynsup-t, or dynsup-rc with `login: 'rc'`). */
+  readonly user: string;
+  readonly testUser: TestUser;
+  /**
+   * Temp dir holding everything above; removed by stop(). Tests may put their own files here (the test
+   * user can traverse it, not write to it).
+   */
   readonly dir: string;
+  /** A directory in `dir` owned by `user`: where commands run over ssh may write. */
+  readonly workDir: string;
   /** sshd's stderr so far (for failure messages). */
   log(): string;
   stop(): Promise<void>;
@@ -80,11 +97,11 @@ function sshdConfig(dir: string, address: string, port: number, options: StartSs
     `HostKey ${join(dir, 'host_ed25519')}`,
     `HostKey ${join(dir, 'host_ecdsa')}`,
     `PidFile ${join(dir, 'sshd.pid')}`,
-    // %u: only root has a file, so other users fail auth even with the right key.
+    // %u: only the test user has a file, so other users fail auth even with the right key.
     `AuthorizedKeysFile ${join(dir, 'authorized_keys.%u')}`,
     'UsePAM no',
     'StrictModes no',
-    'PermitRootLogin prohibit-password',
+    'PermitRootLogin no',
     'PasswordAuthentication no',
     'KbdInteractiveAuthentication no',
     `MaxSessions ${options.maxSessions ?? 64}`,
@@ -156,8 +173,14 @@ function awaitBanner(address: string, port: number): Promise<void> {
 export async function startSshd(options: StartSshdOptions): Promise<Sshd> {
   const { address } = options;
   await mkdir('/run/sshd', { recursive: true }); // privilege separation directory sshd insists on
+  const testUser = await ensureTestUser(options.login ?? 'clean');
   const dir = await mkdtemp(join(tmpdir(), 'dynsup-sshd-'));
   try {
+    // sshd reads authorized_keys with the user's rights: the user may traverse (not list) the dir.
+    await chmod(dir, 0o711);
+    const workDir = join(dir, 'work');
+    await mkdir(workDir);
+    await giveTo(testUser, workDir);
     await Promise.all([
       keygen(join(dir, 'host_ed25519'), 'ed25519'),
       keygen(join(dir, 'host_ecdsa'), 'ecdsa'),
@@ -165,7 +188,7 @@ export async function startSshd(options: StartSshdOptions): Promise<Sshd> {
     ]);
     const hostKeys = [await readPub(join(dir, 'host_ed25519.pub')), await readPub(join(dir, 'host_ecdsa.pub'))];
     const clientPub = await readFile(join(dir, 'id_ed25519.pub'), 'utf8');
-    await writeFile(join(dir, 'authorized_keys.root'), clientPub, { mode: 0o600 });
+    await writeFile(join(dir, `authorized_keys.${testUser.name}`), clientPub, { mode: 0o644 });
 
     const configFile = join(dir, 'sshd_config');
     let lastError: unknown;
@@ -193,8 +216,10 @@ export async function startSshd(options: StartSshdOptions): Promise<Sshd> {
         hostKeys,
         knownHostsFile,
         identityFile: join(dir, 'id_ed25519'),
-        user: 'root',
+        user: testUser.name,
+        testUser,
         dir,
+        workDir,
         log: started.log,
         stop: () => stopSshd(started.child, dir),
       };

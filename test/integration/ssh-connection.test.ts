@@ -66,7 +66,7 @@ async function connectFails(code: SshErrorCode, over: Partial<SshConnectOptions>
   expect(err).toBeInstanceOf(SshError);
   const e = err as SshError;
   expect({ code: e.code, message: e.message }).toMatchObject({ code });
-  expect(e.message).toContain(`node gpu2 (${over.user ?? 'root'}@${over.host ?? '127.0.0.1'}:${over.port ?? sshd.port}): `);
+  expect(e.message).toContain(`node gpu2 (${over.user ?? sshd.user}@${over.host ?? '127.0.0.1'}:${over.port ?? sshd.port}): `);
   return e;
 }
 
@@ -105,7 +105,7 @@ describe('host key verification', () => {
   it('strict: plain [127.0.0.1]:PORT entry from the fixture', async () => {
     const c = await connect();
     expect(c.isOpen).toBe(true);
-    expect(c.target).toBe(`root@127.0.0.1:${sshd.port}`);
+    expect(c.target).toBe(`${sshd.user}@127.0.0.1:${sshd.port}`);
     expect(c.hostKey.keyType).toBe('ssh-ed25519');
     expect(c.warnings).toEqual([]);
     // The fingerprint is the one ssh-keygen shows for the server's key file.
@@ -223,21 +223,19 @@ describe('authentication and reachability', () => {
     await connectFails('E_SSH_IDENTITY', { identityFile: `${enc}.pub` });
   });
 
-  it('closed port → E_SSH_UNREACHABLE, fast', async () => {
+  it('closed port → E_SSH_UNREACHABLE from the refusal, not a timeout', async () => {
     const port = await freePort();
-    const t0 = Date.now();
-    const e = await connectFails('E_SSH_UNREACHABLE', { port });
-    expect(Date.now() - t0).toBeLessThan(2_000);
+    // readyTimeout 0 (none): only the refusal itself can end this connect.
+    const e = await connectFails('E_SSH_UNREACHABLE', { port, readyTimeout: 0 });
     expect(e.message).toContain('connection refused (ECONNREFUSED)');
   });
 
   it('server that never speaks SSH → E_SSH_TIMEOUT after readyTimeout', async () => {
     const srv = await silentServer();
     try {
-      const t0 = Date.now();
       const e = await connectFails('E_SSH_TIMEOUT', { port: srv.port, readyTimeout: 300 });
-      expect(Date.now() - t0).toBeLessThan(3_000);
       expect(e.message).toContain('readyTimeout');
+      await until(() => srv.sockets.size === 0); // and the socket was dropped
     } finally {
       await srv.close();
     }
@@ -247,12 +245,11 @@ describe('authentication and reachability', () => {
     const srv = await silentServer();
     try {
       const ac = new AbortController();
+      // readyTimeout 0 (none): the server never answers, so only the abort can end this connect.
       const pending = connect({ port: srv.port, readyTimeout: 0 }, ac.signal);
       await until(() => srv.sockets.size === 1);
-      const t0 = Date.now();
       ac.abort();
       await expect(pending).rejects.toMatchObject({ name: 'AbortError' });
-      expect(Date.now() - t0).toBeLessThan(500);
       await until(() => srv.sockets.size === 0);
       // already aborted: rejects before touching the network
       await expect(connect({ port: srv.port }, AbortSignal.abort())).rejects.toMatchObject({ name: 'AbortError' });
@@ -272,8 +269,11 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Poll a condition (for events we cannot subscribe to, like a socket arriving at a test server). */
-async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+/**
+ * Poll a condition (for events we cannot subscribe to, like a socket arriving at a test server). The
+ * deadline only stops a test that would otherwise hang: generous, so a slow machine does not fail it.
+ */
+async function until(cond: () => boolean, timeoutMs = 30_000): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > end) throw new Error('condition not met in time');
@@ -281,16 +281,16 @@ async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
   }
 }
 
-// Generous timeouts: each exec starts the login shell, and root's ~/.bashrc may be slow (pyenv init here).
-describe('channels', { timeout: 20_000 }, () => {
+// Each exec starts the test user's login shell (/bin/sh, no rc files). Timeouts only stop a hung test.
+describe('channels', { timeout: 60_000 }, () => {
   it('exec returns code, stdout and stderr', async () => {
     const c = await connect();
     const r = await c.exec('echo out; echo err >&2; exit 3');
     expect(r).toMatchObject({ code: 3, signal: null });
     expect(r.stdout.toString()).toBe('out\n');
     expect(r.stderr.toString()).toBe('err\n');
-    const whoami = await c.exec('id -un');
-    expect(whoami.stdout.toString()).toBe('root\n');
+    const whoami = await c.exec('id -un; echo "$HOME"; ls -A "$HOME"');
+    expect(whoami.stdout.toString()).toBe(`${sshd.user}\n${sshd.testUser.home}\n`); // the test user, with an empty home
   });
 
   it('exec passes stdin and then EOF; without stdin the command sees EOF at once', async () => {
@@ -303,40 +303,48 @@ describe('channels', { timeout: 20_000 }, () => {
 
   it('exec reports a command killed by a signal', async () => {
     const c = await connect();
-    const r = await c.exec('sh -c \'kill -TERM $$\'');
+    const r = await c.exec('kill -TERM $$'); // the login shell itself: no shell in between to turn it into 143
     expect(r).toMatchObject({ code: null, signal: 'SIGTERM' });
   });
 
   it('shellQuote survives the remote login shell', async () => {
     const c = await connect();
-    for (const s of ["'; rm -rf ~ #", '$(touch /tmp/dynsup-pwned)', 'a\nb\n', '`id`', '"$HOME" \\ * ~']) {
+    const marker = join(sshd.workDir, 'pwned');
+    for (const s of ["'; rm -rf ~ #", `$(touch ${marker})`, `\`touch ${marker}\``, 'a\nb\n', '`id`', '"$HOME" \\ * ~']) {
       const r = await c.exec(`printf %s ${shellQuote(s)}`);
       expect(r.stdout.toString()).toBe(s);
     }
-    expect((await c.exec('test -e /tmp/dynsup-pwned; echo $?')).stdout.toString()).toBe('1\n');
+    expect(existsSync(marker)).toBe(false);
   });
 
   it('50 concurrent exec channels on one connection', async () => {
     const c = await connect({ maxChannels: 50 });
-    const dir = shellQuote(join(sshd.dir, `barrier-${++fileNo}`));
+    const dir = shellQuote(join(sshd.workDir, `barrier-${++fileNo}`));
     await c.exec(`mkdir ${dir}`);
-    // A barrier: each command waits until all 50 have started, so they really are open at once.
+    // A barrier: each command waits until all 50 have started, so they really are open at once. The
+    // give-up (exit 9 after ~5 min) only keeps a broken run from leaving 50 shells behind.
     const cmd = (i: number): string =>
-      `touch ${dir}/${i}; n=0; while [ "$(ls ${dir} | wc -l)" -lt 50 ]; do n=$((n+1)); [ $n -gt 100 ] && exit 9; sleep 0.2; done; echo ${i}`;
+      `touch ${dir}/${i}; n=0; while [ "$(ls ${dir} | wc -l)" -lt 50 ]; do n=$((n+1)); [ $n -gt 1500 ] && exit 9; sleep 0.2; done; echo ${i}`;
     const results = await Promise.all(Array.from({ length: 50 }, (_, i) => c.exec(cmd(i))));
     expect(results.map((r) => `${r.code} ${r.stdout.toString()}`)).toEqual(Array.from({ length: 50 }, (_, i) => `0 ${i}\n`));
-  }, 30_000);
+  }, 300_000);
 
   it('more channels than maxChannels wait for a free slot', async () => {
     const c = await connect({ maxChannels: 1 });
     const cat = await c.spawn('cat');
-    cat.resume(); // a channel only emits 'close' (freeing its slot) once its output was consumed
+    let echoed = '';
+    cat.on('data', (d: Buffer) => (echoed += d.toString())); // consumed: a channel only emits 'close' (freeing its slot) once its output was read
     let catClosed = false;
     cat.on('close', () => (catClosed = true));
-    const queued = c.exec('echo queued');
-    setTimeout(() => cat.end(), 200);
+    let queuedRan = false;
+    const queued = c.exec('echo queued').finally(() => (queuedRan = true));
+    // A round trip through cat's channel: the queued exec has been issued and is still waiting.
+    cat.write('ping\n');
+    await until(() => echoed === 'ping\n');
+    expect(queuedRan).toBe(false);
+    cat.end();
     const r = await queued;
-    expect(catClosed).toBe(true);
+    expect(catClosed).toBe(true); // it ran only once cat's channel had closed
     expect(r.stdout.toString()).toBe('queued\n');
   });
 
@@ -373,21 +381,43 @@ describe('channels', { timeout: 20_000 }, () => {
   it('exec abort rejects at once, tries SIGTERM, and leaves the connection usable', async () => {
     const c = await connect();
     const ac = new AbortController();
-    const pidFile = join(sshd.dir, `pid-${++fileNo}`);
-    // The shell's pid becomes sleep's (exec); sshd runs on this machine, so we can watch that pid.
-    const p = c.exec(`echo $$ > ${shellQuote(pidFile)}; exec sleep 30`, { signal: ac.signal });
+    const pidFile = join(sshd.workDir, `pid-${++fileNo}`);
+    // The shell's pid becomes sleep's (exec); sshd runs on this machine, so we can watch that pid. The
+    // command ignores SIGTERM, so it is still running when the abort rejects: the rejection did not wait
+    // for the command.
+    const p = c.exec(`trap '' TERM; echo $$ > ${shellQuote(pidFile)}; exec sleep 600`, { signal: ac.signal });
     await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'));
     const pid = Number(readFileSync(pidFile, 'utf8'));
-    const t0 = Date.now();
-    ac.abort();
-    await expect(p).rejects.toMatchObject({ name: 'AbortError' });
-    expect(Date.now() - t0).toBeLessThan(500);
-    expect((await c.exec('echo alive')).stdout.toString()).toBe('alive\n');
-    // The signal request reached sshd even though stdin had been closed (ssh2's own signal() would
-    // not send it), but OpenSSH refuses signals on root logins: the command lives on. Documented
-    // limitation; clean up by pid, as the transport must.
-    await until(() => sshd.log().includes('session_signal_req') || !alive(pid));
-    if (alive(pid)) process.kill(pid, 'SIGKILL');
+    try {
+      ac.abort();
+      await expect(p).rejects.toMatchObject({ name: 'AbortError' });
+      expect(alive(pid)).toBe(true);
+      expect((await c.exec('echo alive')).stdout.toString()).toBe('alive\n');
+      // sshd keeps a session channel (and so its slot) until its command exits: clean up by pid, as the
+      // transport must for a command that ignores its SIGTERM.
+    } finally {
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('exec abort: the SIGTERM reaches the command (non-root login), which frees the channel slot', async () => {
+    // The signal request reaches sshd even though stdin had been closed (ssh2's own signal() would not
+    // send it). sshd delivers it on a non-root login; on root logins it refuses (see signalChannel).
+    const c = await connect({ maxChannels: 1 });
+    const ac = new AbortController();
+    const pidFile = join(sshd.workDir, `pid-${++fileNo}`);
+    const p = c.exec(`echo $$ > ${shellQuote(pidFile)}; exec sleep 600`, { signal: ac.signal });
+    await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'));
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    try {
+      ac.abort();
+      await expect(p).rejects.toMatchObject({ name: 'AbortError' });
+      await until(() => !alive(pid));
+      // maxChannels 1: the aborted channel gave its slot back once the command was gone.
+      expect((await c.exec('echo next')).stdout.toString()).toBe('next\n');
+    } finally {
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
   });
 
   it('signalChannel: sent on an open channel after EOF, refused once the channel is closed', async () => {
@@ -402,28 +432,29 @@ describe('channels', { timeout: 20_000 }, () => {
 
   it('writeFile writes atomically with the mode, replacing a wider file', async () => {
     const c = await connect();
-    const path = join(sshd.dir, "spec dir 'quoted'");
+    const path = join(sshd.workDir, "spec dir 'quoted'");
     await c.exec(`mkdir -p ${shellQuote(path)}`);
     const file = join(path, 'w.spec');
     await c.exec(`echo old > ${shellQuote(file)} && chmod 0644 ${shellQuote(file)}`);
-    const content = Buffer.concat([Buffer.from("A_ENV='$(touch /tmp/dynsup-pwned)'\n"), Buffer.from([0, 255, 10])]);
+    const content = Buffer.concat([Buffer.from(`A_ENV='$(touch ${join(sshd.workDir, 'pwned')})'\n`), Buffer.from([0, 255, 10])]);
     await c.writeFile(file, content, 0o600);
     expect((await stat(file)).mode & 0o7777).toBe(0o600);
     expect((await readFile(file)).equals(content)).toBe(true);
     expect((await c.exec(`ls -A ${shellQuote(path)}`)).stdout.toString()).toBe('w.spec\n'); // no temp file left
+    expect(existsSync(join(sshd.workDir, 'pwned'))).toBe(false);
     await c.writeFile(file, 'x', 0o755);
     expect((await stat(file)).mode & 0o7777).toBe(0o755);
   });
 
   it('writeFile into a missing directory → E_SSH_REMOTE with the reason', async () => {
     const c = await connect();
-    const err = await c.writeFile(join(sshd.dir, 'missing', 'f'), 'x', 0o600).catch((e: unknown) => e);
+    const err = await c.writeFile(join(sshd.workDir, 'missing', 'f'), 'x', 0o600).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'E_SSH_REMOTE' });
     expect((err as Error).message).toMatch(/cannot write .*missing\/f: .*(Directory nonexistent|No such file)/);
   });
 });
 
-describe('connection lifetime', { timeout: 20_000 }, () => {
+describe('connection lifetime', { timeout: 60_000 }, () => {
   it('end() resolves closed with undefined; later calls fail with E_SSH_CLOSED', async () => {
     const c = await connect();
     const events: Array<Error | undefined> = [];
@@ -438,7 +469,7 @@ describe('connection lifetime', { timeout: 20_000 }, () => {
   it('server side dying: closed resolves with E_SSH_CLOSED, pending and queued execs reject', async () => {
     const c = await connect({ maxChannels: 3 });
     const listener = new Promise<Error | undefined>((r) => c.on('close', r));
-    const pidFile = join(sshd.dir, `pid-${++fileNo}`);
+    const pidFile = join(sshd.workDir, `pid-${++fileNo}`);
     const pending = c.exec(`echo $$ > ${shellQuote(pidFile)}; exec sleep 30`);
     await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'));
     // Hold the second slot with a channel nobody reads (it never emits 'close', so never frees its slot).
@@ -493,5 +524,48 @@ describe('connection lifetime', { timeout: 20_000 }, () => {
     } finally {
       process.kill(sshdPid, 'SIGKILL');
     }
+  });
+});
+
+// A real-world login on purpose: bash whose ~/.bashrc and ~/.profile take a second and print a line to
+// stdout and one to stderr (conda/module/pyenv init on GPU clusters). Debian's bash sources ~/.bashrc for
+// every command sshd runs, so each exec channel pays the second and carries the noise ahead of its output.
+// At this level the noise is part of the channel's output; the transport above must keep it out of logs.
+describe('a slow and noisy login shell (dynsup-rc)', { timeout: 120_000 }, () => {
+  let rc: Sshd;
+  beforeAll(async () => {
+    rc = await startSshd({ address: '127.0.0.1', login: 'rc' });
+  }, 60_000);
+  afterAll(async () => {
+    await rc?.stop();
+  });
+  const rcConnect = () => connect({ port: rc.port, user: rc.user, identityFile: rc.identityFile, knownHosts: rc.knownHostsFile });
+  /** The lines of an output without the rc file's: there must be at least one rc line, and they come first. */
+  const afterNoise = (out: Buffer): string => {
+    const text = out.toString();
+    const m = /^(rc-noise\n)+/.exec(text);
+    expect(m, `no rc-noise ahead of ${JSON.stringify(text)}`).not.toBeNull();
+    return text.slice(m![0].length);
+  };
+
+  it('exec works: code, stdout and stderr after the rc output, as the rc user', async () => {
+    const c = await rcConnect();
+    expect(c.target).toBe(`dynsup-rc@127.0.0.1:${rc.port}`);
+    const r = await c.exec('echo out; echo err >&2; exit 3');
+    expect(r).toMatchObject({ code: 3, signal: null });
+    expect(afterNoise(r.stdout)).toBe('out\n');
+    expect(afterNoise(r.stderr)).toBe('err\n');
+    const who = await c.exec('id -un; echo "$0"');
+    expect(afterNoise(who.stdout)).toBe('dynsup-rc\nbash\n');
+  });
+
+  it('stdin, binary output and concurrent channels work through the slow login', async () => {
+    const c = await rcConnect();
+    const bytes = Buffer.from([0, 1, 2, 255, 10, 13]);
+    const r = await c.exec('cat', { stdin: bytes });
+    expect(r.stdout.subarray(r.stdout.length - bytes.length).equals(bytes)).toBe(true);
+    expect(afterNoise(r.stdout.subarray(0, r.stdout.length - bytes.length))).toBe('');
+    const all = await Promise.all(Array.from({ length: 8 }, (_, i) => c.exec(`echo ${i}`)));
+    expect(all.map((x) => afterNoise(x.stdout))).toEqual(Array.from({ length: 8 }, (_, i) => `${i}\n`));
   });
 });

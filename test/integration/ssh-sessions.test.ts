@@ -1,6 +1,7 @@
 /**
  * A node whose sshd has OpenSSH's default MaxSessions (10) running more workers than one connection can
  * carry: dynsup opens more connections instead of failing or hanging, and every worker's output arrives.
+ * The node is logged into as the test user (sshd.user), its runtime dir in a directory that user owns.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,11 +31,11 @@ describe('more workers on a node than one ssh connection has sessions', () => {
     transport: ssh
     host: 127.0.0.1
     port: ${sshd.port}
-    user: root
+    user: ${sshd.user}
     identityFile: ${sshd.identityFile}
     knownHosts: ${sshd.knownHostsFile}
     maxSessions: 10
-    runDir: DIR/n1-run
+    runDir: ${sshd.workDir}/n1-run
 workers:
   w:
     nodes: [n1]
@@ -49,7 +50,7 @@ workers:
     expect(s.replicas.filter((r) => r.state === 'running' || r.state === 'ready')).toHaveLength(REPLICAS);
     const log = (i: number) => readFileSync(join(c.dir, `state/logs/w-${i}.log`), 'utf8');
     const expected = (i: number) => Array.from({ length: 50 }, (_, k) => `w-${i} line ${k}\n`).join('');
-    for (let i = 0; i < REPLICAS; i++) await waitFor(`w-${i}'s 50 lines`, () => log(i) === expected(i), 10_000, 100);
+    for (let i = 0; i < REPLICAS; i++) await waitFor(`w-${i}'s 50 lines`, () => log(i) === expected(i), 60_000, 100);
     const events = readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8');
     expect(events).toMatch(/n1: opened connection 2/);
 
@@ -60,11 +61,11 @@ workers:
     await waitFor('w-11 restarted', async () => {
       const x = (await status(c.file)).replicas.find((y) => y.name === victim.name);
       return x && x.pid !== victim.pid && x.state === 'running' ? x : null;
-    }, 20_000, 100);
-    await waitFor("w-11's second run's lines", () => log(REPLICAS - 1) === expected(REPLICAS - 1).repeat(2), 10_000, 100);
+    }, 60_000, 100);
+    await waitFor("w-11's second run's lines", () => log(REPLICAS - 1) === expected(REPLICAS - 1).repeat(2), 60_000, 100);
 
     const down = await dynsup(['down', c.file]);
     expect(down.code, down.stderr).toBe(0);
     expect(await pidsWithEnv(`DYNSUP_CLUSTER=${name}`)).toEqual([]);
-  });
+  }, 240_000);
 });
