@@ -188,8 +188,9 @@ export class AgentDaemon implements WorkerHost {
           this.#workers.set(m.name, w);
         }
         w.stream(m.from < 0 ? w.report().acked : m.from);
-        this.report(w.report());
-        if (!w.active) w.start();
+        // Running already (adopted): say so; else starting reports for itself.
+        if (w.active) this.report(w.report());
+        else w.start();
         return;
       }
       case 'stop':

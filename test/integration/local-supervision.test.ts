@@ -140,11 +140,11 @@ workers:
     expect((await status(c.file)).replicas[0]!.restarts).toBe(1);
   });
 
-  it('refuses a second up, and a killed supervisor takes its workers down with it', async () => {
+  it('refuses a second up; a new up adopts the workers of a killed supervisor: same pids, no restart, every line once', async () => {
     const c = await cluster(`nodes:
   head: { transport: local }
 workers:
-  w: { command: "exec sleep 600", replicas: 2 }
+  w: { command: "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.01; done", replicas: 2 }
 `);
     const sup = spawnUp(c.file);
     await waitFor('running', async () => (await status(c.file)).replicas.every((r) => r.state === 'running'), 30_000, 100);
@@ -153,13 +153,37 @@ workers:
     expect(second.stderr).toMatch(new RegExp(`already running: supervisor pid ${sup.pid}`));
     const pids = (await status(c.file)).replicas.map((r) => r.pid!);
     sup.kill('SIGKILL');
-    // The node agent sees its supervisor gone and stops the group (well before the 10s lease).
-    await waitFor('workers gone', () => pids.every((p) => !pidAlive(p)), 8000, 100);
-    const st = await status(c.file);
-    expect(st.running).toBe(false);
-    // A new up after the crash starts cleanly.
+    await new Promise((r) => sup.once('exit', r));
+    // The workers outlive their supervisor for the lease, and keep printing meanwhile.
+    expect(pids.every((p) => pidAlive(p))).toBe(true);
     await up(c);
-    expect((await status(c.file)).replicas.every((r) => r.state === 'running')).toBe(true);
+    const st = await status(c.file);
+    expect(st.replicas.map((r) => r.pid)).toEqual(pids);
+    expect(st.replicas.map((r) => [r.restarts, r.adopted])).toEqual([[0, true], [0, true]]);
+    const log = join(c.dir, 'state/logs/w-0.log');
+    const lines = await waitFor('log goes on', () => {
+      const l = readFileSync(log, 'utf8').split('\n').filter(Boolean);
+      return l.length > 300 ? l : null;
+    });
+    // One stream across the two supervisors: line 1, 2, 3, ... with none lost or repeated.
+    lines.forEach((l, i) => expect(l).toBe(`line ${i + 1}`));
+  });
+
+  it('workers of a killed supervisor stop by themselves after the lease; a new up then starts them afresh', async () => {
+    const c = await cluster(`nodes:
+  head: { transport: local }
+workers:
+  w: { command: "exec sleep 600", replicas: 2 }
+`);
+    const sup = spawnUp(c.file);
+    await waitFor('running', async () => (await status(c.file)).replicas.every((r) => r.state === 'running'), 30_000, 100);
+    const pids = (await status(c.file)).replicas.map((r) => r.pid!);
+    sup.kill('SIGKILL');
+    await waitFor('workers gone after the lease', () => pids.every((p) => !pidAlive(p)), 60_000, 100);
+    expect((await status(c.file)).running).toBe(false);
+    await up(c);
+    const st = await status(c.file);
+    expect(st.replicas.every((r) => r.state === 'running' && !pids.includes(r.pid!) && !r.adopted)).toBe(true);
   });
 
   it('stops gracefully on SIGTERM with exit 0 and leaves nothing behind', async () => {

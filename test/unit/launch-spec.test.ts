@@ -152,7 +152,6 @@ describe('buildLaunchSpec', () => {
     });
     const spec = buildLaunchSpec(cluster(), g, replica({ port: 9001, gpuIds: [2, 3] }));
     expect(spec).toEqual({
-      replica: 'decode-1',
       argv: ['sh', '-c', 'serve --port 9001 --name "decode-1"', '2,3'],
       env: {
         NATS_SERVER: 'nats://10.0.0.1:4222',
@@ -169,16 +168,17 @@ describe('buildLaunchSpec', () => {
       },
       unsetEnv: ['SLURM_*'],
       cwd: '/work dir/decode/1',
-      graceSeconds: 2,
+      graceMs: 1500,
       stopSignal: 'SIGINT',
+      restart: g.restart,
     });
   });
 
-  it('leaves cwd undefined when the group has none, and rounds the grace up', () => {
+  it('leaves cwd out when the group has none, and carries the grace in ms', () => {
     const spec = buildLaunchSpec(cluster(), group({ stop: { signal: 'SIGTERM', graceMs: 0 } }), replica());
-    expect(spec.cwd).toBeUndefined();
-    expect(spec.graceSeconds).toBe(0);
-    expect(buildLaunchSpec(cluster(), group({ stop: { signal: 'SIGTERM', graceMs: 10_001 } }), replica()).graceSeconds).toBe(11);
+    expect('cwd' in spec).toBe(false);
+    expect(spec.graceMs).toBe(0);
+    expect(buildLaunchSpec(cluster(), group({ stop: { signal: 'SIGTERM', graceMs: 10_001 } }), replica()).graceMs).toBe(10_001);
   });
 
   it('does not modify the group', () => {
