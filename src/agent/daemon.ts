@@ -96,6 +96,7 @@ export class AgentDaemon implements WorkerHost {
       if (box.alive(r.pid)) {
         this.#log(`${r.name}: pid ${r.pid} was left by an agent that is gone; killing it`);
         box.kill(r.pid);
+        this.#previous.set(r.name, { ...r, interrupted: true });
       }
     }
   }
@@ -219,6 +220,19 @@ export class AgentDaemon implements WorkerHost {
     }
   }
 
+  /** SIGTERM (a job's end, a node's shutdown): stop every worker gracefully, then exit; state is kept. */
+  async terminate(why: string): Promise<void> {
+    if (this.#exiting) return;
+    this.#exiting = true;
+    clearTimeout(this.#leaseTimer);
+    this.#log(`${why}: stopping every worker`);
+    await Promise.all([...this.#workers.values()].map((w) => w.stop(why, true)));
+    this.#writeState();
+    this.#server?.close();
+    this.#conn?.destroy();
+    this.#resolveDone();
+  }
+
   async #shutdown(_graceMs: number): Promise<void> {
     this.#exiting = true;
     clearTimeout(this.#leaseTimer);
@@ -246,7 +260,7 @@ export class AgentDaemon implements WorkerHost {
   async #leaseExpired(): Promise<void> {
     const live = [...this.#workers.values()].filter((w) => w.active);
     if (live.length) this.#log(`lease expired (no word from the head for ${this.#leaseMs / 1000}s): stopping ${live.map((w) => w.name).join(', ')}`);
-    await Promise.all(live.map((w) => w.stop(`lease expired: no word from the head for ${this.#leaseMs / 1000}s`)));
+    await Promise.all(live.map((w) => w.stop(`lease expired: no word from the head for ${this.#leaseMs / 1000}s`, true)));
     // Heard from the head meanwhile: carry on (the head restarts what it wants running).
     if (this.#conn) return;
     this.#exiting = true;

@@ -39,6 +39,7 @@ async function serve(dir: string): Promise<number> {
   writeFileSync(pidFile, String(process.pid), { mode: 0o600 });
   process.on('SIGHUP', () => undefined);
   process.on('SIGPIPE', () => undefined);
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void daemon.terminate(`${sig} received`));
   await daemon.run();
   return 0;
 }

@@ -40,6 +40,8 @@ export interface WorkerRecord {
   readonly token: string;
   readonly acked: number;
   readonly restarts: number;
+  /** Stopped without being asked (lease expired, agent gone): its next start counts as a restart. */
+  readonly interrupted?: boolean;
 }
 
 export class Worker {
@@ -74,6 +76,7 @@ export class Worker {
   #watcher: FSWatcher | undefined;
   #poll: NodeJS.Timeout | undefined;
   #paused = false;
+  #interrupted = false;
 
   constructor(name: string, spool: string, spec: WorkerSpec, specHash: string, host: WorkerHost, previous?: WorkerRecord) {
     this.name = name;
@@ -84,6 +87,7 @@ export class Worker {
     if (previous) {
       this.#restarts = previous.restarts;
       this.#acked = previous.acked;
+      this.#interrupted = previous.interrupted === true;
     }
     this.#fd = openSync(spool, 'a+', 0o600);
     this.#size = fstatSync(this.#fd).size;
@@ -103,7 +107,7 @@ export class Worker {
   }
 
   record(): WorkerRecord {
-    return { name: this.name, specHash: this.specHash, pid: this.#pid, token: this.#token, acked: this.#acked, restarts: this.#restarts };
+    return { name: this.name, specHash: this.specHash, pid: this.#pid, token: this.#token, acked: this.#acked, restarts: this.#restarts, interrupted: this.#interrupted };
   }
 
   report(): WorkerReport {
@@ -126,13 +130,16 @@ export class Worker {
   /** Start supervising (no-op while the loop runs). */
   start(): void {
     if (this.#loop) return;
+    if (this.#interrupted) this.#restarts++;
+    this.#interrupted = false;
     this.#stopping = false;
     this.#loop = this.#run().finally(() => (this.#loop = undefined));
   }
 
   /** Stop: signal, grace, kill of everything in the worker's box. Resolves once nothing of it runs. */
-  async stop(reason: string): Promise<void> {
+  async stop(reason: string, interrupted = false): Promise<void> {
     const wasActive = this.#loop !== undefined;
+    if (wasActive && interrupted) this.#interrupted = true;
     this.#stopping = true;
     this.#wake.abort();
     if (this.#child) {
