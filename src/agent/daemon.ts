@@ -56,7 +56,8 @@ export class AgentDaemon implements WorkerHost {
   constructor(o: DaemonOptions) {
     this.#o = o;
     mkdirSync(o.dir, { recursive: true, mode: 0o700 });
-    this.cgroupBase = cgroupBase(`a-${createHash('sha256').update(o.dir).digest('hex').slice(0, 16)}`);
+    // DYNSUP_AGENT_CGROUP=off: the process-group fallback even where cgroups work (tests, diagnosis).
+    this.cgroupBase = process.env.DYNSUP_AGENT_CGROUP === 'off' ? null : cgroupBase(`a-${createHash('sha256').update(o.dir).digest('hex').slice(0, 16)}`);
     this.#done = new Promise((r) => (this.#resolveDone = r));
   }
 

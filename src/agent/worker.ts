@@ -267,7 +267,7 @@ export class Worker {
     const patterns = this.spec.unsetEnv.map((p) => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`));
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!patterns.some((p) => p.test(k))) env[k] = v;
-    delete env.DYNSUP_AGENT_DIR;
+    delete env.DYNSUP_AGENT_CGROUP;
     return { ...env, ...this.spec.env, [TOKEN_VAR]: this.#token };
   }
 

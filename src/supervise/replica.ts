@@ -33,6 +33,8 @@ export interface ReplicaStatus {
   readonly message: string | null;
   /** Taken over from an earlier supervisor's agent, still running, not restarted. */
   readonly adopted?: boolean;
+  /** How the node's agent contains the replica's processes: its own cgroup, or process group + sweep. */
+  readonly containment?: 'cgroup' | 'pgroup';
 }
 
 export type ReplicaEvent =
@@ -107,6 +109,7 @@ export class Replica {
       since: this.#since,
       message: this.#message,
       ...(this.#adopted ? { adopted: true } : {}),
+      ...(r ? { containment: r.containment } : {}),
     };
   }
 
