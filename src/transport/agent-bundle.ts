@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-export const AGENT_BUNDLE = fileURLToPath(new URL('../agent/dynsup-agent.mjs', import.meta.url));
+// From dist/transport/ (the CLI) and from src/transport/ (tests run from source) alike: built by `npm run build`.
+export const AGENT_BUNDLE = fileURLToPath(new URL('../../dist/agent/dynsup-agent.mjs', import.meta.url));
 
 let cached: { bytes: Buffer; hash: string } | undefined;
 
