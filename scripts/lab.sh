@@ -4,19 +4,32 @@
 # Each node labI is a network namespace dynsup-labI, plugged into the bridge
 # dynsup-br0 through a veth pair (host side dsl-hI, node side eth0), addressed
 # 10.99.0.(10+I)/24 with the head (bridge) at 10.99.0.1, and running its own real
-# sshd on port 22 that accepts DIR/id_ed25519 for root. The ssh client side only
-# ever uses files in DIR (key, known_hosts), so ~/.ssh is never touched. sshd also
-# gets its own UTS namespace, so `hostname` in a session on labI prints labI.
+# sshd on port 22 that accepts DIR/id_ed25519 for the lab's test user. The ssh client
+# side only ever uses files in DIR (key, known_hosts), so ~/.ssh is never touched. sshd
+# also gets its own UTS namespace, so `hostname` in a session on labI prints labI.
 # Everything else (filesystem, pids, users) is shared with the host.
 # Nodes have no default route: they reach the head and each other, nothing else.
 #
-#   scripts/lab.sh up N [--dir DIR]     build the lab (tears down a stale one first)
+# Logins: the test user dynsup-t (shell /bin/sh, empty home, no rc files; created by
+# scripts/test-user.sh), never this machine's root with its dotfiles. --rc-user also
+# authorizes dynsup-rc, whose bash rc files are slow and noisy on purpose (a real-world
+# login). --root-login also authorizes root (the benchmarks compare against it; tests
+# do not use it). Keys are per user: DIR/authorized_keys.USER.
+#
+# What workers run on the nodes must be readable by the test user, and the repository
+# may not be (cloned under /root, mode 0700): `up` copies test/fixtures/workers,
+# scripts/demo and the node_modules packages they import into DIR/share (world-
+# readable), e.g. DIR/share/test/fixtures/workers/lab-worker.mjs.
+#
+#   scripts/lab.sh up N [--dir DIR] [--rc-user] [--root-login]
+#                                       build the lab (tears down a stale one first)
 #   scripts/lab.sh down [--dir DIR]     stop everything, remove namespaces/links
 #   scripts/lab.sh status [--dir DIR]   show what is up
 #   scripts/lab.sh link NODE down|up    cut / restore a node's link (partitions)
 #
 # Outputs (in DIR, default /tmp/dynsup-lab): lab.env (shell-sourceable), nodes.json,
-# id_ed25519{,.pub}, known_hosts, nodes/labI/{sshd_config,host key,sshd.pid,sshd.log}.
+# id_ed25519{,.pub}, known_hosts, authorized_keys.USER, share/,
+# nodes/labI/{sshd_config,host key,sshd.pid,sshd.log}.
 #
 # Namespaces, the bridge and the addresses are machine-global, so there is one lab
 # per machine at a time; commands are serialised with a lock so concurrent callers
@@ -32,16 +45,20 @@ readonly VETH_PREFIX=dsl-h          # host-side veth; "dsl-h200" fits IFNAMSIZ (
 readonly MAX_NODES=200              # 10+200 stays inside the /24
 readonly LOCK_FILE=/run/dynsup-lab.lock
 readonly SSHD=/usr/sbin/sshd        # sshd must be started by absolute path (it re-execs itself)
+readonly REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 UP_TIMEOUT_S=${LAB_UP_TIMEOUT_S:-60}   # for every sshd to accept logins, seconds
 
 DIR=/tmp/dynsup-lab
+RC_USER=0      # --rc-user
+ROOT_LOGIN=0   # --root-login
+LAB_USER=""    # set by do_up: the test user every node accepts
 
 log() { printf '[lab] %s\n' "$*" >&2; }
 die() { printf '[lab] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
   cat >&2 <<EOF
-usage: $0 up N [--dir DIR]
+usage: $0 up N [--dir DIR] [--rc-user] [--root-login]
        $0 down [--dir DIR]
        $0 status [--dir DIR]
        $0 link NODE down|up [--dir DIR]
@@ -108,7 +125,9 @@ do_down() {
     for ns in $(lab_namespaces); do echo "netns del $ns"; done
     if ip link show "$BRIDGE" &>/dev/null; then echo "link del $BRIDGE"; fi
   } | ip -force -batch - 2>/dev/null || true
-  rm -f "$DIR/lab.env" "$DIR/nodes.json" "$DIR/known_hosts"
+  # known_hosts*: also the copies tests make beside it (known_hosts.wrong).
+  rm -f "$DIR/lab.env" "$DIR/nodes.json" "$DIR"/known_hosts* "$DIR"/authorized_keys*
+  rm -rf "$DIR/share"
 }
 
 write_sshd_config() {
@@ -122,8 +141,9 @@ ListenAddress $addr
 Port 22
 HostKey $nd/ssh_host_ed25519_key
 PidFile $nd/sshd.pid
-AuthorizedKeysFile $DIR/authorized_keys
-PermitRootLogin prohibit-password
+# Per user: only users with a file here can log in (the test users; root with --root-login).
+AuthorizedKeysFile $DIR/authorized_keys.%u
+PermitRootLogin $( ((ROOT_LOGIN)) && echo prohibit-password || echo no )
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -139,6 +159,49 @@ LogLevel INFO
 EOF
 }
 
+# DIR/share: what lab workers run, readable by the test users whatever the repository's
+# own permissions: test/fixtures/workers, scripts/demo, and the node_modules packages they
+# import (with their dependencies), at the same relative paths as in the repository.
+share_files() {
+  local tmp=$DIR/share.tmp.$$
+  rm -rf "$tmp" "$DIR/share"
+  command -v node >/dev/null || die "node not found (needed to copy the lab's worker scripts)"
+  node - "$REPO" "$tmp" <<'EOF' || die "copying the worker scripts into $DIR/share failed"
+const { cpSync, existsSync, readFileSync, readdirSync } = require('node:fs');
+const { join } = require('node:path');
+const [repo, out] = process.argv.slice(2);
+const dirs = ['test/fixtures/workers', 'scripts/demo'];
+const wanted = new Set();
+for (const d of dirs) {
+  cpSync(join(repo, d), join(out, d), { recursive: true });
+  for (const f of readdirSync(join(repo, d)).filter((x) => /\.[cm]?js$/.test(x))) {
+    const text = readFileSync(join(repo, d, f), 'utf8');
+    for (const m of text.matchAll(/(?:from|import)\s*\(?\s*['"]([^'"./][^'"]*)['"]/g)) {
+      if (m[1].startsWith('node:')) continue;
+      const parts = m[1].split('/');
+      wanted.add(m[1].startsWith('@') ? parts.slice(0, 2).join('/') : parts[0]);
+    }
+  }
+}
+// Each package and its dependencies, hoisted at the top of node_modules (npm's layout); a package's
+// own nested node_modules travels with it.
+const copied = new Set();
+const visit = (name) => {
+  if (copied.has(name)) return;
+  const dir = join(repo, 'node_modules', name);
+  if (!existsSync(join(dir, 'package.json'))) return; // nested under its dependent, copied with it
+  copied.add(name);
+  cpSync(dir, join(out, 'node_modules', name), { recursive: true, dereference: true });
+  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
+  for (const dep of Object.keys({ ...pkg.dependencies, ...pkg.optionalDependencies })) visit(dep);
+};
+// A name that is no package here (a builtin without node:, or a match inside a string) is skipped.
+for (const name of wanted) visit(name);
+EOF
+  chmod -R a+rX "$tmp"
+  mv "$tmp" "$DIR/share"
+}
+
 # Per-node work that can run in parallel: host key, sshd config, addresses inside
 # the namespace, and starting sshd. The namespace and veth already exist.
 setup_node() {
@@ -149,7 +212,7 @@ setup_node() {
   # Keep an existing host key so known_hosts entries stay stable across `up`s.
   if [[ ! -s $nd/ssh_host_ed25519_key ]]; then
     rm -f "$nd/ssh_host_ed25519_key" "$nd/ssh_host_ed25519_key.pub"
-    ssh-keygen -q -t ed25519 -N '' -C "root@$name" -f "$nd/ssh_host_ed25519_key"
+    ssh-keygen -q -t ed25519 -N '' -C "$name" -f "$nd/ssh_host_ed25519_key"
   fi
   write_sshd_config "$i"
   ip -n "$ns" -batch - <<EOF
@@ -174,7 +237,7 @@ wait_ssh() {
     if ssh -F /dev/null -i "$DIR/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes \
          -o UserKnownHostsFile="$DIR/known_hosts" -o GlobalKnownHostsFile=/dev/null \
          -o StrictHostKeyChecking=yes -o ConnectTimeout=2 -o LogLevel=ERROR \
-         "root@$addr" true </dev/null 2>/dev/null; then
+         "$LAB_USER@$addr" true </dev/null 2>/dev/null; then
       return 0
     fi
     if (( SECONDS >= deadline )); then
@@ -206,13 +269,26 @@ do_up() {
   do_down   # idempotence: whatever was there (half-built or complete) goes first
   mkdir -p "$DIR/nodes" /run/sshd   # /run/sshd: sshd's privilege-separation dir
   chmod 0755 /run/sshd
+  # The test users read their authorized_keys file in DIR (sshd reads it with the user's rights)
+  # and run what is in DIR/share: DIR must be traversable. Secrets in it stay 0600.
+  chmod 0755 "$DIR"
 
   if [[ ! -s $DIR/id_ed25519 ]]; then
     rm -f "$DIR/id_ed25519" "$DIR/id_ed25519.pub"
     ssh-keygen -q -t ed25519 -N '' -C dynsup-lab -f "$DIR/id_ed25519"
   fi
-  cp "$DIR/id_ed25519.pub" "$DIR/authorized_keys"
-  chmod 600 "$DIR/id_ed25519" "$DIR/authorized_keys"
+  chmod 600 "$DIR/id_ed25519"
+  local user_line users=()
+  user_line=$(bash "$REPO/scripts/test-user.sh" ensure clean) || die "cannot create the test user"
+  LAB_USER=${user_line%% *}
+  users+=("$LAB_USER")
+  if ((RC_USER)); then
+    user_line=$(bash "$REPO/scripts/test-user.sh" ensure rc) || die "cannot create the rc test user"
+    users+=("${user_line%% *}")
+  fi
+  for u in "${users[@]}"; do install -m 0644 "$DIR/id_ed25519.pub" "$DIR/authorized_keys.$u"; done
+  if ((ROOT_LOGIN)); then install -m 0600 "$DIR/id_ed25519.pub" "$DIR/authorized_keys.root"; fi
+  share_files
 
   # Global topology in one ip batch (one process instead of ~4N).
   {
@@ -254,6 +330,10 @@ write_outputs() {
     echo "LAB_BRIDGE=\"$BRIDGE\""
     echo "LAB_KEY=\"$DIR/id_ed25519\""
     echo "LAB_KNOWN_HOSTS=\"$DIR/known_hosts\""
+    echo "LAB_USER=\"$LAB_USER\""
+    if ((RC_USER)); then echo "LAB_RC_USER=\"dynsup-rc\""; fi
+    if ((ROOT_LOGIN)); then echo "LAB_ROOT_LOGIN=\"1\""; fi
+    echo "LAB_SHARE=\"$DIR/share\""
     for ((i = 1; i <= n; i++)); do
       echo "LAB_ADDR_lab$i=\"$(node_addr "$i")\""
       echo "LAB_NETNS_lab$i=\"${NS_PREFIX}$i\""
@@ -262,8 +342,8 @@ write_outputs() {
   {
     printf '['
     for ((i = 1; i <= n; i++)); do
-      printf '%s\n  {"name": "lab%d", "address": "%s", "netns": "%s%d", "veth": "%s%d"}' \
-        "$sep" "$i" "$(node_addr "$i")" "$NS_PREFIX" "$i" "$VETH_PREFIX" "$i"
+      printf '%s\n  {"name": "lab%d", "address": "%s", "netns": "%s%d", "veth": "%s%d", "user": "%s"}' \
+        "$sep" "$i" "$(node_addr "$i")" "$NS_PREFIX" "$i" "$VETH_PREFIX" "$i" "$LAB_USER"
       sep=,
     done
     printf '\n]\n'
@@ -312,6 +392,8 @@ main() {
     case $1 in
       --dir) (($# >= 2)) || usage; DIR=$2; shift 2 ;;
       --dir=*) DIR=${1#--dir=}; shift ;;
+      --rc-user) RC_USER=1; shift ;;
+      --root-login) ROOT_LOGIN=1; shift ;;
       -h|--help) usage ;;
       *) pos+=("$1"); shift ;;
     esac

@@ -11,11 +11,11 @@
 # harnesses cannot race on useradd. Each call also puts the user's state back into shape:
 #   - home /home/NAME exists, owned by the user, mode 0755 (nothing in it is needed to log in: the
 #     harnesses keep authorized keys in their own AuthorizedKeysFile);
-#   - for `clean`: no rc file in the home, and the whole home emptied when no process of the user
-#     runs (leftovers of an earlier run cannot leak into this one);
-#   - for `rc`: exactly the rc files above (owned by root, so the user cannot change them);
+#   - the whole home emptied when no process of the user runs (leftovers of an earlier run, such as
+#     an agent cached in ~/.cache, cannot leak into this one); in any case no rc file but:
+#   - for `rc`: exactly the rc files above (owned by root);
 #   - /tmp/dynsup-NAME (the default node runtime dir of a cluster that logs in as NAME) is a real
-#     directory owned by the user, mode 0700.
+#     directory owned by the user, mode 0700, emptied like the home.
 # The password field is '*': no password login, but not locked ('!' makes sshd refuse even keys
 # when it runs without PAM).
 set -euo pipefail
@@ -65,9 +65,9 @@ ensure() {
   # harness may be using it right now otherwise: then only the rc files go).
   if [[ -L $home || ( -e $home && ! -d $home ) ]]; then rm -f "$home"; fi
   mkdir -p "$home"
-  if [[ $kind == clean ]] && ! pgrep -u "$uid" >/dev/null 2>&1; then
-    find "$home" -mindepth 1 -delete
-  fi
+  local idle=0
+  if ! pgrep -u "$uid" >/dev/null 2>&1; then idle=1; fi
+  if ((idle)); then find "$home" -mindepth 1 -delete; fi
   for f in "${RC_FILES[@]}"; do rm -f "${home:?}/$f"; done
   chown "$uid:$gid" "$home"
   chmod 0755 "$home"
@@ -80,6 +80,7 @@ ensure() {
   local run=/tmp/dynsup-$name
   if [[ -L $run || ( -e $run && ! -d $run ) ]]; then rm -f "$run"; fi
   mkdir -p "$run"
+  if ((idle)); then find "$run" -mindepth 1 -delete; fi
   [[ $(stat -c %u "$run") == "$uid" ]] || chown -R "$uid:$gid" "$run"
   chmod 0700 "$run"
 

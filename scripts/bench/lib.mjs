@@ -2,7 +2,7 @@
 // the netns lab (same lock and script as test/helpers/lab.ts), percentiles and markdown tables.
 // Plain Node ESM, no dependencies.
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { cpus, totalmem } from 'node:os';
@@ -293,7 +293,9 @@ export async function startLab(n, lockWaitMs = 15 * 60_000) {
   };
   const t0 = performance.now();
   try {
-    await must('bash', [LAB_SH, 'up', String(n), '--dir', LAB_DIR], { timeoutMs: 300_000, env: { ...process.env, LC_ALL: 'C' } });
+    // --root-login: the benchmarks measure this machine's real root login (rc files and all) on purpose,
+    // beside the clean-login user; the lab authorizes only its test user otherwise.
+    await must('bash', [LAB_SH, 'up', String(n), '--dir', LAB_DIR, '--root-login'], { timeoutMs: 300_000, env: { ...process.env, LC_ALL: 'C' } });
   } catch (err) {
     await down();
     await release();
@@ -352,8 +354,11 @@ export async function labFor(n) {
  * removed at cleanup); its password field is '*' (no password, not locked: sshd without PAM refuses '!').
  */
 export async function ensureCleanUser(name = 'dsbench') {
-  // sshd reads authorized_keys as the user: the lab's copy (mode 0600, root) must be readable (a public key).
-  if (existsSync(join(LAB_DIR, 'authorized_keys'))) chmodSync(join(LAB_DIR, 'authorized_keys'), 0o644);
+  // The lab's sshd reads LAB_DIR/authorized_keys.USER, with the user's rights: a readable copy of the lab's key.
+  if (existsSync(join(LAB_DIR, 'id_ed25519.pub'))) {
+    copyFileSync(join(LAB_DIR, 'id_ed25519.pub'), join(LAB_DIR, `authorized_keys.${name}`));
+    chmodSync(join(LAB_DIR, `authorized_keys.${name}`), 0o644);
+  }
   const have = await run('id', ['-u', name]);
   if (have.code === 0) return { name, created: false };
   log(`creating user ${name} (shell /bin/sh, no home, no password) for the clean-login runs; removed at the end`);

@@ -8,12 +8,18 @@
  * ports): only one lab and one Slurm testbed can exist at a time. A test holding
  * one keeps a lock until stop(), so a second test file (another vitest worker)
  * calling startLab waits for it instead of tearing the first one's lab down.
+ *
+ * Lab nodes log in as the test user dynsup-t (shell /bin/sh, empty home, no rc files), never as
+ * root: lab.user. What workers run must come from lab.share (a world-readable copy of
+ * test/fixtures/workers, scripts/demo and the packages they import): the repository itself may not be
+ * readable by the test user. What a worker writes must go to a directory it owns: lab.userDir().
  */
 import { execFile, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { ensureTestUser, userDir, type TestUser } from './test-user.js';
 
 const execFileP = promisify(execFile);
 
@@ -91,8 +97,20 @@ export interface Lab {
   readonly nodes: readonly LabNode[];
   /** Address of the head (this machine) as the nodes see it. */
   readonly head: string;
-  /** Private key authorized for root on every node. */
+  /** Private key authorized for `user` (and `rcUser`) on every node. */
   readonly key: string;
+  /** The user every node accepts: dynsup-t (shell /bin/sh, empty home, no rc files). */
+  readonly user: string;
+  readonly testUser: TestUser;
+  /** With `rcUser: true`: dynsup-rc, bash whose ~/.bashrc and ~/.profile are slow and noisy on purpose. */
+  readonly rcUser: string | undefined;
+  /**
+   * World-readable copy of test/fixtures/workers, scripts/demo and their node_modules, same relative
+   * paths as in the repository: `${lab.share}/test/fixtures/workers/lab-worker.mjs`.
+   */
+  readonly share: string;
+  /** A fresh directory owned by `user` (in /tmp): for what workers write (reports, cwd, runDir). */
+  userDir(prefix: string): Promise<string>;
   /** known_hosts with every node's `ADDRESS ssh-ed25519 AAAA...` line. */
   readonly knownHosts: string;
   /** ssh command-line options for strict, non-interactive logins into the lab. */
@@ -103,20 +121,25 @@ export interface Lab {
   link(node: string, up: boolean): Promise<void>;
   /** Runs argv inside the node's network namespace (directly, not through ssh). */
   exec(node: string, argv: readonly string[], options?: { timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
-  /** Runs a shell command on the node through ssh as root. */
-  ssh(node: string, command: string, options?: { timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
+  /** Runs a shell command on the node through ssh as `user` (or options.user). */
+  ssh(node: string, command: string, options?: { timeoutMs?: number; user?: string }): Promise<{ stdout: string; stderr: string }>;
   /** Tears the lab down (namespaces, sshds and anything else running in the nodes). Idempotent. */
   stop(): Promise<void>;
+}
+
+export interface LabOptions {
+  /** Also authorize dynsup-rc (a slow and noisy bash login) on every node: lab.rcUser. */
+  readonly rcUser?: boolean;
 }
 
 /**
  * Brings up a lab of n nodes (tearing down any stale one). Waits up to lockWaitMs
  * for a lab another test is still using.
  */
-export async function startLab(n: number, dir: string = DEFAULT_LAB_DIR, lockWaitMs = 110_000): Promise<Lab> {
+export async function startLab(n: number, dir: string = DEFAULT_LAB_DIR, lockWaitMs = 110_000, options: LabOptions = {}): Promise<Lab> {
   const release = await holdLock('/run/dynsup-lab.session.lock', 'startLab', lockWaitMs);
   try {
-    await script(LAB_SH, ['up', String(n), '--dir', dir], 120_000);
+    await script(LAB_SH, ['up', String(n), '--dir', dir, ...(options.rcUser ? ['--rc-user'] : [])], 120_000);
     return await describeLab(dir, release);
   } catch (err) {
     await script(LAB_SH, ['down', '--dir', dir], 120_000).catch(() => undefined);
@@ -131,6 +154,16 @@ async function describeLab(dir: string, release: () => Promise<void>): Promise<L
     address: string;
     netns: string;
   }>;
+  // lab.env: KEY="VALUE" lines.
+  const env = new Map<string, string>();
+  for (const line of (await readFile(join(dir, 'lab.env'), 'utf8')).split('\n')) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)="(.*)"$/.exec(line.trim());
+    if (m) env.set(m[1]!, m[2]!);
+  }
+  const testUser = await ensureTestUser('clean');
+  if (env.get('LAB_USER') !== testUser.name) throw new Error(`lab: LAB_USER ${env.get('LAB_USER')} in ${dir}/lab.env, expected ${testUser.name}`);
+  const share = env.get('LAB_SHARE');
+  if (!share) throw new Error(`lab: no LAB_SHARE in ${dir}/lab.env`);
   const knownHosts = join(dir, 'known_hosts');
   const hostKeys = new Map<string, string>();
   for (const line of (await readFile(knownHosts, 'utf8')).split('\n')) {
@@ -167,6 +200,11 @@ async function describeLab(dir: string, release: () => Promise<void>): Promise<L
     nodes,
     head: LAB_HEAD,
     key,
+    user: testUser.name,
+    testUser,
+    rcUser: env.get('LAB_RC_USER'),
+    share,
+    userDir: (prefix) => userDir(testUser, prefix),
     knownHosts,
     sshOptions,
     node,
@@ -181,7 +219,7 @@ async function describeLab(dir: string, release: () => Promise<void>): Promise<L
       });
     },
     ssh(name, command, options = {}) {
-      return execFileP('ssh', ['-n', ...sshOptions, `root@${node(name).address}`, command], {
+      return execFileP('ssh', ['-n', ...sshOptions, `${options.user ?? testUser.name}@${node(name).address}`, command], {
         timeout: options.timeoutMs ?? 30_000,
         maxBuffer: 16 * 1024 * 1024,
       });

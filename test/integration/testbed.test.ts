@@ -31,7 +31,7 @@ describe('lab (scripts/lab.sh)', { timeout: 120_000 }, () => {
   let port = 0;
 
   beforeAll(async () => {
-    lab = await startLab(3);
+    lab = await startLab(3, undefined, undefined, { rcUser: true });
     // A service on the head, as nats-server/etcd will be: it greets each client
     // with the address it came from.
     server = createServer((sock) => sock.end(`hello ${sock.remoteAddress}\n`));
@@ -75,13 +75,34 @@ describe('lab (scripts/lab.sh)', { timeout: 120_000 }, () => {
     }
   });
 
+  it('logs in as the test user, never root: /bin/sh, an empty home, and the shared worker files', async () => {
+    expect(lab.user).toBe('dynsup-t');
+    const worker = join(lab.share, 'test/fixtures/workers/lab-worker.mjs');
+    const { stdout, stderr } = await lab.ssh('lab1', `id -un; echo "$0"; ls -A "$HOME" | wc -l; test -r ${worker} && echo readable`);
+    expect(stdout.split('\n')).toEqual(['dynsup-t', 'sh', '0', 'readable', '']);
+    expect(stderr).toBe('');
+    // The packages the workers import resolve from the share, as the test user.
+    const mods = await lab.ssh('lab2', `cd ${join(lab.share, 'test/fixtures/workers')} && node --input-type=module -e "await import('nats'); await import('etcd3'); console.log('ok')"`);
+    expect(mods.stdout).toBe('ok\n');
+    // Only the test users have keys: root is refused.
+    const err = await lab.ssh('lab1', 'true', { user: 'root' }).catch((e: unknown) => e);
+    expect((err as { stderr: string }).stderr).toMatch(/Permission denied/);
+  });
+
+  it('rcUser: a slow and noisy bash login (rc output on stdout and stderr ahead of the command)', async () => {
+    expect(lab.rcUser).toBe('dynsup-rc');
+    const { stdout, stderr } = await lab.ssh('lab3', 'id -un', { user: lab.rcUser });
+    expect(stdout).toBe('rc-noise\ndynsup-rc\n');
+    expect(stderr).toBe('rc-noise\n');
+  });
+
   it('refuses a node whose host key is not the known one', async () => {
     // lab2's key filed under lab1's address: a strict client must refuse lab1.
     const lab2 = lab.node('lab2');
     const wrong = join(lab.dir, 'known_hosts.wrong');
     await writeFile(wrong, `${lab.node('lab1').address} ${lab2.hostKey}\n`);
     const opts = lab.sshOptions.map((o) => (o.startsWith('UserKnownHostsFile=') ? `UserKnownHostsFile=${wrong}` : o));
-    const err = await execFileP('ssh', ['-n', ...opts, `root@${lab.node('lab1').address}`, 'true']).catch((e: unknown) => e);
+    const err = await execFileP('ssh', ['-n', ...opts, `${lab.user}@${lab.node('lab1').address}`, 'true']).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
     expect((err as { stderr: string }).stderr).toMatch(/HOST IDENTIFICATION HAS CHANGED|Host key verification failed/);
   });
