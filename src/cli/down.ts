@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadCluster } from '../config/load.js';
 import { readSavedAllocation } from '../slurm/saved.js';
@@ -20,10 +22,19 @@ export async function downCommand([file]: string[], flags: Flags): Promise<numbe
   const live = await liveSupervisor(paths);
   if (live) {
     process.stderr.write(`stopping cluster ${cluster.name} (supervisor pid ${live.pid})...\n`);
-    await requestControl(paths.socket, { op: 'down' }, 10 * 60_000);
+    await requestControl(paths.socket, { op: 'down' }, 10 * 60_000).catch(() => undefined);
     // Wait for the supervisor to finish, so that "down" returning means "nothing runs".
     const deadline = Date.now() + maxGraceMs(cluster) + 60_000;
     while (pidAlive(live.pid) && Date.now() < deadline) await sleep(50);
+    if (pidAlive(live.pid)) {
+      process.stderr.write(`dynsup down: the supervisor (pid ${live.pid}) is still stopping; see ${paths.logDir}/dynsup.log\n`);
+      return 1;
+    }
+    const unreachable = await unreachableNodes(paths.logDir, live.startedAt);
+    if (unreachable) process.stderr.write(`${unreachable}\n`);
+    // The supervisor shut every agent it could reach down itself.
+    process.stderr.write(`cluster ${cluster.name} is down\n`);
+    return 0;
   } else if (typeof flags.head === 'string') {
     // From another machine: ask over NATS, then wait until the supervisor stops answering.
     const t = await target(file!, flags);
@@ -44,8 +55,26 @@ export async function downCommand([file]: string[], flags: Flags): Promise<numbe
       process.stderr.write(`no supervisor running for cluster ${cluster.name}; cleaning up anything left behind\n`);
     }
   }
-  // Belt and braces: whatever a runtime file still names is killed, and the runtime files removed.
-  await cleanupLeftovers(cluster);
+  // Belt and braces: any agent of this cluster still running (a supervisor that crashed) stops its workers.
+  const missed = await cleanupLeftovers(cluster);
+  if (missed.length) {
+    process.stderr.write(`could not reach node(s) ${missed.join(', ')}: their workers stop by themselves within the lease (${cluster.leaseMs / 1000}s)\n`);
+  }
   process.stderr.write(`cluster ${cluster.name} is down\n`);
   return 0;
+}
+
+/** The supervisor's own word on nodes it could not reach while stopping (its event log), if any. */
+async function unreachableNodes(logDir: string, since: number): Promise<string | null> {
+  const text = await readFile(join(logDir, 'dynsup.log'), 'utf8').catch(() => '');
+  for (const line of text.split('\n').reverse()) {
+    try {
+      const e = JSON.parse(line) as { time?: number; msg?: string };
+      if ((e.time ?? 0) < since) break;
+      if (e.msg?.startsWith('could not reach node')) return e.msg;
+    } catch {
+      /* not JSON */
+    }
+  }
+  return null;
 }

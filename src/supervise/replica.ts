@@ -61,8 +61,8 @@ export interface ReplicaOptions {
   readonly spec: () => WorkerSpec;
   readonly health?: HealthProbe | undefined;
   readonly log: ReplicaLog;
-  /** How long a stop waits for an unreachable node before leaving the worker to its lease. */
-  readonly unreachableMs: number;
+  /** How long a stop waits for an unreachable node before leaving the worker to its lease (asked at each stop). */
+  readonly unreachableMs: () => number;
   readonly onChange?: ((status: ReplicaStatus) => void) | undefined;
   readonly onEvent?: ((name: string, event: ReplicaEvent) => void) | undefined;
 }
@@ -138,7 +138,7 @@ export class Replica {
     }
     this.#active = false;
     this.#stopHealth();
-    const ok = await this.#o.agent.stop(this.name, reason, this.#o.unreachableMs);
+    const ok = await this.#o.agent.stop(this.name, reason, this.#o.unreachableMs());
     if (!ok) this.#set('stopped', `${reason} (node ${this.#o.node} unreachable: its agent stops the worker within the lease)`);
   }
 
@@ -158,7 +158,7 @@ export class Replica {
   async remove(): Promise<void> {
     this.#active = false;
     this.#stopHealth();
-    await this.#o.agent.forget(this.name, this.#o.unreachableMs);
+    await this.#o.agent.forget(this.name, this.#o.unreachableMs());
     if (this.#state !== 'stopped') this.#set('stopped', 'scaled down');
   }
 

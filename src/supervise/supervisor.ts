@@ -218,7 +218,7 @@ export class Supervisor {
         spec: () => workerSpec(spec),
         health: { probe: (sig) => spec.probe(sig), intervalMs: 1000, timeoutMs: 3000, startPeriodMs: 0, failureThreshold: 5 },
         log,
-        unreachableMs: DOWN_UNREACHABLE_MS,
+        unreachableMs: () => DOWN_UNREACHABLE_MS,
         onChange: this.#o.onChange,
         onEvent: (name, ev) => this.#logEvent(name, ev),
       });
@@ -268,7 +268,7 @@ export class Supervisor {
       health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
       log,
       // A stop asked for while the node is unreachable: past the lease and the grace its agent has stopped it.
-      unreachableMs: this.#stopping ? DOWN_UNREACHABLE_MS : cluster.leaseMs + group.stop.graceMs + 5000,
+      unreachableMs: () => (this.#stopping ? DOWN_UNREACHABLE_MS : cluster.leaseMs + group.stop.graceMs + 5000),
       onChange: this.#o.onChange,
       onEvent: (name, ev) => this.#logEvent(name, ev),
     });
