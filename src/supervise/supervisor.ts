@@ -147,7 +147,15 @@ export class Supervisor {
    * Stop workers in reverse dependency order, then the control plane; shut the agents down. A node that
    * cannot be reached gets a bounded wait: its agent stops its workers by itself within the lease.
    */
-  async down(): Promise<{ unreachable: string[] }> {
+  down(): Promise<{ unreachable: string[] }> {
+    // Once: a failed bring-up stops what it started, and the shutdown that follows must not do it again.
+    this.#down ??= this.#doDown();
+    return this.#down;
+  }
+
+  #down: Promise<{ unreachable: string[] }> | undefined;
+
+  async #doDown(): Promise<{ unreachable: string[] }> {
     this.#stopping = true;
     this.#stop.abort(new DynsupError('E_NOT_RUNNING', 'supervisor is stopping'));
     for (const group of [...this.cluster.groups].reverse()) {

@@ -5,8 +5,7 @@
  *   CHAOS_SEED (default 42), CHAOS_SECONDS (default 150)
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -34,11 +33,12 @@ const name = `chaos${SEED}`;
 
 beforeAll(async () => {
   lab = await startLab(4);
-  dir = mkdtempSync(join(tmpdir(), 'dynsup-chaos-'));
+  // Owned by the lab's test user: the workers on the nodes (logged in as that user) write their records here.
+  dir = await lab.userDir('dynsup-chaos-');
   const [n, m, e, p, mp] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(lab.head)]);
   const node = (x: { name: string; address: string }) =>
-    `  ${x.name}: { transport: ssh, host: ${x.address}, user: root, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}, gpus: 3 }`;
-  const worker = `[node, ${ROOT}/test/fixtures/workers/chaos-worker.mjs]`;
+    `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}, gpus: 3 }`;
+  const worker = `[node, ${lab.share}/test/fixtures/workers/chaos-worker.mjs]`;
   file = join(dir, 'cluster.yaml');
   writeFileSync(
     file,
