@@ -33,16 +33,18 @@ describe('demo cluster (clusters/local.yaml)', () => {
 
     const s = JSON.parse((await dynsup(['status', file, ...args, '--json'])).stdout) as Awaited<ReturnType<typeof status>>;
     const victim = s.replicas.find((r) => r.name === 'decode-0')!;
-    const t0 = Date.now();
     process.kill(victim.pid!, 'SIGKILL');
+    // Replaced: a new pid, counted as one restart, the crash recorded; the other replicas untouched.
+    // (How fast a restart is: scripts/bench/restart.mjs. The deadline only stops a hung test.)
     const replaced = await waitFor('decode-0 replaced', async () => {
       const now = JSON.parse((await dynsup(['status', file, ...args, '--json'])).stdout) as Awaited<ReturnType<typeof status>>;
       const r = now.replicas.find((x) => x.name === 'decode-0')!;
-      return r.pid && r.pid !== victim.pid && (r.state === 'running' || r.state === 'ready') ? r : null;
-    }, 10_000, 20);
-    // initialDelay 500ms ± 10% jitter; allow for the status round trips.
-    expect(Date.now() - t0).toBeLessThan(2000);
-    expect(replaced.restarts).toBe(1);
+      return r.pid && r.pid !== victim.pid && (r.state === 'running' || r.state === 'ready') ? { r, now } : null;
+    }, 60_000, 20);
+    expect(replaced.r.restarts).toBe(1);
+    expect(replaced.r.lastExit).toMatchObject({ signal: 'SIGKILL' });
+    const others = (x: typeof s) => x.replicas.filter((r) => r.name !== 'decode-0').map((r) => [r.name, r.pid, r.restarts]);
+    expect(others(replaced.now)).toEqual(others(s));
     const again = await waitFor('completion after restart', async () => {
       const r = await complete('after the crash');
       return r.status === 200 ? r : null;
