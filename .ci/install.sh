@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # .ci/install.sh — system packages dynsup's tests need, on a fresh Debian 12, as root.
 # Non-interactive and idempotent: when everything is already installed it does
-# nothing (no apt-get update either), so re-running it in CI is cheap.
+# nothing (no apt-get update either), so re-running it in CI (and before every
+# `npm test`, see .ci/pretest.sh) is cheap. `--check`: only list what is missing
+# (exit 1 if anything is), no root needed.
 #
 #   nats-server, etcd-server      the control plane the supervisor starts
 #   openssh-server/-client        lab nodes' sshd, ssh, ssh-keygen (scripts/lab.sh)
@@ -21,15 +23,20 @@ PACKAGES=(
   curl ca-certificates
 )
 
-[[ $(id -u) == 0 ]] || { echo ".ci/install.sh: must run as root" >&2; exit 1; }
-export DEBIAN_FRONTEND=noninteractive
-
 missing=()
 for p in "${PACKAGES[@]}"; do
   if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) != "install ok installed" ]]; then
     missing+=("$p")
   fi
 done
+
+if [[ ${1:-} == --check ]]; then
+  if ((${#missing[@]} > 0)); then echo ".ci/install.sh: missing ${missing[*]}" >&2; exit 1; fi
+  exit 0
+fi
+
+[[ $(id -u) == 0 ]] || { echo ".ci/install.sh: must run as root" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
 
 if ((${#missing[@]} > 0)); then
   echo ".ci/install.sh: installing ${missing[*]}"
