@@ -3,10 +3,10 @@
  * copies to each node once (cached by hash).
  *
  *   dynsup-agent serve DIR              run the agent for run dir DIR (one per node and cluster)
- *   dynsup-agent connect DIR [--no-spawn]
+ *   dynsup-agent connect DIR [--no-spawn] [--lines]
  *                                       bridge stdin/stdout to DIR's agent, starting one if none runs
  *                                       (what an ssh channel or an srun step runs); exit 3 when none runs
- *                                       and --no-spawn was given
+ *                                       and --no-spawn was given; --lines: output as base64 lines (srun)
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -44,7 +44,7 @@ async function serve(dir: string): Promise<number> {
   return 0;
 }
 
-async function bridge(dir: string, spawnAgent: boolean): Promise<number> {
+async function bridge(dir: string, spawnAgent: boolean, lines: boolean): Promise<number> {
   const self = fileURLToPath(import.meta.url);
   const sock = await dialAgent({ dir, spawn: spawnAgent ? [process.execPath, self, 'serve', dir] : null });
   if (!sock) {
@@ -52,7 +52,17 @@ async function bridge(dir: string, spawnAgent: boolean): Promise<number> {
     return 3;
   }
   process.stdin.pipe(sock);
-  sock.pipe(process.stdout);
+  if (lines) {
+    // An srun step's output reaches srun a line at a time (slurmstepd holds a partial line back): base64
+    // lines keep the binary frames moving.
+    sock.on('data', (chunk: Buffer) => {
+      if (!process.stdout.write(`${chunk.toString('base64')}\n`)) {
+        sock.pause();
+        process.stdout.once('drain', () => sock.resume());
+      }
+    });
+    sock.on('end', () => process.stdout.end());
+  } else sock.pipe(process.stdout);
   // The head went away (channel closed): the agent keeps its workers for the lease.
   process.stdin.on('end', () => sock.end());
   process.stdin.on('error', () => sock.destroy());
@@ -61,12 +71,13 @@ async function bridge(dir: string, spawnAgent: boolean): Promise<number> {
   return 0;
 }
 
-const [mode, dir, flag] = process.argv.slice(2);
-const run = mode === 'serve' && dir ? serve(dir) : mode === 'connect' && dir ? bridge(dir, flag !== '--no-spawn') : Promise.resolve(-1);
+const [mode, dir, ...flags] = process.argv.slice(2);
+const run =
+  mode === 'serve' && dir ? serve(dir) : mode === 'connect' && dir ? bridge(dir, !flags.includes('--no-spawn'), flags.includes('--lines')) : Promise.resolve(-1);
 run.then(
   (code) => {
     if (code === -1) {
-      process.stderr.write('usage: dynsup-agent serve DIR | connect DIR [--no-spawn]\n');
+      process.stderr.write('usage: dynsup-agent serve DIR | connect DIR [--no-spawn] [--lines]\n');
       code = 2;
     }
     process.exit(code);

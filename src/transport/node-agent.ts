@@ -40,6 +40,8 @@ interface Wanted {
   queued: number;
   last: WorkerReport | undefined;
   stopWaiters: Set<() => void>;
+  /** Stopped on request: not run again on a reconnect. */
+  stopped: boolean;
 }
 
 export interface NodeAgentOptions {
@@ -61,6 +63,10 @@ export class NodeAgent {
   #paused = false;
   #wake = new AbortController();
   #onUp = new Set<() => void>();
+  /** The cluster is stopping: reconnect only to an agent that still runs, never start one. */
+  #quiesced = false;
+  /** Stopping, and the agent could not be reached again: every wait gives up at once. */
+  #gone = false;
   /** What the agent ran when this head first reached it (adoption). */
   adoptable: readonly WorkerReport[] = [];
   /** The agent's pid and whether it contains workers in cgroups (status, tests). */
@@ -162,7 +168,7 @@ export class NodeAgent {
     this.#ping = setInterval(() => this.#send({ t: 'ping' }), Math.max(200, Math.floor(this.#o.leaseMs / 4)));
     this.#ping.unref();
     for (const w of h.workers) this.#wanted.get(w.name)?.sink.report(w);
-    for (const [name, w] of this.#wanted) this.#sendRun(name, w);
+    for (const [name, w] of this.#wanted) if (!w.stopped) this.#sendRun(name, w);
     for (const f of [...this.#onUp]) f();
     return h;
   }
@@ -173,6 +179,16 @@ export class NodeAgent {
     this.#paused = false;
     if (this.#closing) return;
     this.#lostSince = Date.now();
+    if (this.#quiesced) {
+      // Stopping (a job being cancelled, a lab torn down): one quick try at an agent that still runs.
+      this.#connected ??= this.#open(false, AbortSignal.timeout(3000))
+        .then(
+          () => undefined,
+          () => this.#giveUp(),
+        )
+        .finally(() => (this.#connected = undefined));
+      return;
+    }
     this.#o.onNotice?.('warn', `node ${this.node}: connection to the agent lost; reconnecting`);
     this.#connected ??= this.#reconnect().finally(() => (this.#connected = undefined));
   }
@@ -192,6 +208,17 @@ export class NodeAgent {
         delay = Math.min(delay * 2, 3000);
       }
     }
+  }
+
+  #giveUp(): void {
+    this.#gone = true;
+    for (const w of this.#wanted.values()) for (const f of [...w.stopWaiters]) f();
+  }
+
+  /** The cluster is stopping: from now on no agent is started, and an agent that is gone is given up on. */
+  quiesce(): void {
+    this.#quiesced = true;
+    if (!this.#stream && !this.#connected) this.#giveUp();
   }
 
   #send(m: HeadMessage): boolean {
@@ -263,6 +290,7 @@ export class NodeAgent {
       queued: prev?.queued ?? 0,
       last: prev?.last,
       stopWaiters: prev?.stopWaiters ?? new Set(),
+      stopped: false,
     };
     this.#wanted.set(name, w);
     this.#sendRun(name, w);
@@ -280,6 +308,8 @@ export class NodeAgent {
   async stop(name: string, reason: string, unreachableMs: number): Promise<boolean> {
     const w = this.#wanted.get(name);
     if (!w) return true;
+    w.stopped = true;
+    if (this.#gone) return false;
     const done = new Promise<void>((r) => {
       const f = (): void => {
         w.stopWaiters.delete(f);
@@ -297,6 +327,7 @@ export class NodeAgent {
         const wait = unreachable === null ? 1000 : Math.max(0, unreachable + unreachableMs - Date.now());
         if (unreachable !== null && wait === 0) return false;
         const stopped = await Promise.race([done.then(() => true), sleep(Math.min(wait, 1000), false)]);
+        if (this.#gone) return false;
         if (stopped) {
           await w.queue;
           return true;
@@ -335,7 +366,7 @@ export class NodeAgent {
     if (!this.#stream) {
       // Give a reconnect in progress a chance; no new agent is started only to be stopped.
       const deadline = Date.now() + unreachableMs;
-      while (!this.#stream && Date.now() < deadline && !this.#closing) await sleep(100);
+      while (!this.#stream && Date.now() < deadline && !this.#closing && !this.#gone) await sleep(100);
       if (!this.#stream) return false;
     }
     const s = this.#stream!;

@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdir } from 'node:fs/promises';
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DynsupError } from '../util/errors.js';
 import { AGENT_BUNDLE, agentBundle } from './agent-bundle.js';
@@ -112,7 +113,7 @@ export class SrunPipe implements AgentPipe {
 
   #bridge(nodeBin: string, bundle: string, signal?: AbortSignal): Promise<{ stream?: AgentStream; code?: number | null; said: string }> {
     return new Promise((resolve) => {
-      const child = spawn(this.#o.srun ?? 'srun', [...this.#stepArgs('dynsup-bridge'), nodeBin, bundle, 'connect', this.#o.runDir, '--no-spawn'], {
+      const child = spawn(this.#o.srun ?? 'srun', [...this.#stepArgs('dynsup-bridge'), nodeBin, bundle, 'connect', this.#o.runDir, '--no-spawn', '--lines'], {
         env: this.#o.env ?? process.env,
         stdio: ['pipe', 'pipe', 'pipe'],
         ...(signal ? { signal } : {}),
@@ -127,17 +128,22 @@ export class SrunPipe implements AgentPipe {
           if (settled && !/no agent runs/.test(l)) this.#o.onNotice?.('warn', `node ${this.node}: ${l}`);
         }
       });
-      const first: Buffer[] = [];
+      // The bridge's output comes as base64 lines (see dynsup-agent connect --lines).
+      const input = new PassThrough({ highWaterMark: 1 << 20 });
+      let partial = '';
       const onData = (d: Buffer): void => {
-        first.push(d);
+        partial += d.toString('latin1');
+        let nl: number;
+        while ((nl = partial.indexOf('\n')) >= 0) {
+          const line = partial.slice(0, nl).trim();
+          partial = partial.slice(nl + 1);
+          if (line) input.write(Buffer.from(line, 'base64'));
+        }
         if (settled) return;
         settled = true;
-        child.stdout!.off('data', onData);
-        child.stdout!.pause();
-        child.stdout!.unshift(Buffer.concat(first));
         resolve({
           stream: {
-            input: child.stdout!,
+            input,
             output: child.stdin!,
             noise: () => said,
             destroy: () => child.kill('SIGTERM'),
@@ -146,6 +152,7 @@ export class SrunPipe implements AgentPipe {
         });
       };
       child.stdout!.on('data', onData);
+      child.stdout!.once('end', () => input.end());
       child.stdin!.on('error', () => undefined);
       child.once('error', (err) => {
         if (!settled) resolve({ code: 127, said: err.message });

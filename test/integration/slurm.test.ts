@@ -61,20 +61,21 @@ describe('dynsup sbatch on a 3-node Slurm cluster', { timeout: 120_000 }, () => 
   const name = `slurmit${process.pid}`;
   const env = () => ({ ...slurm.env, PMI_RANK: '0', PMIX_NAMESPACE: 'leak', SLURM_LEAK_TEST: '1' });
   const squeue = async (...args: string[]) => (await execFileP('squeue', ['-h', ...args], { env: slurm.env })).stdout;
-  /** Steps of the job: name → step id ("J.S") and node. */
+  /** Steps of the job: step id ("J.S"), name and node. */
   const steps = async () => {
     const out = await squeue('-s', '-j', jobId, '-o', '%i|%j|%N');
-    return new Map(
-      out
-        .trim()
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => {
-          const [id, stepName, node] = l.split('|');
-          return [stepName!, { id: id!, node: node! }] as const;
-        }),
-    );
+    return out
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const [id, stepName, node] = l.split('|');
+        return { id: id!, name: stepName!, node: node! };
+      });
   };
+  /** The agent step on a node (one per node: every worker there runs under it). */
+  const agentStep = async (node: string) => (await steps()).find((s) => s.name === 'dynsup-agent' && s.node === node);
+  const ppid = async (pid: number) => Number((await readFile(`/proc/${pid}/stat`, 'utf8')).replace(/^.*\) /, '').split(' ')[1]);
   const report = (replica: string): Report | null => {
     try {
       return JSON.parse(readFileSync(join(dir, `report-${replica}.json`), 'utf8')) as Report;
@@ -139,7 +140,7 @@ workers:
     expect(nodes).toBe('3');
   });
 
-  it('brings up NATS, etcd and every worker, placed by role, each as its own job step', async () => {
+  it('brings up NATS, etcd and every worker, placed by role, under one agent step per node', async () => {
     const all = ['prefill-0', 'prefill-1', 'decode-0', 'frontend-0'];
     await waitFor('every worker to report', () => all.every((r) => report(r)), 60_000, 200).catch(async (err: Error) => {
       throw new Error(`${err.message}\njob ${jobId}: ${await squeue('-j', jobId, '-o', '%T %r').catch(() => '?')}\n--- job output:\n${(await jobOutput()).slice(-4000)}`);
@@ -151,17 +152,15 @@ workers:
       expect(r.bad, r.name).toEqual([]);
     }
     const s = await steps();
-    expect(s.get('frontend-0')?.node).toBe('node1');
-    expect(s.get('decode-0')?.node).toBe('node2');
-    expect(s.get('prefill-0')?.node).toBe('node3');
-    expect(s.get('prefill-1')?.node).toBe('node3');
-    expect(s.get('batch')?.node).toBe('node1');
-    // Each worker runs under its step's slurmstepd (worker → node agent → slurmstepd: [J.S]).
+    expect(s.find((x) => x.name === 'batch')?.node).toBe('node1');
+    expect(s.filter((x) => x.name === 'dynsup-agent').map((x) => x.node).sort()).toEqual(['node1', 'node2', 'node3']);
+    // Each worker runs under its node's agent, itself the agent step's task (worker → agent → slurmstepd: [J.S]).
+    const where: Record<string, string> = { 'frontend-0': 'node1', 'decode-0': 'node2', 'prefill-0': 'node3', 'prefill-1': 'node3' };
     for (const r of all) {
-      const pid = report(r)!.pid;
-      const agent = Number((await readFile(`/proc/${pid}/stat`, 'utf8')).replace(/^.*\) /, '').split(' ')[1]);
-      const stepd = Number((await readFile(`/proc/${agent}/stat`, 'utf8')).replace(/^.*\) /, '').split(' ')[1]);
-      expect((await readFile(`/proc/${stepd}/cmdline`, 'utf8')).replace(/\0/g, ' ').trim(), r).toBe(`slurmstepd: [${s.get(r)!.id}]`);
+      const agent = await ppid(report(r)!.pid);
+      const stepd = await ppid(agent);
+      const step = s.find((x) => x.name === 'dynsup-agent' && x.node === where[r])!;
+      expect((await readFile(`/proc/${stepd}/cmdline`, 'utf8')).replace(/\0/g, ' ').trim(), r).toBe(`slurmstepd: [${step.id}]`);
     }
     // The job's output file is the supervisor's terminal: every worker's lines, prefixed.
     await waitFor('prefixed worker lines in the job output', async () => {
@@ -170,33 +169,30 @@ workers:
     }, 10_000, 100);
   });
 
-  it('restarts a worker killed inside the job as a new step', async () => {
-    const before = (await steps()).get('prefill-0')!;
+  it('restarts a worker killed inside the job on its node, under the same agent step', async () => {
+    const step = (await agentStep('node3'))!;
     const { pid } = report('prefill-0')!;
+    const agent = await ppid(pid);
     unlinkSync(join(dir, 'report-prefill-0.json'));
     process.kill(pid, 'SIGKILL');
-    const after = await waitFor('prefill-0 to come back as another step', async () => {
-      const s = (await steps()).get('prefill-0');
-      return s && s.id !== before.id && report('prefill-0') ? s : null;
-    }, 30_000, 100);
-    expect(after.node).toBe('node3');
-    expect(Number(after.id.split('.')[1])).toBeGreaterThan(Number(before.id.split('.')[1]));
-    expect(report('prefill-0')!.pid).not.toBe(pid);
-    expect(report('prefill-0')!.nats).toBe('ok');
+    const fresh = await waitFor('prefill-0 to come back', () => report('prefill-0'), 30_000, 100);
+    expect(fresh.pid).not.toBe(pid);
+    expect(fresh.nats).toBe('ok');
+    expect(await ppid(fresh.pid)).toBe(agent);
+    expect((await agentStep('node3'))?.id).toBe(step.id);
     const status = JSON.parse((await dynsup(['status', file, '--json'])).stdout) as { replicas: { name: string; node: string; restarts: number }[] };
     expect(status.replicas.find((r) => r.name === 'prefill-0')).toMatchObject({ node: 'node3', restarts: 1 });
   });
 
-  it('dynsup restart stops a worker through a signal step and starts a new one', async () => {
-    const before = (await steps()).get('decode-0')!;
+  it('dynsup restart replaces a worker on its node without counting a crash', async () => {
+    const { pid } = report('decode-0')!;
     unlinkSync(join(dir, 'report-decode-0.json'));
     const r = await dynsup(['restart', file, 'decode-0']);
     expect(r.code, r.stderr).toBe(0);
-    const after = await waitFor('decode-0 as a new step', async () => {
-      const s = (await steps()).get('decode-0');
-      return s && s.id !== before.id && report('decode-0') ? s : null;
-    }, 30_000, 100);
-    expect(after.node).toBe('node2');
+    const fresh = await waitFor('decode-0 restarted', () => report('decode-0'), 30_000, 100);
+    expect(fresh.pid).not.toBe(pid);
+    const status = JSON.parse((await dynsup(['status', file, '--json'])).stdout) as { replicas: { name: string; node: string; restarts: number }[] };
+    expect(status.replicas.find((x) => x.name === 'decode-0')).toMatchObject({ node: 'node2', restarts: 0 });
   });
 
   it('scancel stops everything gracefully: no steps, no processes left', async () => {

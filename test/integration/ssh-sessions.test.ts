@@ -1,6 +1,7 @@
 /**
- * A node whose sshd has OpenSSH's default MaxSessions (10) running more workers than one connection can
- * carry: dynsup opens more connections instead of failing or hanging, and every worker's output arrives.
+ * A node whose sshd allows only 2 sessions per connection running 12 workers: MaxSessions is no limit any
+ * more (every worker runs under the node's one agent, reached through one channel), and every worker's
+ * output arrives.
  * The node is logged into as the test user (sshd.user), its runtime dir in a directory that user owns.
  */
 import { readFileSync } from 'node:fs';
@@ -15,7 +16,7 @@ let c: TempCluster;
 const name = `sess${Math.random().toString(36).slice(2, 8)}`;
 
 beforeAll(async () => {
-  sshd = await startSshd({ address: '127.0.0.1', maxSessions: 10 });
+  sshd = await startSshd({ address: '127.0.0.1', maxSessions: 2 });
 });
 afterAll(async () => {
   if (c) await dynsup(['down', c.file]);
@@ -23,7 +24,7 @@ afterAll(async () => {
 });
 
 describe('more workers on a node than one ssh connection has sessions', () => {
-  it(`runs ${REPLICAS} workers on a MaxSessions=10 node, restarts one, streams every line, and down leaves nothing`, async () => {
+  it(`runs ${REPLICAS} workers on a MaxSessions=2 node, restarts one, streams every line, and down leaves nothing`, async () => {
     c = await tempCluster(
       `nodes:
   head: { transport: local }
@@ -34,7 +35,6 @@ describe('more workers on a node than one ssh connection has sessions', () => {
     user: ${sshd.user}
     identityFile: ${sshd.identityFile}
     knownHosts: ${sshd.knownHostsFile}
-    maxSessions: 10
     runDir: ${sshd.workDir}/n1-run
 workers:
   w:
@@ -52,9 +52,9 @@ workers:
     const expected = (i: number) => Array.from({ length: 50 }, (_, k) => `w-${i} line ${k}\n`).join('');
     for (let i = 0; i < REPLICAS; i++) await waitFor(`w-${i}'s 50 lines`, () => log(i) === expected(i), 60_000, 100);
     const events = readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8');
-    expect(events).toMatch(/n1: opened connection 2/);
+    expect(events).not.toMatch(/n1: (cannot|connection .*lost)/);
 
-    // A restart on the fullest connection: the new attach channel must find room.
+    // A restart needs no new channel: the node's agent restarts the worker itself.
     const victim = s.replicas.find((r) => r.name === `w-${REPLICAS - 1}`)!;
     const r = await dynsup(['restart', c.file, victim.name]);
     expect(r.code, r.stderr).toBe(0);

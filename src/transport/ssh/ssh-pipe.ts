@@ -164,7 +164,7 @@ export class SshPipe implements AgentPipe {
   async #upload(conn: SshConnection): Promise<void> {
     const { bytes, hash } = agentBundle();
     const r = await conn.exec(
-      `umask 077; C="\${XDG_CACHE_HOME:-\${HOME:-/tmp}/.cache}/dynsup"; mkdir -p "$C" && cat > "$C/agent-${hash}.mjs.tmp" && mv -f "$C/agent-${hash}.mjs.tmp" "$C/agent-${hash}.mjs" && echo ok`,
+      `umask 077; C="\${XDG_CACHE_HOME:-\${HOME:-/tmp}/.cache}/dynsup"; mkdir -p "$C" && cat > "$C/agent-${hash}.mjs.tmp.$$" && mv -f "$C/agent-${hash}.mjs.tmp.$$" "$C/agent-${hash}.mjs" && echo ok`,
       { stdin: bytes },
     );
     if (r.code !== 0 || !r.stdout.toString().includes('ok')) {
@@ -185,7 +185,7 @@ export class SshPipe implements AgentPipe {
     this.#o.onNotice?.('info', `node ${this.node}: no Node.js >= 20 there; copying the head's (${process.version}) to the node's cache`);
     const dir = `node-${process.version}-${process.platform}-${process.arch}`;
     const channel = await conn.spawn(
-      `umask 077; C="\${XDG_CACHE_HOME:-\${HOME:-/tmp}/.cache}/dynsup"; mkdir -p "$C/${dir}" && gzip -dc > "$C/${dir}/node.tmp" && chmod 700 "$C/${dir}/node.tmp" && mv -f "$C/${dir}/node.tmp" "$C/${dir}/node" && echo ok`,
+      `umask 077; C="\${XDG_CACHE_HOME:-\${HOME:-/tmp}/.cache}/dynsup"; mkdir -p "$C/${dir}" && gzip -dc > "$C/${dir}/node.tmp.$$" && chmod 700 "$C/${dir}/node.tmp.$$" && mv -f "$C/${dir}/node.tmp.$$" "$C/${dir}/node" && echo ok`,
     );
     let out = '';
     let err = '';
