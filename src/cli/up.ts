@@ -146,8 +146,10 @@ async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; 
       await sup.down();
       dirty = true;
       await flushState();
-      await natsControl?.close();
-      await etcdState?.close({ release: true });
+      // Bounded: NATS and etcd are stopped by now, or gone with the head's address; a client waiting for
+      // them must not keep the supervisor alive after `down`.
+      await bounded(natsControl?.close(), 3000);
+      await bounded(etcdState?.close({ release: true }), 3000);
       metricsServer?.close();
       logger.info('all stopped');
       resolveDone();
@@ -268,6 +270,13 @@ async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promi
 function isUp(cluster: ClusterConfig, r: ClusterStatus['replicas'][number]): boolean {
   const group = cluster.groups.find((g) => g.name === r.group);
   return group?.health ? r.state === 'ready' : r.state === 'running' || r.state === 'ready';
+}
+
+async function bounded(p: Promise<unknown> | undefined, ms: number): Promise<void> {
+  if (!p) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 function tail(file: string, n: number): string {

@@ -79,6 +79,7 @@ export class Replica {
   #healthFor: number | null = null;
   #healthStop: AbortController | undefined;
   #waiters = new Set<() => void>();
+  #quiesced = false;
 
   constructor(options: ReplicaOptions) {
     this.#o = options;
@@ -154,6 +155,12 @@ export class Replica {
     await this.waitFor((r) => r.#report?.pid !== pid || r.#state === 'failed' || r.#state === 'stopped').catch(() => undefined);
   }
 
+  /** The cluster is stopping: no more health checks (a failing one would restart the replica). */
+  quiesce(): void {
+    this.#quiesced = true;
+    this.#stopHealth();
+  }
+
   /** Remove the replica from its node (scaled away). */
   async remove(): Promise<void> {
     this.#active = false;
@@ -188,7 +195,7 @@ export class Replica {
       // Keep `ready` while the same process runs and passes its checks.
       if (this.#state === 'ready' && this.#healthFor === r.pid) return this.#notify();
       this.#set('running', r.message);
-      if (this.#o.health && r.pid !== null) this.#startHealth(r.pid, this.#o.health);
+      if (this.#o.health && r.pid !== null && !this.#quiesced) this.#startHealth(r.pid, this.#o.health);
       return;
     }
     this.#stopHealth();

@@ -158,6 +158,7 @@ export class Supervisor {
   async #doDown(): Promise<{ unreachable: string[] }> {
     this.#stopping = true;
     for (const a of this.#agents.values()) a.quiesce();
+    for (const r of [...this.replicas, ...this.#services.map((s) => s.replica)]) r.quiesce();
     this.#stop.abort(new DynsupError('E_NOT_RUNNING', 'supervisor is stopping'));
     for (const group of [...this.cluster.groups].reverse()) {
       const rs = this.replicas.filter((r) => r.status().group === group.name);

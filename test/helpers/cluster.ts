@@ -1,6 +1,6 @@
 /** Integration-test helpers: temp cluster files on free ports, the real CLI, and polling with deadlines. */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -108,10 +108,15 @@ export async function status(file: string): Promise<StatusJson> {
   return JSON.parse(r.stdout) as StatusJson;
 }
 
+/** Whether `pid` runs; a zombie (dead, not yet reaped by a slow init) does not. */
 export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
