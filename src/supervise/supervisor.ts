@@ -46,7 +46,7 @@ export interface ClusterStatus {
 /** How long `down` waits for an unreachable node before leaving its workers to their lease. */
 const DOWN_UNREACHABLE_MS = 5000;
 /** The control plane restarts quickly, but a service that cannot start at all ends `failed`, with the reason. */
-const CONTROL_PLANE_RESTART = { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 5000, jitter: 0.1, maxRestarts: 10, windowMs: 60_000, resetAfterMs: 30_000 } as const;
+const CONTROL_PLANE_RESTART = { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 2000, jitter: 0.1, maxRestarts: 10, windowMs: 60_000, resetAfterMs: 30_000 } as const;
 
 export class Supervisor {
   readonly cluster: ClusterConfig;
@@ -81,7 +81,7 @@ export class Supervisor {
 
   /** Find replicas by replica name or group name. */
   select(target: string): Replica[] {
-    const one = this.#replicas.get(target);
+    const one = this.#replicas.get(target) ?? this.#services.find((s) => s.spec.name === target)?.replica;
     if (one) return [one];
     const group = this.replicas.filter((r) => r.status().group === target);
     if (group.length) return group;

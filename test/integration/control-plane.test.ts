@@ -2,8 +2,11 @@
 import { createServer, type Server } from 'node:net';
 import { Etcd3 } from 'etcd3';
 import { connect } from 'nats';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { dynsup, pidAlive, pidsWithCmdline, status, tempCluster, waitFor, type TempCluster } from '../helpers/cluster.js';
+import { dynsup, freePort, pidAlive, pidsWithCmdline, status, tempCluster, waitFor, type TempCluster } from '../helpers/cluster.js';
 
 const started: TempCluster[] = [];
 afterEach(async () => {
@@ -75,4 +78,31 @@ workers:
       blocker.close();
     }
   });
+
+  it('a service that cannot start ends failed after its crash-loop limit, with the reason, instead of restarting for ever', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dynsup-cp-'));
+    const fake = join(dir, 'nats-server');
+    // What nats-server does when the head's address is gone.
+    writeFileSync(fake, '#!/bin/sh\necho "[FTL] Error listening on port: 10.255.0.1:4222, listen tcp 10.255.0.1:4222: bind: cannot assign requested address" >&2\nexit 1\n', { mode: 0o755 });
+    const file = join(dir, 'cluster.yaml');
+    const [p1, p2, p3] = await Promise.all([freePort(), freePort(), freePort()]);
+    writeFileSync(file, `name: cpfail
+head: { address: 127.0.0.1 }
+stateDir: ./state
+metrics: { port: ${p3} }
+controlPlane:
+  nats: { binary: ${fake}, port: ${p1}, monitorPort: ${p2} }
+  etcd: { enabled: false }
+nodes:
+  head: { transport: local }
+workers:
+  w: { command: "exec sleep 600" }
+`);
+    started.push({ dir, file, natsPort: p1, etcdPort: 0, metricsPort: p3 });
+    const r = await dynsup(['up', file], { timeoutMs: 90_000 });
+    expect(r.code).toBe(1);
+    expect(r.stdout + r.stderr).toMatch(/control plane not healthy .*nats \(failed: crash loop: 10 restarts within 60s/);
+    expect(readFileSync(join(dir, 'state/logs/nats.log'), 'utf8')).toContain('cannot assign requested address');
+    expect(await pidsWithCmdline(dir)).toEqual([]);
+  }, 120_000);
 });
