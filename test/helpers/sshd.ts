@@ -32,6 +32,11 @@ export interface StartSshdOptions {
    * ~/.bashrc and ~/.profile sleep 1 s and print `rc-noise` to stdout and stderr).
    */
   readonly login?: LoginKind;
+  /**
+   * Files the node's sessions must not see (e.g. the node binary, for a node without Node.js): sshd runs
+   * in a private mount namespace where each is covered by /dev/null. Needs root (unshare, mount).
+   */
+  readonly hide?: readonly string[];
 }
 
 export interface HostKey {
@@ -117,9 +122,13 @@ function sshdConfig(dir: string, address: string, port: number, options: StartSs
  * Start sshd and resolve once it logged "Server listening" and the port answers with an SSH banner.
  * Rejects with sshd's stderr if it exits first.
  */
-function launch(configFile: string, port: number, address: string): Promise<{ child: ChildProcess; log: () => string }> {
+function launch(configFile: string, port: number, address: string, hide: readonly string[] = []): Promise<{ child: ChildProcess; log: () => string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(SSHD, ['-D', '-e', '-f', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const sshd = [SSHD, '-D', '-e', '-f', configFile];
+    const cover = 'n=$1; shift; while [ "$n" -gt 0 ]; do mount --bind /dev/null "$1" || exit 1; shift; n=$((n-1)); done; exec "$@"';
+    const child = hide.length
+      ? spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', cover, 'sh', String(hide.length), ...hide, ...sshd], { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn(sshd[0]!, sshd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     let settled = false;
     const fail = (why: string): void => {
@@ -198,7 +207,7 @@ export async function startSshd(options: StartSshdOptions): Promise<Sshd> {
       await writeFile(configFile, sshdConfig(dir, address, port, options));
       let started: { child: ChildProcess; log: () => string };
       try {
-        started = await launch(configFile, port, address);
+        started = await launch(configFile, port, address, options.hide);
       } catch (err) {
         lastError = err;
         if (String(err).includes('Address already in use')) continue;
