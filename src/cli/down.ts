@@ -8,7 +8,7 @@ import { liveSupervisor, pidAlive, readLock, runtimePaths } from '../control/run
 import { stopJob } from '../slurm/job.js';
 import { requestControl } from '../control/socket.js';
 import type { Flags } from './commands.js';
-import { cleanupLeftovers } from './up.js';
+import { cleanupLeftovers } from '../daemon/supervisor-process.js';
 import { control, target } from './client.js';
 import type { ClusterConfig } from '../config/types.js';
 

@@ -1,0 +1,204 @@
+/**
+ * The supervisor process (`dynsup up` in the foreground, or the child of `up -d`): the lock, the event log,
+ * the Supervisor, and around it what makes it operable: the state file, etcd state and leader key, the NATS
+ * control service, /metrics, the local control socket, signals. The CLI only parses arguments and prints.
+ */
+import type { Server } from 'node:http';
+import { hostname } from 'node:os';
+import type { ClusterConfig } from '../config/types.js';
+import { loadOrCreateCredentials } from '../control/credentials.js';
+import { EtcdState } from '../control/etcd-state.js';
+import { renderMetrics, serveMetrics } from '../control/metrics.js';
+import { NatsControl } from '../control/nats-control.js';
+import { acquireLock, releaseLock, runtimePaths, writeState, type LockInfo } from '../control/runtime-files.js';
+import { serveControl, type ControlRequest } from '../control/socket.js';
+import { tailLogs } from '../control/tail.js';
+import { createEventLogger, makeRedactor, type EventLogger } from '../logs/events.js';
+import { TerminalMux } from '../logs/terminal.js';
+import type { AddressCandidate } from '../slurm/allocation.js';
+import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
+import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
+import { Supervisor } from '../supervise/supervisor.js';
+import { allNodes, createNodeAgent } from '../transport/factory.js';
+import { DynsupError, EXIT_RUNTIME, errorMessage } from '../util/errors.js';
+
+/**
+ * Stop whatever agents of this cluster still run (a supervisor that died, within the lease): each stops its
+ * workers and removes its runtime files. No agent is started for this. Returns the nodes not reached.
+ */
+export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLogger): Promise<string[]> {
+  const unreachable: string[] = [];
+  await Promise.all(
+    allNodes(cluster).map(async (n) => {
+      const a = createNodeAgent(cluster, n);
+      try {
+        if (await a.connectExisting(AbortSignal.timeout(15_000))) await a.shutdown(1000, 5000);
+      } catch (err) {
+        unreachable.push(n.name);
+        logger?.warn(`cleanup on ${n.name}: ${errorMessage(err)}`);
+      } finally {
+        await a.close().catch(() => undefined);
+      }
+    }),
+  );
+  return unreachable;
+}
+
+export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; head?: AddressCandidate | undefined }): Promise<number> {
+  const paths = runtimePaths(cluster.stateDir);
+  const { stale } = await acquireLock(paths, cluster.file);
+  const creds = await loadOrCreateCredentials(cluster.stateDir);
+  const redact = makeRedactor([...cluster.secrets, creds.natsPassword]);
+  const logger = createEventLogger({ stateDir: cluster.stateDir, redact });
+  // A previous supervisor that died left its agents running (for the lease): the bring-up adopts their workers.
+  if (stale) logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; adopting whatever its node agents still run`);
+  // status/logs/down find the allocation's nodes here (the file has none of its own in Slurm mode).
+  if (cluster.allocation) {
+    await saveAllocation(cluster);
+    const a = cluster.allocation;
+    logger.info(
+      `Slurm job ${a.jobId}: ${a.nodes.length} node(s) ${a.nodes.join(', ')}; head ${a.nodes[0]} at ${cluster.headAddress}` +
+        (opts.head ? ` (${opts.head.source})` : ' (head.address)'),
+    );
+  } else await forgetAllocation(cluster.stateDir);
+  const lock: LockInfo = { pid: process.pid, host: hostname(), startedAt: Date.now(), file: cluster.file };
+  const mux = opts.terminal ? new TerminalMux(process.stdout, cluster.replicas.map((r) => r.name), redact) : undefined;
+
+  let sup: Supervisor;
+  let dirty = false;
+  let writing = false;
+  const flushState = async () => {
+    if (writing) return;
+    writing = true;
+    while (dirty) {
+      dirty = false;
+      await writeState(paths, { ...sup.status(), supervisor: lock, updatedAt: Date.now() }).catch(() => undefined);
+    }
+    writing = false;
+  };
+  // Cluster-wide state and control (etcd, NATS) come up with the control plane; until then, and when
+  // the file turns either service off, the local socket and state file still work.
+  let etcdState: EtcdState | undefined;
+  let natsControl: NatsControl | undefined;
+  let metricsServer: Server | undefined;
+  sup = new Supervisor({
+    cluster,
+    logger,
+    credentials: creds,
+    agents: (node) => createNodeAgent(cluster, node, (level, msg) => logger[level](msg)),
+    onLine: (r, line, t, seq) => {
+      mux?.line(r, line, t);
+      natsControl?.publishLine(r, line, seq);
+    },
+    onChange: (s) => {
+      dirty = true;
+      void flushState();
+      etcdState?.record(s);
+    },
+    onControlPlaneReady: async () => {
+      if (cluster.etcd.enabled) {
+        etcdState = new EtcdState(etcdUrl(cluster), cluster.name, (m) => logger.warn(m));
+        await etcdState.acquireLeader();
+        for (const s of [...sup.status().controlPlane, ...sup.status().replicas]) etcdState.record(s);
+      }
+      if (cluster.nats.enabled) {
+        natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown));
+      }
+      if (cluster.metrics.enabled) {
+        metricsServer = await serveMetrics(cluster.headAddress, cluster.metrics.port, () => renderMetrics(sup.status(), sup.logStats()));
+      }
+    },
+  });
+
+  let shuttingDown: Promise<void> | undefined;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  const shutdown = (why: string): Promise<void> => {
+    shuttingDown ??= (async () => {
+      logger.info(`stopping cluster ${cluster.name} (${why})`);
+      await sup.down();
+      dirty = true;
+      await flushState();
+      // Bounded: NATS and etcd are stopped by now, or gone with the head's address; a client waiting for
+      // them must not keep the supervisor alive after `down`.
+      await bounded(natsControl?.close(), 3000);
+      await bounded(etcdState?.close({ release: true }), 3000);
+      metricsServer?.close();
+      logger.info('all stopped');
+      resolveDone();
+    })();
+    return shuttingDown;
+  };
+
+  const server = await serveControl(paths.socket, async (req: ControlRequest) => handle(sup, req, shutdown));
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      if (process.stdout.isTTY) process.stderr.write(`\n${sig}: stopping gracefully (press Ctrl-C again to kill everything now)\n`);
+      void shutdown(sig);
+    } else {
+      logger.warn('second signal: killing everything now');
+      for (const r of sup.status().replicas) if (r.pid) try { process.kill(-r.pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+
+  // Stay alive until `down`, even when every worker has stopped or failed (they can be restarted).
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  let code = 0;
+  try {
+    logger.info(`bringing up cluster ${cluster.name} from ${cluster.file} (state dir ${cluster.stateDir})`);
+    await sup.up();
+    if (!shuttingDown) logger.info(`cluster ${cluster.name} is up: ${cluster.replicas.length} replicas (dynsup status ${cluster.file})`);
+  } catch (err) {
+    logger.error(errorMessage(err));
+    code = err instanceof DynsupError ? err.exitCode : EXIT_RUNTIME;
+    await shutdown('bring-up failed');
+  }
+  await done;
+  clearInterval(keepAlive);
+  server.close();
+  await releaseLock(paths);
+  logger.flush();
+  return code;
+}
+
+async function handle(sup: Supervisor, req: ControlRequest, shutdown: (why: string) => Promise<void>): Promise<unknown> {
+  switch (req.op) {
+    case 'status':
+      return sup.status();
+    case 'restart': {
+      const rs = sup.select(req.target);
+      await Promise.all(rs.map((r) => r.restart()));
+      return rs.map((r) => r.name);
+    }
+    case 'stop': {
+      const rs = sup.select(req.target);
+      await Promise.all(rs.map((r) => r.stop('stopped by request')));
+      return rs.map((r) => r.name);
+    }
+    case 'start': {
+      const rs = sup.select(req.target);
+      for (const r of rs) r.start();
+      return rs.map((r) => r.name);
+    }
+    case 'scale':
+      return sup.scale(req.group, req.count);
+    case 'tail':
+      return tailLogs(sup, req.target, req.lines);
+    case 'down':
+      // Answer first: the control connection (NATS) goes away with the cluster.
+      setImmediate(() => void shutdown('dynsup down'));
+      return 'stopping';
+  }
+}
+
+async function bounded(p: Promise<unknown> | undefined, ms: number): Promise<void> {
+  if (!p) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
