@@ -79,17 +79,13 @@ workers:
     });
     expect(second.lastExit).toMatchObject({ signal: 'SIGKILL' });
     // The crashed worker's child went with it (group killed when the leader died).
-    await waitFor('old child gone', () => !pidAlive(child1), 5000);
+    await waitFor('old child gone', () => !pidAlive(child1));
     const child2 = await waitFor('new child', () => {
       const p = Number(readFileSync(join(c.dir, 'child.pid'), 'utf8').split(' ')[1]);
       return p !== child1 ? p : 0;
     });
-    const t0 = Date.now();
     const down = await dynsup(['down', c.file]);
     expect(down.code).toBe(0);
-    const took = Date.now() - t0;
-    expect(took).toBeGreaterThanOrEqual(1000); // waited the grace period...
-    expect(took).toBeLessThan(8000); // ...then SIGKILL
     expect(pidAlive(second.pid!)).toBe(false);
     expect(pidAlive(child2)).toBe(false);
     const events = readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8');
