@@ -57,7 +57,7 @@ function render(shown: Shown): string {
   const row = (r: ReplicaStatus) => [
     r.name,
     r.node,
-    r.state + (r.message && (r.state === 'backoff' || r.state === 'failed') ? ` (${r.message})` : ''),
+    r.state + (r.message && (r.state === 'backoff' || r.state === 'failed') ? ` (${r.message})` : r.adopted ? ' (adopted)' : ''),
     r.pid ? String(r.pid) : '-',
     String(r.restarts),
     r.lastExit ? (r.lastExit.signal ?? `code ${r.lastExit.code}`) : '-',

@@ -3,7 +3,7 @@
 // `dynsup sbatch` on a real Slurm cluster (scripts/slurm-testbed.sh: slurmctld + 3 slurmd on this host):
 // the job brings up NATS, etcd and workers placed by slurm.roles on three nodes, each worker its own job
 // step without SLURM_*/PMI_* variables; a killed worker comes back as a new step; scancel leaves nothing.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -227,4 +227,56 @@ workers:
     await waitFor('the job to end', async () => (await squeue('-j', jobId)).trim() === '', 30_000, 200);
     jobId = '';
   });
+
+  it('in an allocation, a supervisor killed and started again adopts every worker: same pids, restarts kept', async () => {
+    // An allocation held by a plain job (as salloc holds one); the supervisor is run in it by hand.
+    const held = (await execFileP('sbatch', ['--parsable', '-N', '3', '-o', '/dev/null', '--wrap', 'sleep 600'], { env: slurm.env })).stdout.trim().split(';')[0]!;
+    try {
+      const nodelist = await waitFor('allocation running', async () => {
+        const [state, nodes] = (await squeue('-j', held, '-o', '%T|%N')).trim().split('|');
+        return state === 'RUNNING' ? nodes : null;
+      }, 60_000, 200);
+      const adir = mkdtempSync(join(tmpdir(), 'dynsup-slurm-adopt-'));
+      const afile = join(adir, 'cluster.yaml');
+      const [m] = await Promise.all([freePort()]);
+      writeFileSync(afile, `name: adopt${process.pid}
+head: { address: 127.0.0.1 }
+stateDir: ./state
+lease: 20s
+metrics: { port: ${m} }
+controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
+workers:
+  w: { command: "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.02; done", replicas: 3 }
+`);
+      const env = { ...slurm.env, SLURM_JOB_ID: held, SLURM_JOB_NODELIST: nodelist };
+      const start = () => spawn(process.execPath, [join(ROOT, 'bin/dynsup.js'), 'up', '--slurm', afile], { env, stdio: 'ignore' });
+      const st = async () => JSON.parse((await dynsup(['status', afile, '--json'], { env })).stdout) as { replicas: { name: string; node: string; pid: number; restarts: number; state: string; adopted?: boolean }[] };
+      const first = start();
+      const before = await waitFor('workers running', async () => {
+        const r = (await st()).replicas;
+        return r.length === 3 && r.every((x) => x.state === 'running') ? r : null;
+      }, 90_000, 200);
+      expect(before.map((r) => r.node).sort()).toEqual(['node1', 'node2', 'node3']);
+      first.kill('SIGKILL');
+      await new Promise((r) => first.once('exit', r));
+      const second = start();
+      try {
+        const after = await waitFor('adopted', async () => {
+          const r = (await st()).replicas;
+          return r.length === 3 && r.every((x) => x.adopted && x.state === 'running') ? r : null;
+        }, 90_000, 200);
+        expect(after.map((r) => [r.name, r.pid, r.restarts])).toEqual(before.map((r) => [r.name, r.pid, r.restarts]));
+        const log = join(adir, 'state/logs/w-1.log');
+        await waitFor('log goes on', () => readFileSync(log, 'utf8').split('\n').length > 200, 60_000, 100);
+        readFileSync(log, 'utf8').split('\n').filter(Boolean).forEach((l, i) => expect(l).toBe(`line ${i + 1}`));
+      } finally {
+        second.kill('SIGTERM');
+        await new Promise((r) => second.once('exit', r));
+      }
+      expect(await pidsWithEnv(`DYNSUP_CLUSTER=adopt${process.pid}`)).toEqual([]);
+      rmSync(adir, { recursive: true, force: true });
+    } finally {
+      await execFileP('scancel', [held], { env: slurm.env }).catch(() => undefined);
+    }
+  }, 240_000);
 });
