@@ -139,7 +139,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
       void shutdown(sig);
     } else {
       logger.warn('second signal: killing everything now');
-      for (const r of sup.status().replicas) if (r.pid) try { process.kill(-r.pid, 'SIGKILL'); } catch { /* gone */ }
+      sup.killAll();
     }
   };
   process.on('SIGINT', onSignal);

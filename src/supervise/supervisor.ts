@@ -187,6 +187,11 @@ export class Supervisor {
     return { unreachable };
   }
 
+  /** SIGKILL every worker now, on every node (a second Ctrl-C): the agents kill each replica's group or cgroup. */
+  killAll(): void {
+    for (const r of this.replicas) this.#agents.get(r.status().node)?.signal(r.name, 'SIGKILL');
+  }
+
   /** Leave without stopping anything (tests: a supervisor that dies); the agents keep workers for the lease. */
   async abandon(): Promise<void> {
     this.#stopping = true;

@@ -1,12 +1,13 @@
 /**
- * Containment by the node agent, on the head (local transport), both ways it can contain a worker:
- * its own cgroup v2 (root here) and, with DYNSUP_AGENT_CGROUP=off, the process group plus a sweep of
- * processes carrying the replica's token. The worker leaves a `setsid` grandchild that holds its stdout
+ * Containment by the node agent, both ways it can contain a worker: its own cgroup v2 (the head's agent,
+ * root here) and the process group plus a sweep of processes carrying the replica's token (forced on the
+ * head with DYNSUP_AGENT_CGROUP=off, and what an unprivileged agent on an ssh node uses). The worker leaves a `setsid` grandchild that holds its stdout
  * (a daemon, MPI's orted): the leader's death must be seen at once, and nothing may survive a stop.
  */
 import { readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { dynsup, pidsWithCmdline, status, tempCluster, waitFor, type TempCluster } from '../helpers/cluster.js';
+import { startSshd, type Sshd } from '../helpers/sshd.js';
 
 const started: TempCluster[] = [];
 afterEach(async () => {
@@ -22,13 +23,25 @@ function running(pid: number): boolean {
   }
 }
 
-for (const mode of ['cgroup', 'pgroup'] as const) {
-  describe(`containment: ${mode}`, () => {
+let sshd: Sshd | undefined;
+afterAll(async () => {
+  await sshd?.stop();
+});
+
+/** The node: the head itself (the agent runs as root: its own cgroups), or an ssh node as the test user. */
+async function nodeYaml(mode: 'cgroup' | 'pgroup' | 'ssh'): Promise<string> {
+  if (mode !== 'ssh') return '  head: { transport: local }';
+  sshd ??= await startSshd({ address: '127.0.0.1' });
+  return `  n1: { transport: ssh, host: 127.0.0.1, port: ${sshd.port}, user: ${sshd.user}, identityFile: ${sshd.identityFile}, knownHosts: ${sshd.knownHostsFile}, runDir: ${sshd.workDir}/run }`;
+}
+
+for (const mode of ['cgroup', 'pgroup', 'ssh'] as const) {
+  describe(`containment: ${mode}${mode === 'ssh' ? ' (an unprivileged agent: process group and token sweep)' : ''}`, () => {
     it('a leader that leaves a setsid grandchild holding its stdout is seen dead at once and restarted; stop leaves nothing', async () => {
       const tag = `${mode}${Math.random().toString(36).slice(2, 8)}`;
       const c = await tempCluster(
         `nodes:
-  head: { transport: local }
+${await nodeYaml(mode)}
 workers:
   w:
     command: "setsid sh -c 'sleep 1000; :' ${tag} & echo leader $$; exec sleep 100000"
@@ -43,7 +56,7 @@ workers:
       const r = await dynsup(['up', '-d', c.file, '--timeout', '60'], { env });
       expect(r.code, r.stderr).toBe(0);
       const first = (await status(c.file)).replicas[0]!;
-      expect(first.containment).toBe(mode);
+      expect(first.containment).toBe(mode === 'ssh' ? 'pgroup' : mode);
       const grand1 = await waitFor('grandchild', async () => (await pidsWithCmdline(tag))[0]);
 
       process.kill(first.pid!, 'SIGKILL');
