@@ -39,7 +39,7 @@ export interface SshNodeOptions {
   readonly identityFile?: string | undefined;
   readonly knownHosts: string;
   readonly hostKeyCheck: 'strict' | 'accept-new' | 'off';
-  /** The node's sshd MaxSessions: channels per connection. */
+  /** The node's sshd MaxSessions: accepted for older files, unused (one channel per node, whatever the workers). */
   readonly maxSessions: number;
 }
 

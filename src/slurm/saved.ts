@@ -27,7 +27,7 @@ export async function saveAllocation(cluster: ClusterConfig): Promise<void> {
   };
   await writeFile(`${file}.tmp`, `${JSON.stringify(saved)}\n`, { mode: 0o600 });
   await rename(`${file}.tmp`, file);
-  // Runtime files of earlier jobs (their processes ended with them; their spec files hold secrets) go.
+  // Runtime files of earlier jobs (their processes ended with them; their spools hold the workers' output) go.
   const run = join(cluster.stateDir, 'run');
   for (const d of await readdir(run).catch(() => [] as string[])) {
     if (d.startsWith('slurm-') && d !== `slurm-${a.jobId ?? 'none'}`) await rm(join(run, d), { recursive: true, force: true });

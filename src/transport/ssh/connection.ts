@@ -2,7 +2,8 @@
  * One SSH connection to one node, on top of ssh2's Client: connect with host key verification
  * against known_hosts, run commands on channels, learn when the connection dies.
  *
- * This layer knows nothing of workers or leases; the SSH transport builds those on exec/spawn/writeFile.
+ * This layer knows nothing of workers or leases: the SSH pipe (ssh-pipe.ts) runs the node agent's bridge
+ * on one spawned channel, and the agent owns the workers and the lease.
  * It never logs: warnings go to `onWarning` and `SshConnection.warnings`, failures are `SshError`s.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
@@ -662,8 +663,9 @@ interface ChannelInternals {
  * is dropped). OpenSSH's sshd delivers it with killpg() to the command's process group -- except for
  * root logins, where it refuses ("session signalling requires privilege separation": sshd runs root
  * sessions without its privsep child). So this is best effort; to reliably stop something, kill it by
- * pid/pgid with another exec (as node-agent.sh's pid lines allow). Returns false if the request could
- * not be sent (channel closing or closed); true says nothing about delivery (no reply is asked for).
+ * pid/pgid on the node (dynsup's workers are stopped by their node agent, never through this). Returns
+ * false if the request could not be sent (channel closing or closed); true says nothing about delivery
+ * (no reply is asked for).
  *
  * Why not channel.signal(): ssh2 silently drops the request once we sent EOF on the channel, which
  * exec() always does at once, although SSH allows channel requests after EOF (RFC 4254 5.3). So the
