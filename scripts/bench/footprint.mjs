@@ -1,37 +1,50 @@
 // Bench 4, footprint at scale: 256 replicas across 32 lab nodes (8 per node) under one dynsup supervisor:
-// its RSS and idle CPU over a minute, the node agents' idle CPU, and `dynsup status` latency (p50 of 20
-// calls). Baselines, measured in the same minute: supervisord and pm2 each supervising 256 local copies of
-// the same worker (they cannot reach other machines), and `supervisorctl status` / `pm2 ls` latency.
+// its RSS and idle CPU over a minute, the node side's idle CPU (the resident agent daemon of each node, the
+// bridge its ssh exec channel runs, and the sshd session process carrying that channel), and `dynsup status`
+// latency (p50 of 20 calls). Baselines, measured in the same minute: supervisord and pm2 each supervising 256
+// local copies of the same worker (they cannot reach other machines), and `supervisorctl status` / `pm2 ls`
+// latency. Issue-12 targets: node side ≤ 0.2 ms of CPU per second per replica; supervisor RSS ≤ 100 MB;
+// `dynsup status` p50 ≤ 1.5× `supervisorctl status`.
 //
 //   node scripts/bench/footprint.mjs [--idle 60] [--calls 20] [--user root]   (BENCH_LAB_ATTACH=1)
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import {
-  CLK_TCK, WORK, dynsup, short, supervisorErrors, ensureApt, ensureCleanUser, ensurePm2, killByEnv, labFor, log, machineCpu, mb, mdTable, ms, must, onCleanup, onDynsupCleanup, supervisorPid, percentile, pidAlive, procSample, ratio, run, runCleanups, sec, sleep, waitFor,
+  WORK, agentProcs, dynsup, procStat, short, supervisorErrors, ensureApt, ensureCleanUser, ensurePm2, killByEnv, labFor, log, machineCpu, mb, mdTable, ms, must, onCleanup, onDynsupCleanup, supervisorPid, percentile, pidAlive, procSample, ratio, run, runCleanups, sec, sleep, waitFor, printSection,
 } from './lib.mjs';
 
 const REPLICAS = 256;
 const NODES = 32;
 const WORKER_CMD = 'echo ready; exec sleep 1000000';
 
-/** CPU seconds (own + reaped children) of every live process whose cmdline contains all needles. */
-async function cpuOfCmdline(needles) {
-  let s = 0;
-  let count = 0;
-  for (const e of await readdir('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    const cmd = await readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '');
-    if (!needles.every((n) => cmd.includes(n))) continue;
-    const stat = await readFile(`/proc/${e}/stat`, 'utf8').catch(() => '');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (f.length < 15 || f[0] === 'Z') continue;
-    s += (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK;
-    count++;
+/**
+ * The node side of a cluster at one instant: agent daemons, bridges and the sshd processes that are the
+ * bridges' parents (the session process of each exec channel), each pid with its CPU seconds.
+ */
+async function nodeSide(runDirNeedle) {
+  const { daemons, bridges } = await agentProcs(runDirNeedle);
+  const sshd = [];
+  for (const b of bridges) {
+    const p = procStat(b.ppid);
+    if (!p) continue;
+    let cmd = '';
+    try {
+      cmd = readFileSync(`/proc/${b.ppid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+    } catch { /* gone */ }
+    if (cmd.startsWith('sshd')) sshd.push({ pid: b.ppid, cmd, ...p });
   }
-  return { cpuS: s, count };
+  const map = (l) => new Map(l.map((x) => [x.pid, x.cpuS]));
+  const agentRssKB = daemons.map((x) => procSample(x.pid)?.rssKB).filter((v) => Number.isFinite(v));
+  return { daemons: map(daemons), bridges: map(bridges), sshd: map(sshd), agentRssKB };
+}
+
+/** CPU seconds a set of processes used between two nodeSide() samples (per pid; new pids count from 0). */
+function cpuBetween(before, after) {
+  let s = 0;
+  for (const [pid, cpu] of after) s += cpu - (before.get(pid) ?? 0);
+  return s;
 }
 
 async function timeCalls(label, calls, fn) {
@@ -209,11 +222,11 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
     log(`footprint: idle window of ${idleS} s`);
     const daemons = [['dynsup supervisor', d.pid], ['supervisord', s?.pid], ['pm2 God daemon', p?.pid]].filter(([, pid]) => pid);
     const before = Object.fromEntries(daemons.map(([n, pid]) => [n, procSample(pid)]));
-    const agents0 = await cpuOfCmdline(['node-agent.sh', d.runDirNeedle]);
+    const node0 = await nodeSide(d.runDirNeedle);
     const m0 = machineCpu();
     await sleep(idleS * 1000);
     const m1 = machineCpu();
-    const agents1 = await cpuOfCmdline(['node-agent.sh', d.runDirNeedle]);
+    const node1 = await nodeSide(d.runDirNeedle);
     const after = Object.fromEntries(daemons.map(([n, pid]) => [n, procSample(pid)]));
     log('footprint: status latency');
     const lat = {};
@@ -242,7 +255,35 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
       ms(percentile(r.lat ?? [], 99)),
       ratio(percentile(r.lat ?? [], 50), percentile(base?.lat ?? [], 50)),
     ]);
-    const agentCpu = agents1.cpuS - agents0.cpuS;
+    const agentCpu = cpuBetween(node0.daemons, node1.daemons);
+    const bridgeCpu = cpuBetween(node0.bridges, node1.bridges);
+    const sshdCpu = cpuBetween(node0.sshd, node1.sshd);
+    const nodeCpu = agentCpu + bridgeCpu + sshdCpu;
+    const perReplica = (cpuS) => (cpuS / idleS / REPLICAS) * 1000; // ms of CPU per second per replica
+    const dyn = rows.find((r) => r.n === 'dynsup supervisor');
+    const supd = rows.find((r) => r.n === 'supervisord');
+    const statusRatio = percentile(dyn?.lat ?? [], 50) / percentile(supd?.lat ?? [], 50);
+    const targets = [
+      {
+        bench: 'footprint',
+        what: `256 replicas idle: node-side CPU ≤ 0.2 ms/s per replica (agent daemons + bridges + their sshd)`,
+        value: `${perReplica(nodeCpu).toFixed(3)} ms/s (agents ${perReplica(agentCpu).toFixed(3)}, bridges ${perReplica(bridgeCpu).toFixed(3)}, sshd ${perReplica(sshdCpu).toFixed(3)})`,
+        met: node1.daemons.size > 0 && perReplica(nodeCpu) <= 0.2,
+      },
+      {
+        bench: 'footprint',
+        what: 'supervisor RSS ≤ 100 MB (256 replicas, idle)',
+        value: `${mb(dyn?.rssKB)} MB (peak ${mb(dyn?.hwmKB)} MB)`,
+        met: Number.isFinite(dyn?.rssKB) && dyn.rssKB / 1024 <= 100,
+      },
+      {
+        bench: 'footprint',
+        what: '`dynsup status` p50 ≤ 1.5× `supervisorctl status`',
+        value: Number.isFinite(statusRatio) ? `${statusRatio.toFixed(2)}× (${ms(percentile(dyn.lat, 50))} ms vs ${ms(percentile(supd.lat, 50))} ms)` : 'n/a',
+        met: Number.isFinite(statusRatio) && statusRatio <= 1.5,
+      },
+    ];
+    if (node1.daemons.size !== NODES) errors.push(`expected ${NODES} agent daemons for the cluster, found ${node1.daemons.size}`);
     const td = performance.now();
     await d.stop();
     const downMs = performance.now() - td;
@@ -253,11 +294,14 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
       '',
       `Baseline = ${base?.n ?? 'n/a'}. All three supervise ${REPLICAS} copies of \`sh -c '${WORKER_CMD}'\` at the same time and are ` +
         `measured over the same ${idleS} s idle window (CPU = utime+stime of the daemon process from /proc). ` +
-        `dynsup's ${REPLICAS} replicas run under node agents on ${NODES} lab nodes over ssh (login: ${user}), ` +
+        `dynsup's ${REPLICAS} replicas run under the resident node agents of ${NODES} lab nodes over ssh (login: ${user}), ` +
         `8 per node; ${staged ? `brought up in stages (\`up -d\` with 64, then \`dynsup scale\` +64 three times, because all 256 at once failed: see errors) in ${sec(upMs)} s` : `\`up -d\` took ${sec(upMs)} s`}, \`dynsup down\` ${sec(downMs)} s. ` +
-        `Node side: the ${agents1.count} node-agent processes (agents and their lease watchdogs) used ` +
-        `${agentCpu.toFixed(2)} CPU-s in the window (${((agentCpu / idleS) * 100).toFixed(1)}% of a core for ${REPLICAS} replicas, ` +
-        `${((agentCpu / idleS / REPLICAS) * 1000).toFixed(2)} ms/s per replica); the whole machine used ` +
+        `Node side over the window: ${node1.daemons.size} agent daemons (\`node agent-HASH.mjs serve\`) ${agentCpu.toFixed(2)} CPU-s, ` +
+        `${node1.bridges.size} bridges (\`... connect\`, one per node's ssh exec channel) ${bridgeCpu.toFixed(2)} CPU-s, ` +
+        `${node1.sshd.size} sshd session processes carrying those channels ${sshdCpu.toFixed(2)} CPU-s: ` +
+        `${nodeCpu.toFixed(2)} CPU-s in all, ${((nodeCpu / idleS) * 100).toFixed(2)}% of a core for ${REPLICAS} replicas, ` +
+        `${perReplica(nodeCpu).toFixed(3)} ms/s per replica (the workers themselves, \`sleep\`, use none); an agent daemon's RSS: ` +
+        `${mb(percentile(node1.agentRssKB, 50))} MB (median of ${node1.agentRssKB.length}); the whole machine used ` +
         `${(m1.busyS - m0.busyS).toFixed(1)} CPU-s of ${((m1.totalS - m0.totalS)).toFixed(0)}. ` +
         `\`dynsup status --json\`: p50 ${ms(percentile(jsonLat, 50))} ms. For scale: \`node -e 0\` takes ${ms(percentile(nodeStart, 50))} ms here ` +
         `(p50 of 10), every dynsup and pm2 CLI call pays it.` +
@@ -267,8 +311,8 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
     return {
       title: 'Footprint at scale',
       md,
-      targets: [],
-      raw: { rows, agentCpuS: agentCpu, agents: agents1.count, machineBusyS: m1.busyS - m0.busyS, jsonLat, nodeStart, downMs, upMs, staged },
+      targets,
+      raw: { rows, agentCpuS: agentCpu, bridgeCpuS: bridgeCpu, sshdCpuS: sshdCpu, nodeCpuS: nodeCpu, agents: node1.daemons.size, bridges: node1.bridges.size, sshd: node1.sshd.size, agentRssKB: node1.agentRssKB, machineBusyS: m1.busyS - m0.busyS, jsonLat, nodeStart, downMs, upMs, staged },
     };
   } finally {
     await p?.stop();
@@ -287,7 +331,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     let user = arg('--user', 'root');
     if (user === 'clean') user = (await ensureCleanUser()).name;
     const r = await benchFootprint({ lab, idleS: Number(arg('--idle', '60')), calls: Number(arg('--calls', '20')), user });
-    console.log(`## ${r.title}\n\n${r.md}\n`);
+    printSection(r);
   } finally {
     await runCleanups();
   }

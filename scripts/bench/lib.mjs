@@ -2,6 +2,7 @@
 // the netns lab (same lock and script as test/helpers/lab.ts), percentiles and markdown tables.
 // Plain Node ESM, no dependencies.
 import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -206,6 +207,18 @@ export function mdTable(header, rows) {
   return [`| ${header.map(esc).join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`)].join('\n');
 }
 
+/** One line per target, for the console and the report: "MET    bench: what: value" / "MISSED ...". */
+export function targetLines(targets = []) {
+  return targets.map((t) => `${t.met ? 'MET   ' : 'MISSED'} ${t.bench}: ${t.what}: ${t.value}`);
+}
+
+/** What a bench run on its own prints: its section, then a met/missed line per target. */
+export function printSection(r) {
+  console.log(`## ${r.title}\n\n${r.md}\n`);
+  for (const l of targetLines(r.targets)) console.log(l);
+  console.log('');
+}
+
 export function freePort(host = '127.0.0.1') {
   return new Promise((res, rej) => {
     const s = createServer();
@@ -351,7 +364,9 @@ export async function labFor(n) {
  * A user whose login shell is /bin/sh with no rc files, for "clean login" runs: on this machine root's
  * ~/.bashrc runs `pyenv init -` (~0.1 CPU-s, and `pyenv rehash` takes a lock in /root/.pyenv/shims that every
  * lab node shares, so concurrent logins on all nodes queue on it). Created for the run if missing (and
- * removed at cleanup); its password field is '*' (no password, not locked: sshd without PAM refuses '!').
+ * removed at cleanup, home included); its password field is '*' (no password, not locked: sshd without PAM
+ * refuses '!'). It has a home of its own (empty: no rc or profile files): dynsup keeps its node agent in the
+ * login's ~/.cache/dynsup, as on any real node.
  */
 export async function ensureCleanUser(name = 'dsbench') {
   // The lab's sshd reads LAB_DIR/authorized_keys.USER, with the user's rights: a readable copy of the lab's key.
@@ -359,13 +374,27 @@ export async function ensureCleanUser(name = 'dsbench') {
     copyFileSync(join(LAB_DIR, 'id_ed25519.pub'), join(LAB_DIR, `authorized_keys.${name}`));
     chmodSync(join(LAB_DIR, `authorized_keys.${name}`), 0o644);
   }
+  const home = `/home/${name}`;
   const have = await run('id', ['-u', name]);
-  if (have.code === 0) return { name, created: false };
-  log(`creating user ${name} (shell /bin/sh, no home, no password) for the clean-login runs; removed at the end`);
-  await must('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/bin/sh', '-p', '*', name]);
+  if (have.code === 0) {
+    // An existing user (a run that was interrupted before its cleanup): make sure its home is usable.
+    const dir = (await run('getent', ['passwd', name])).stdout.split(':')[5] ?? '';
+    const ok = await run('su', ['-s', '/bin/sh', name, '-c', 'mkdir -p "$HOME/.cache" && test -w "$HOME/.cache"']);
+    if (ok.code !== 0) {
+      log(`user ${name} exists but its home ${dir || '(none)'} is not writable: giving it ${home}`);
+      await must('usermod', ['--home', home, name]);
+      mkdirSync(home, { recursive: true, mode: 0o700 });
+      await must('chown', [`${name}:`, home]);
+    }
+    return { name, created: false };
+  }
+  log(`creating user ${name} (shell /bin/sh, empty home ${home}, no password) for the clean-login runs; removed at the end`);
+  const skel = join(WORK, 'empty-skel');
+  mkdirSync(skel, { recursive: true });
+  await must('useradd', ['--system', '--create-home', '--skel', skel, '--home-dir', home, '--shell', '/bin/sh', '-p', '*', name]);
   onCleanup(`user ${name}`, async () => {
     await killByUser(name);
-    await run('userdel', [name]);
+    await run('userdel', ['--remove', name]);
   });
   return { name, created: true };
 }
@@ -387,16 +416,71 @@ export async function killByUser(name) {
   }
 }
 
+/** Hash under which dynsup caches its agent bundle on a node (~/.cache/dynsup/agent-HASH.mjs): see agent-bundle.ts. */
+export function agentBundleHash() {
+  const bundle = join(ROOT, 'dist/agent/dynsup-agent.mjs');
+  return createHash('sha256').update(readFileSync(bundle)).digest('hex').slice(0, 16);
+}
+
+/**
+ * Live (non-zombie) processes whose cmdline (NUL-joined argv) contains every needle: [{pid, ppid, cmd, cpuS}],
+ * cpuS = utime+stime of the process itself (children's not included).
+ */
+export async function procsByCmdline(needles) {
+  const out = [];
+  for (const e of await readdir('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    const cmd = await readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '');
+    if (!cmd || !needles.every((n) => cmd.includes(n))) continue;
+    const p = procStat(Number(e));
+    if (p) out.push({ pid: Number(e), cmd: cmd.split('\0').filter(Boolean).join(' '), ...p });
+  }
+  return out;
+}
+
+/** {ppid, cpuS} of a live, non-zombie process from /proc/PID/stat; null otherwise. */
+export function procStat(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (f[0] === 'Z' || f[0] === 'X') return null;
+    return { ppid: Number(f[1]), cpuS: (Number(f[11]) + Number(f[12])) / CLK_TCK };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The node agent daemons (`node .../agent-HASH.mjs serve RUNDIR`, or dist/agent/dynsup-agent.mjs for the
+ * local transport) whose run dir contains `runDirNeedle`, and the bridges (`... connect RUNDIR`) that the
+ * head's ssh exec channels run: the node-side processes of a cluster.
+ */
+export async function agentProcs(runDirNeedle) {
+  const isAgent = (p) => /(?:dynsup-agent|\/dynsup\/agent-[0-9a-f]+)\.mjs /.test(p.cmd);
+  const daemons = (await procsByCmdline(['serve', runDirNeedle])).filter(isAgent);
+  const bridges = (await procsByCmdline(['connect', runDirNeedle])).filter(isAgent);
+  return { daemons, bridges };
+}
+
 /** Pid of the supervisor of the cluster whose state dir this is (from its lock file). */
 export function supervisorPid(stateDir) {
   return JSON.parse(readFileSync(join(stateDir, 'run/supervisor.json'), 'utf8')).pid;
 }
 
-/** Register the teardown of a bench cluster: `dynsup down`, then anything still carrying its name. */
+/**
+ * Register the teardown of a bench cluster: `dynsup down`, then anything still carrying its name (workers by
+ * their environment; node agents and bridges by the run dir in their argv, which names the cluster).
+ */
 export function onDynsupCleanup(what, name, file, timeoutMs) {
   return onCleanup(what, async () => {
-    await dynsup(['down', file], { timeoutMs });
+    const down = await dynsup(['down', file], { timeoutMs });
+    if (down.code !== 0) log(`${what}: dynsup down exited ${down.code}: ${short(down.stderr)}`);
     await killByEnv(`DYNSUP_CLUSTER=${name}`);
+    // The run dir is /tmp/dynsup-USER/NAME/NODE (ssh) or <stateDir>/run/nodes/NODE (local; stateDir state-NAME).
+    const { daemons, bridges } = await agentProcs(`${name}/`);
+    const left = [...daemons, ...bridges];
+    if (left.length) log(`${what}: ${left.length} node agent process(es) still running after down: killing ${left.map((p) => p.pid).join(' ')}`);
+    for (const p of left) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
   });
 }
 

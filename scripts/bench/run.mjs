@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // `npm run bench`: the four benchmarks against the tools users would pick instead, on one 32-node netns lab
 // (scripts/lab.sh, same lock as the tests), each figure as a ratio against a baseline measured in the same
-// run. Writes bench/REPORT.md (everything), bench/results.json (raw numbers) and docs/performance-section.md
-// (the table the README quotes). Needs root (namespaces, sshd, apt-get).
+// run. Prints each bench's table and a MET/MISSED line per issue-12 target as it finishes, and a summary of
+// all targets at the end. Writes bench/REPORT.md (everything), bench/results.json (raw numbers) and
+// $BENCH_WORK/performance-section.md (default /tmp/dynsup-bench: a draft of README's "## Performance"
+// section, outside the repository; README is edited by hand). Needs root (namespaces, sshd, apt-get).
 //
 //   node scripts/bench/run.mjs [--only bringup,restart,logs,footprint] [--quick]
 //        [--reps 3] [--kills 200] [--supervisord-kills 60] [--lines 10000000] [--idle 60] [--calls 20]
@@ -15,7 +17,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { benchBringup } from './bringup.mjs';
 import { benchFootprint } from './footprint.mjs';
-import { ROOT, ensureApt, ensureCleanUser, ensurePm2, log, machineInfo, run, runCleanups, short, startLab } from './lib.mjs';
+import { ROOT, WORK, ensureApt, ensureCleanUser, ensurePm2, log, machineInfo, printSection, run, runCleanups, short, startLab, targetLines } from './lib.mjs';
 import { benchLogs } from './logs.mjs';
 import { benchRestart } from './restart.mjs';
 
@@ -75,6 +77,7 @@ try {
       const r = await fn();
       r.seconds = (performance.now() - b0) / 1000;
       sections.push({ key, ...r });
+      printSection(r);
       log(`=== ${key} done in ${r.seconds.toFixed(0)} s ===`);
     } catch (err) {
       log(`=== ${key} FAILED: ${err.stack ?? err}`);
@@ -91,6 +94,7 @@ try {
     pm2: pm2Version,
   };
   writeReports({ versions, wallS: (performance.now() - t0) / 1000 });
+  console.log(['## Targets (issue 12)', '', ...targetLines(sections.flatMap((s) => s.targets ?? [])), ...failures.map((f) => `FAILED ${f.key}: ${f.error}`), ''].join('\n'));
 } finally {
   await runCleanups();
   log(`total ${((performance.now() - t0) / 1000).toFixed(0)} s`);
@@ -113,7 +117,9 @@ function writeReports({ versions, wallS }) {
     `The "nodes" are ${lab?.n ?? 32} network namespaces of this one machine (scripts/lab.sh), each with its own sshd: they share ` +
       `its ${m.nproc} cores, its filesystem and root's home, so node-side work that would run in parallel on real machines ` +
       `queues here, and root's ~/.bashrc (pyenv init, ~0.1 CPU-s, with a \`pyenv rehash\` lock in /root/.pyenv that every ` +
-      `"node" shares) runs for every ssh exec channel. Figures marked "clean" log in as a user whose shell is /bin/sh with no rc file.` +
+      `"node" shares) runs for every ssh login (dynsup: one per node connection; the baselines: one per command). ` +
+      `Figures marked "clean" log in as a user whose shell is /bin/sh with no rc file. dynsup runs one resident node agent per ` +
+      `node (\`node ~/.cache/dynsup/agent-HASH.mjs serve RUNDIR\`), reached over one ssh exec channel per node.` +
       (installedNotes.length ? ` Set up for this run: ${installedNotes.join('; ')}.` : ''),
   ].join('\n');
   const rerun = 'sudo npm run bench   # = npm run build && node scripts/bench/run.mjs; ~20 min, needs root; --quick for a smoke run';
@@ -122,7 +128,7 @@ function writeReports({ versions, wallS }) {
     '',
     header,
     '',
-    '## Targets',
+    '## Targets (issue 12)',
     '',
     targetTable,
     '',
@@ -151,6 +157,7 @@ function writeReports({ versions, wallS }) {
     `Rerun: \`${rerun}\``,
     '',
   ].join('\n');
-  writeFileSync(join(ROOT, 'docs/performance-section.md'), perf);
-  log(`wrote bench/REPORT.md, bench/results.json, docs/performance-section.md`);
+  mkdirSync(WORK, { recursive: true });
+  writeFileSync(join(WORK, 'performance-section.md'), perf);
+  log(`wrote bench/REPORT.md, bench/results.json, ${join(WORK, 'performance-section.md')}`);
 }
