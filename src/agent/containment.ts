@@ -27,7 +27,7 @@ export interface Box {
 }
 
 /** The cgroup v2 directory the agent creates replica cgroups under, or null when it cannot. */
-export function cgroupBase(scope: string): string | null {
+export function cgroupBase(scope: string, inside = false): string | null {
   try {
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
     const line = mounts.find((l) => l.split(' - ')[1]?.startsWith('cgroup2 '));
@@ -35,8 +35,9 @@ export function cgroupBase(scope: string): string | null {
     const mountPoint = line.split(' ')[4]!;
     const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '/';
     // As root: a tree of our own at the hierarchy's top (not inside an ssh session's scope, which logind
-    // may kill with the session). Otherwise: beside our own cgroup, which works where it was delegated.
-    const candidates = process.getuid?.() === 0 ? [join(mountPoint, 'dynsup')] : [join(mountPoint, own, 'dynsup')];
+    // may kill with the session). Otherwise, or `inside` (a Slurm step: workers must stay in the job's
+    // cgroup, which Slurm kills and accounts): below our own cgroup, which works where it was delegated.
+    const candidates = process.getuid?.() === 0 && !inside ? [join(mountPoint, 'dynsup')] : [join(mountPoint, own, 'dynsup')];
     for (const c of candidates) {
       const dir = join(c, scope);
       try {

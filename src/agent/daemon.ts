@@ -56,8 +56,10 @@ export class AgentDaemon implements WorkerHost {
   constructor(o: DaemonOptions) {
     this.#o = o;
     mkdirSync(o.dir, { recursive: true, mode: 0o700 });
-    // DYNSUP_AGENT_CGROUP=off: the process-group fallback even where cgroups work (tests, diagnosis).
-    this.cgroupBase = process.env.DYNSUP_AGENT_CGROUP === 'off' ? null : cgroupBase(`a-${createHash('sha256').update(o.dir).digest('hex').slice(0, 16)}`);
+    // DYNSUP_AGENT_CGROUP=off: the process-group fallback even where cgroups work (tests, diagnosis);
+    // =inside: replica cgroups below the agent's own (an srun step's, so that Slurm still owns them).
+    const mode = process.env.DYNSUP_AGENT_CGROUP;
+    this.cgroupBase = mode === 'off' ? null : cgroupBase(`a-${createHash('sha256').update(o.dir).digest('hex').slice(0, 16)}`, mode === 'inside');
     this.#done = new Promise((r) => (this.#resolveDone = r));
   }
 
@@ -195,8 +197,25 @@ export class AgentDaemon implements WorkerHost {
         else w.start();
         return;
       }
-      case 'stop':
-        return this.#workers.get(m.name)?.stop(m.reason);
+      case 'stop': {
+        const w = this.#workers.get(m.name);
+        if (w) return w.stop(m.reason);
+        // Not here (a new agent after the old one died): nothing of it runs; say so, the head waits for it.
+        return this.report({
+          name: m.name,
+          specHash: '',
+          state: 'stopped',
+          pid: null,
+          restarts: this.#previous.get(m.name)?.restarts ?? 0,
+          lastExit: null,
+          startedAt: null,
+          since: Date.now(),
+          message: m.reason,
+          spooled: 0,
+          acked: 0,
+          containment: this.cgroupBase ? 'cgroup' : 'pgroup',
+        });
+      }
       case 'restart':
         return this.#workers.get(m.name)?.restart(m.counted);
       case 'signal':

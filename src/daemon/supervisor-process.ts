@@ -121,8 +121,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
       await flushState();
       // Bounded: NATS and etcd are stopped by now, or gone with the head's address; a client waiting for
       // them must not keep the supervisor alive after `down`.
-      await bounded(natsControl?.close(), 3000);
-      await bounded(etcdState?.close({ release: true }), 3000);
+      await Promise.all([bounded(natsControl?.close(), 2000), bounded(etcdState?.close({ release: true }), 2000)]);
       metricsServer?.close();
       logger.info('all stopped');
       resolveDone();

@@ -168,7 +168,8 @@ export class NodeAgent {
     this.#ping = setInterval(() => this.#send({ t: 'ping' }), Math.max(200, Math.floor(this.#o.leaseMs / 4)));
     this.#ping.unref();
     for (const w of h.workers) this.#wanted.get(w.name)?.sink.report(w);
-    for (const [name, w] of this.#wanted) if (!w.stopped) this.#sendRun(name, w);
+    // Stopping: nothing is (re)started, whatever the agent reports.
+    if (!this.#quiesced) for (const [name, w] of this.#wanted) if (!w.stopped) this.#sendRun(name, w);
     for (const f of [...this.#onUp]) f();
     return h;
   }
@@ -198,7 +199,7 @@ export class NodeAgent {
     const lostAt = this.#lostSince ?? Date.now();
     while (!this.#closing) {
       try {
-        await this.#open(true, AbortSignal.timeout(30_000));
+        await this.#open(!this.#quiesced, AbortSignal.timeout(30_000));
         this.#o.onNotice?.('info', `node ${this.node}: reconnected after ${((Date.now() - lostAt) / 1000).toFixed(1)}s`);
         return;
       } catch (err) {
@@ -309,7 +310,9 @@ export class NodeAgent {
     const w = this.#wanted.get(name);
     if (!w) return true;
     w.stopped = true;
-    if (this.#gone) return false;
+    // Stopping the cluster and the node is not there right now: leave its workers to their lease rather
+    // than hold up the rest (a Slurm job being cancelled has KillWait seconds for all of it).
+    if (this.#gone || (this.#quiesced && !this.#stream)) return false;
     const done = new Promise<void>((r) => {
       const f = (): void => {
         w.stopWaiters.delete(f);
@@ -327,7 +330,7 @@ export class NodeAgent {
         const wait = unreachable === null ? 1000 : Math.max(0, unreachable + unreachableMs - Date.now());
         if (unreachable !== null && wait === 0) return false;
         const stopped = await Promise.race([done.then(() => true), sleep(Math.min(wait, 1000), false)]);
-        if (this.#gone) return false;
+        if (this.#gone || (this.#quiesced && !this.#stream)) return false;
         if (stopped) {
           await w.queue;
           return true;
@@ -364,8 +367,9 @@ export class NodeAgent {
    */
   async shutdown(graceMs: number, unreachableMs: number): Promise<boolean> {
     if (!this.#stream) {
-      // Give a reconnect in progress a chance; no new agent is started only to be stopped.
-      const deadline = Date.now() + unreachableMs;
+      // Give a reconnect in progress a chance (unless stopping: then a node away now is left to its lease);
+      // no new agent is started only to be stopped.
+      const deadline = Date.now() + (this.#quiesced ? 0 : unreachableMs);
       while (!this.#stream && Date.now() < deadline && !this.#closing && !this.#gone) await sleep(100);
       if (!this.#stream) return false;
     }

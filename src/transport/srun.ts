@@ -101,7 +101,8 @@ export class SrunPipe implements AgentPipe {
   #startDaemon(nodeBin: string, bundle: string): void {
     const log = openSync(join(this.#o.runDir, 'agent-step.log'), 'a', 0o600);
     const child = spawn(this.#o.srun ?? 'srun', [...this.#stepArgs('dynsup-agent'), nodeBin, bundle, 'serve', this.#o.runDir], {
-      env: this.#o.env ?? process.env,
+      // Replica cgroups inside the step's own: Slurm keeps accounting for them and kills them with the job.
+      env: { ...(this.#o.env ?? process.env), DYNSUP_AGENT_CGROUP: 'inside' },
       detached: true,
       stdio: ['ignore', log, log],
     });
