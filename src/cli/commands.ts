@@ -124,8 +124,9 @@ New replicas are placed like the file's (distinct GPUs on the group's nodes); ex
 
 Renders a batch script from the file's slurm: section (flags win over it), checks the file against an
 allocation of that many nodes, submits it with sbatch and prints the job id. The batch step runs
-'dynsup up FILE --slurm' on the first node: NATS and etcd there, every worker as its own job step placed
-by slurm.roles. scancel JOBID (or the time limit, see slurm.signalLead) stops everything gracefully.
+'dynsup up FILE --slurm' on the first node: NATS and etcd there, one dynsup agent step per node running
+that node's workers, placed by slurm.roles. scancel JOBID (or the time limit, see slurm.signalLead) stops
+everything gracefully.
 --dry-run prints the script instead. Options after -- go to sbatch as they are.`,
     options: {
       'dry-run': { type: 'boolean' },

@@ -1,8 +1,9 @@
 // @vitest-environment node
 //
 // `dynsup sbatch` on a real Slurm cluster (scripts/slurm-testbed.sh: slurmctld + 3 slurmd on this host):
-// the job brings up NATS, etcd and workers placed by slurm.roles on three nodes, each worker its own job
-// step without SLURM_*/PMI_* variables; a killed worker comes back as a new step; scancel leaves nothing.
+// the job brings up NATS, etcd and workers placed by slurm.roles on three nodes, under one agent step per
+// node, without SLURM_*/PMI_* variables; a killed worker is restarted by its node's agent; scancel leaves
+// nothing; a supervisor run again in an allocation adopts the workers.
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
