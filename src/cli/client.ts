@@ -14,12 +14,7 @@ import { readSavedAllocation } from '../slurm/saved.js';
 import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import { DynsupError } from '../util/errors.js';
-import type { Flags } from './commands.js';
-
-export const CLIENT_OPTIONS = {
-  head: { type: 'string' },
-  creds: { type: 'string' },
-} as const;
+import type { Flags } from './flags.js';
 
 export interface Target {
   readonly cluster: ClusterConfig;
@@ -28,7 +23,7 @@ export interface Target {
 }
 
 export async function target(file: string, flags: Flags): Promise<Target> {
-  let cluster = loadCluster(file, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
+  let cluster = loadCluster(file, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation, checkLocalPaths: false });
   if (typeof flags.head === 'string') cluster = { ...cluster, headAddress: flags.head };
   const local = typeof flags.head === 'string' ? null : await liveSupervisor(runtimePaths(cluster.stateDir));
   return { cluster, local };

@@ -4,16 +4,16 @@ import { downCommand } from './down.js';
 import { logsCommand } from './logs.js';
 import { restartCommand, startCommand, stopCommand } from './restart.js';
 import { scaleCommand } from './scale.js';
-import { CLIENT_OPTIONS } from './client.js';
-
-const REMOTE = `\n\nFrom another machine: --head ADDR (the head's address) and --creds FILE (a copy of <stateDir>/run/credentials.json).`;
-import { sbatchCommand } from './sbatch.js';
+import { CLIENT_OPTIONS, scaleSpecs, type Flags } from './flags.js';
+import { sbatchCommand, sbatchFlags } from './sbatch.js';
 import { schemaCommand } from './schema.js';
 import { statusCommand } from './status.js';
 import { upCommand } from './up.js';
 import { validateCommand } from './validate.js';
 
-export type Flags = Record<string, string | boolean | undefined>;
+export type { Flags };
+
+const REMOTE = `\n\nFrom another machine: --head ADDR (the head's address) and --creds FILE (a copy of <stateDir>/run/credentials.json).`;
 
 export interface Command {
   readonly summary: string;
@@ -23,6 +23,11 @@ export interface Command {
   readonly maxArgs: number;
   /** Arguments after `--` are not parsed but handed to run() as `extra`. */
   readonly passThrough?: boolean;
+  /**
+   * Checks of the arguments and flags beyond the per-option value checks (flags.ts), run before run():
+   * throws E_USAGE for bad input, so that nothing starts on it.
+   */
+  check?(args: readonly string[], flags: Flags): void;
   run(args: string[], flags: Flags, extra?: readonly string[]): Promise<number>;
 }
 
@@ -115,6 +120,7 @@ New replicas are placed like the file's (distinct GPUs on the group's nodes); ex
     options: { ...CLIENT_OPTIONS },
     minArgs: 2,
     maxArgs: 64,
+    check: (args) => void scaleSpecs(args.slice(1)),
     run: scaleCommand,
   },
   sbatch: {
@@ -140,6 +146,7 @@ everything gracefully.
     minArgs: 1,
     maxArgs: 1,
     passThrough: true,
+    check: (_args, flags) => void sbatchFlags(flags),
     run: sbatchCommand,
   },
   validate: {

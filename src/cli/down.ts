@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { liveSupervisor, pidAlive, readLock, runtimePaths } from '../control/runtime-files.js';
 import { stopJob } from '../slurm/job.js';
 import { requestControl } from '../control/socket.js';
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 import { cleanupLeftovers } from '../daemon/supervisor-process.js';
 import { control, target } from './client.js';
 import type { ClusterConfig } from '../config/types.js';
@@ -17,7 +17,7 @@ function maxGraceMs(cluster: ClusterConfig): number {
 }
 
 export async function downCommand([file]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation, checkLocalPaths: false });
   const paths = runtimePaths(cluster.stateDir);
   const live = await liveSupervisor(paths);
   if (live) {

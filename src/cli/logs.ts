@@ -9,14 +9,14 @@ import { runtimePaths } from '../control/runtime-files.js';
 import { LineSplitter } from '../logs/line-splitter.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { DynsupError } from '../util/errors.js';
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 import { control, credentials, target } from './client.js';
 import { followOverNats } from '../control/nats-control.js';
 import type { TailResult } from '../control/tail.js';
 import { natsUrl } from '../supervise/launch-spec.js';
 
 export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation });
+  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation, checkLocalPaths: false });
   const { logDir } = runtimePaths(cluster.stateDir);
   const special = ['nats', 'etcd', 'dynsup'];
   let names: string[];
@@ -26,8 +26,8 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
     names = cluster.replicas.filter((r) => r.group === target).map((r) => r.name);
     if (!names.length) throw new DynsupError('E_USAGE', `no replica or group named '${target}' (groups: ${cluster.groups.map((g) => g.name).join(', ')})`);
   }
+  // Checked by flags.ts before anything runs.
   const lines = flags.lines === undefined ? undefined : Number(flags.lines);
-  if (lines !== undefined && (!Number.isInteger(lines) || lines < 0)) throw new DynsupError('E_USAGE', '--lines expects a whole number');
   const mux = names.length > 1 ? new TerminalMux(process.stdout, names) : undefined;
   const emit = (name: string, line: Buffer) => {
     if (mux) mux.line(name, line);

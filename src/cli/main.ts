@@ -3,6 +3,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../config/load.js';
 import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage } from '../util/errors.js';
 import { COMMANDS, type Command } from './commands.js';
+import { checkFlags, type Flags } from './flags.js';
 
 const USAGE = `dynsup — supervise NATS, etcd and GPU inference workers across nodes from one cluster file
 
@@ -52,8 +53,18 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`dynsup ${name}: wrong number of arguments\n\n${cmd.usage}\n`);
     return EXIT_USAGE;
   }
+  const flags = parsed.values as Flags;
+  // Every option value and argument is checked before the command starts anything.
   try {
-    return await cmd.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>, extra);
+    checkFlags(flags);
+    cmd.check?.(parsed.positionals, flags);
+  } catch (err) {
+    if (!(err instanceof DynsupError)) throw err;
+    process.stderr.write(`dynsup ${name}: ${err.message}\n(see dynsup ${name} --help)\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    return await cmd.run(parsed.positionals, flags, extra);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n${err.issues.length} error${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file ?? 'the cluster file'}\n`);

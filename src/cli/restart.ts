@@ -1,4 +1,4 @@
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 import { control, target } from './client.js';
 
 /** `restart`, `stop` and `start` of a replica or group, locally or over NATS. */

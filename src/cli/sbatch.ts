@@ -8,7 +8,7 @@ import { previewAllocation } from '../slurm/allocation.js';
 import { minimumNodes } from '../slurm/roles.js';
 import { batchJob, parseSubmitted, renderBatchScript, slurmTime, SLURM_TIME_ERROR, type SbatchFlags } from '../slurm/sbatch.js';
 import { DynsupError } from '../util/errors.js';
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/dynsup.js', import.meta.url));
 

@@ -5,7 +5,7 @@ import type { ReplicaStatus } from '../supervise/replica.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
 import { errorMessage } from '../util/errors.js';
 import { control, etcdSnapshot, target, type Target } from './client.js';
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 import { table } from './table.js';
 
 interface Shown {

@@ -7,12 +7,12 @@ import { fileURLToPath } from 'node:url';
 import { loadCluster } from '../config/load.js';
 import type { ClusterConfig } from '../config/types.js';
 import { requestControl } from '../control/socket.js';
-import { pidAlive, runtimePaths } from '../control/runtime-files.js';
+import { liveSupervisor, readLock, runtimePaths } from '../control/runtime-files.js';
 import { runSupervisor } from '../daemon/supervisor-process.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
-import { EXIT_RUNTIME } from '../util/errors.js';
+import { DynsupError, EXIT_RUNTIME } from '../util/errors.js';
 import { allocationFromEnv, nodeAddresses, resolveHeadAddress, type AddressCandidate } from '../slurm/allocation.js';
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/dynsup.js', import.meta.url));
 
@@ -42,6 +42,14 @@ export async function upCommand([file]: string[], flags: Flags): Promise<number>
 /** `up -d`: start the supervisor in the background and wait until the cluster is up (or failed). */
 async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promise<number> {
   const paths = runtimePaths(cluster.stateDir);
+  // A second `up -d` must not report the first one's cluster as its own (its child exits on the lock).
+  const running = await liveSupervisor(paths);
+  if (running) {
+    throw new DynsupError(
+      'E_ALREADY_RUNNING',
+      `cluster ${cluster.name} is already running: supervisor pid ${running.pid} on ${running.host} (started ${new Date(running.startedAt).toISOString()}); stop it with: dynsup down ${file}`,
+    );
+  }
   mkdirSync(paths.logDir, { recursive: true });
   const outFile = join(paths.logDir, 'supervisor.out');
   const out = openSync(outFile, 'a');
@@ -57,7 +65,7 @@ async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promi
   child.unref();
   let exited: number | null | undefined;
   child.once('exit', (code) => (exited = code));
-  const timeoutS = Number(flags.timeout ?? 300);
+  const timeoutS = Number(flags.timeout ?? 300); // checked by flags.ts
   const deadline = Date.now() + timeoutS * 1000;
   while (Date.now() < deadline) {
     if (exited !== undefined) {
@@ -71,7 +79,9 @@ async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promi
         process.stderr.write(`dynsup up: ${failed.map((r) => `${r.name} failed: ${r.message}`).join('; ')}\n`);
         return EXIT_RUNTIME;
       }
-      if (status.replicas.length === cluster.replicas.length && status.replicas.every((r) => isUp(cluster, r))) {
+      // Only our child's answer counts: a supervisor started meanwhile by someone else makes it exit.
+      const ours = (await readLock(paths))?.pid === child.pid;
+      if (ours && status.replicas.length === cluster.replicas.length && status.replicas.every((r) => isUp(cluster, r))) {
         process.stdout.write(`cluster ${cluster.name} is up: ${status.replicas.length} replicas, supervisor pid ${child.pid} (logs: dynsup logs ${file} -f)\n`);
         return 0;
       }
@@ -79,7 +89,6 @@ async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promi
     await sleep(200);
   }
   process.stderr.write(`dynsup up: the cluster was not up after ${timeoutS}s; the supervisor (pid ${child.pid}) keeps trying. See dynsup status ${file}\n`);
-  if (child.pid && !pidAlive(child.pid)) return EXIT_RUNTIME;
   return EXIT_RUNTIME;
 }
 

@@ -1,5 +1,5 @@
 import { loadCluster } from '../config/load.js';
-import type { Flags } from './commands.js';
+import type { Flags } from './flags.js';
 import { table } from './table.js';
 
 export async function validateCommand([file]: string[], flags: Flags): Promise<number> {
