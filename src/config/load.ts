@@ -1,12 +1,14 @@
 /**
  * Cluster file → ClusterConfig. Collects every problem (syntax, shape, references, cycles, GPU capacity)
- * before giving up, so one `dynsup validate` run shows them all. Does no I/O besides reading the file.
+ * before giving up, so one `dynsup validate` run shows them all. Besides reading the file it only looks
+ * (never creates): at the state dir (see paths.ts) and at the cwd of groups that run on a local node.
  */
 import { homedir, userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { z } from 'zod';
 import { DynsupError } from '../util/errors.js';
 import { parseDuration } from './duration.js';
+import { cwdProblem, stateDirProblem } from './paths.js';
 import { place } from './placement.js';
 import { clusterSchema, type RawCluster, type RawNode, type RawWorker } from './schema.js';
 import { formatPath, loadSource, parseSource, type ConfigIssue, type ConfigPath, type ConfigSource } from './source.js';
@@ -49,7 +51,18 @@ export interface LoadOptions {
    * is set) instead of refused. Default true; `up` without --slurm turns it off, as it would start them.
    */
   readonly slurmPreview?: boolean | undefined;
+  /**
+   * Check that the cwd of every group with a replica on a local node exists (default true). Commands that
+   * act on a cluster already up (down, status, logs) turn it off: a cwd removed since must not stop them.
+   */
+  readonly checkLocalPaths?: boolean | undefined;
 }
+
+/** The placeholders commands, env values, cwd and health.url may use (expanded per replica at start). */
+export const PLACEHOLDERS = ['port', 'index', 'replica', 'node', 'host', 'group', 'gpus'] as const;
+const PLACEHOLDER_RE = /(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
+const SHOWN_PLACEHOLDERS = PLACEHOLDERS.map((p) => `{${p}}`).join(', ');
+const MIN_LEASE_MS = 1000;
 
 /** Load and validate a cluster file; throws ConfigError listing every problem. */
 export function loadCluster(file: string, options: LoadOptions = {}): ClusterConfig {
@@ -174,6 +187,16 @@ function resolveCluster(
   const ms = (v: number | string | undefined, dflt: number) => (v === undefined ? dflt : parseDuration(v));
   const add = (path: ConfigPath, message: string, keyOf = false) => issues.push(source.issue(path, message, keyOf));
   const stateDir = options.stateDir ? resolve(options.stateDir) : abs(raw.stateDir ?? `.dynsup/${raw.name}`);
+  const stateProblem = stateDirProblem(stateDir);
+  if (stateProblem) {
+    const what = `state dir ${shownPath(stateDir)} ${stateProblem}`;
+    if (options.stateDir) issues.push({ file, line: 0, column: 0, path: '', message: `--state-dir: ${what}` });
+    else if (raw.stateDir !== undefined) add(['stateDir'], what);
+    else add(['name'], `${what} (the default, .dynsup/<name> beside the file): set stateDir`);
+  }
+  if (raw.lease !== undefined && ms(raw.lease, 0) < MIN_LEASE_MS) {
+    add(['lease'], `must be at least 1s (node agents stop their workers when the supervisor is silent this long; it pings every quarter lease)`);
+  }
 
   // Slurm mode: the allocation (given, recorded by a running `up --slurm`, or a preview) replaces `nodes:`.
   let alloc = typeof options.slurm === 'function' ? options.slurm(stateDir) : options.slurm;
@@ -205,11 +228,24 @@ function resolveCluster(
   const d: RawWorker = raw.defaults ?? {};
   const groupNames = Object.keys(raw.workers);
   if (groupNames.length === 0) add(['workers'], 'expected at least one worker group');
+  for (const [i, dep] of (d.dependsOn ?? []).entries()) {
+    if (!groupNames.includes(dep)) add(['defaults', 'dependsOn', i], `unknown worker group '${dep}'${hint(dep, groupNames)}`);
+  }
+  // A field a group takes from defaults is reported there once, not once per group.
+  const reported = new Set<string>();
+  const addOnce = (path: ConfigPath, message: string) => {
+    const k = `${formatPath(path)}\0${message}`;
+    if (!reported.has(k)) add(path, message);
+    reported.add(k);
+  };
   const groups: WorkerGroup[] = [];
   for (const [name, w] of Object.entries(raw.workers)) {
     const at = (...p: (string | number)[]): ConfigPath => ['workers', name, ...p];
     const command = w.command ?? d.command;
     if (command === undefined) add(at(), "missing required field 'command' (set it here or in defaults)");
+    // Paths of the fields this group takes from defaults, for reporting there.
+    const from = (field: keyof RawWorker): ConfigPath => (w[field] !== undefined ? at(field) : ['defaults', field]);
+    if (Array.isArray(command) && command[0]!.trim() === '') addOnce([...from('command'), 0], 'expected a program name, got an empty string');
     let groupNodes: readonly string[] = w.nodes ?? d.nodes ?? [];
     if (roleNodes) {
       // The file's node names mean nothing in an allocation: a group goes where its role says (default: anywhere).
@@ -230,10 +266,17 @@ function resolveCluster(
         for (const [i, n] of (d.nodes ?? []).entries()) if (!nodeNames.includes(n)) add(['defaults', 'nodes', i], `unknown node '${n}'${hint(n, nodeNames)}`);
       }
     }
-    const deps = w.dependsOn ?? [];
-    for (const [i, dep] of deps.entries()) {
-      if (dep === name) add(at('dependsOn', i), 'a group cannot depend on itself');
-      else if (!groupNames.includes(dep)) add(at('dependsOn', i), `unknown worker group '${dep}'${hint(dep, groupNames)}`);
+    const deps = w.dependsOn ?? d.dependsOn ?? [];
+    if (w.dependsOn !== undefined) {
+      for (const [i, dep] of deps.entries()) {
+        if (dep === name) add(at('dependsOn', i), 'a group cannot depend on itself');
+        else if (!groupNames.includes(dep)) add(at('dependsOn', i), `unknown worker group '${dep}'${hint(dep, groupNames)}`);
+      }
+    } else {
+      // defaults.dependsOn applies to every group without its own: one naming a group makes it depend on itself.
+      for (const [i, dep] of deps.entries()) {
+        if (dep === name) add(['defaults', 'dependsOn', i], `group '${dep}' would depend on itself (defaults apply to every group without its own dependsOn: give '${dep}' one, e.g. dependsOn: [])`);
+      }
     }
     const restart = { ...d.restart, ...w.restart };
     const stop = { ...d.stop, ...w.stop };
@@ -241,6 +284,29 @@ function resolveCluster(
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries({ ...d.env, ...w.env })) env[k] = String(v);
     const cwd = w.cwd ?? d.cwd;
+    const port = w.port ?? d.port;
+    const replicas = w.replicas ?? d.replicas ?? 1;
+    if (port !== undefined && port + replicas - 1 > 65535) {
+      add(w.port === undefined && w.replicas !== undefined ? at('replicas') : from('port'), `replica ${name}-${replicas - 1} would get port ${port + replicas - 1}, above 65535`);
+    }
+    // Placeholders: only the known ones; {port} only with a port. `${X}` (from `$${X}`) is the shell's.
+    const placeholders = (value: string, path: ConfigPath) => {
+      for (const m of value.matchAll(PLACEHOLDER_RE)) {
+        const [, dollar, key] = m as unknown as [string, string, string];
+        if (dollar) continue;
+        if (!(PLACEHOLDERS as readonly string[]).includes(key)) {
+          const c = closest(key, PLACEHOLDERS);
+          addOnce(path, `unknown placeholder '{${key}}'${c ? ` (did you mean '{${c}}'?)` : ''}: known are ${SHOWN_PLACEHOLDERS}`);
+        } else if (key === 'port' && port === undefined) add(path, `placeholder '{port}' but group '${name}' has no port`);
+      }
+    };
+    if (typeof command === 'string') placeholders(command, from('command'));
+    else if (command) for (const [i, a] of command.entries()) placeholders(a, [...from('command'), i]);
+    for (const [k, v] of Object.entries({ ...d.env, ...w.env })) {
+      if (typeof v === 'string') placeholders(v, [...(w.env?.[k] !== undefined ? at('env') : ['defaults', 'env']), k]);
+    }
+    if (cwd !== undefined) placeholders(cwd, from('cwd'));
+    if (health) placeholders(health.url, [...from('health'), 'url']);
     const initialDelayMs = ms(restart.initialDelay, 1000);
     const maxDelayMs = ms(restart.maxDelay, 30_000);
     if (maxDelayMs < initialDelayMs) {
@@ -252,12 +318,12 @@ function resolveCluster(
     groups.push({
       name,
       argv: command === undefined ? [] : typeof command === 'string' ? ['sh', '-c', command] : command,
-      replicas: w.replicas ?? d.replicas ?? 1,
+      replicas,
       gpus: w.gpus ?? d.gpus ?? 0,
       nodes: groupNodes,
       env,
       cwd: cwd === undefined ? undefined : abs(cwd),
-      port: w.port ?? d.port,
+      port,
       restart: {
         policy: restart.policy ?? 'always',
         initialDelayMs,
@@ -355,6 +421,20 @@ function resolveCluster(
     if (clash) add(['workers', r.group, 'port'], `replica ${r.name} would use port ${r.port} on node ${r.node}, already used by ${clash}`);
     else used.set(r.port, `replica ${r.name}`);
   }
+  // A local group's cwd must exist on this machine; a remote node's cannot be checked from here. A cwd with
+  // a placeholder ({replica}...) is one directory per replica: not checked either.
+  if (options.checkLocalPaths !== false) {
+    const local = new Set(nodes.filter((n) => n.transport === 'local').map((n) => n.name));
+    for (const g of ordered) {
+      if (g.cwd === undefined || g.cwd.includes('{')) continue;
+      const on = placed.replicas.find((r) => r.group === g.name && local.has(r.node));
+      const problem = on && cwdProblem(g.cwd);
+      if (on && problem) {
+        if (raw.workers[g.name]!.cwd !== undefined) add(['workers', g.name, 'cwd'], `directory ${shownPath(g.cwd)} ${problem} (group '${g.name}' runs on local node ${on.node})`);
+        else addOnce(['defaults', 'cwd'], `directory ${shownPath(g.cwd)} ${problem} (groups on local nodes use it)`);
+      }
+    }
+  }
   if (issues.length) return null;
 
   const secrets = new Set<string>();
@@ -444,6 +524,12 @@ function resolveNode(
           }
         : undefined,
   };
+}
+
+/** A path as shown in a message: quoted when it holds control characters (they must not reach a terminal). */
+function shownPath(p: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /[\u0000-\u001f\u007f-\u009f]/.test(p) ? JSON.stringify(p) : p;
 }
 
 function safeUser(): string {

@@ -7,6 +7,8 @@ import { DURATION_PATTERN } from './duration.js';
 import { SLURM_TIME_ERROR, slurmTime } from '../slurm/sbatch.js';
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+/** No '.': the cluster name is one token of NATS subjects (dynsup.<cluster>.control); `a.log`'s would fall under cluster `a`. */
+const CLUSTER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const SIGNAL_NAMES = ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGKILL'] as const;
 // Accept both spellings (`TERM`, `SIGTERM`); resolution normalises to the SIG form.
@@ -185,7 +187,12 @@ export const slurmSchema = z
 export const clusterSchema = z
   .strictObject({
     $schema: z.string().optional(),
-    name: name('cluster').meta({ description: 'Cluster name: namespaces runtime files, etcd keys and NATS subjects.' }),
+    name: z
+      .string()
+      .regex(CLUSTER_NAME_RE, {
+        error: "expected a cluster name: letters, digits, '_' or '-' (no '.': the name is one NATS subject token), starting with a letter or digit, at most 63 characters",
+      })
+      .meta({ description: 'Cluster name: namespaces runtime files, etcd keys and NATS subjects.' }),
     head: z
       .strictObject({
         address: nonEmpty

@@ -229,3 +229,46 @@ describe('dynsup validate on bad files (the real CLI)', () => {
     expect(existsSync(join(badDir, '.dynsup'))).toBe(false);
   });
 });
+
+describe('a bad state dir (the real CLI)', () => {
+  const run = (args: string[]) => {
+    const cwd = mkdtempSync(join(tmp, 'cwd-'));
+    return spawnSync(process.execPath, [bin, ...args], {
+      cwd,
+      env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      encoding: 'utf8',
+      timeout: 30_000,
+      killSignal: 'SIGKILL',
+    });
+  };
+
+  // Under /proc `up` used to spin in a mkdir loop; a state dir that is a file gave "internal error" and a stack.
+  it.each([
+    ['statedir-proc.yaml', 5, 'is under /proc'],
+    ['statedir-file.yaml', 5, 'is an existing file, not a directory'],
+    ['statedir-root.yaml', 4, 'is the root directory'],
+  ])('up %s: exit 2 at FILE:LINE, at once', (name, line, message) => {
+    const file = join(badDir, name);
+    const started = Date.now();
+    const r = run(['up', file]);
+    expect(r.error, 'the CLI did not finish').toBeUndefined();
+    expect(r.status, r.stderr).toBe(2);
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect(r.stderr).toContain(`${file}:${line}:11: stateDir: state dir `);
+    expect(r.stderr).toContain(message);
+    expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
+  });
+
+  it('--state-dir under /proc or naming a file: exit 2 naming the option', () => {
+    const file = join(root, 'test/fixtures/good/minimal.yaml');
+    for (const [dir, message] of [
+      ['/proc/self/dynsup', 'is under /proc'],
+      ['/sys', 'is /sys'],
+      [join(badDir, 'expected.json'), 'is an existing file'],
+    ] as const) {
+      const r = run(['validate', file, '--state-dir', dir]);
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toContain(`${file}: --state-dir: state dir ${dir} ${message}`);
+    }
+  });
+});

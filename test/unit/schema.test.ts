@@ -2,7 +2,7 @@
  * The published JSON Schema (generated from the zod schema): well-formed draft 2020-12, complete, up to date,
  * and in agreement with the validator on every fixture. clusters/*.yaml must load.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -193,7 +193,7 @@ describe('clusterJsonSchema', () => {
     const env = { HOME: '/home/dynsup-test', N: '2', GPUS: '4', ONE: '1', HF_TOKEN: 'hf_x1234', EMPTY_VAR: '', FALLBACK: 'fb', MY_API_KEY: 'k-12345' };
     const files = ['good', 'bad'].flatMap((d) =>
       readdirSync(join(root, 'test/fixtures', d))
-        .filter((f) => f !== 'expected.json')
+        .filter((f) => f !== 'expected.json' && statSync(join(root, 'test/fixtures', d, f)).isFile())
         .map((f) => join('test/fixtures', d, f)),
     );
     it.each(files)('%s', (rel) => {
