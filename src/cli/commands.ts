@@ -1,15 +1,10 @@
-/** The command table: options, argument counts and usage text of each `dynsup` command. */
+/**
+ * The command table: options, argument counts and usage text of each `dynsup` command. Command modules
+ * are imported when their command runs, not here: `dynsup validate`, `schema`, `--help` and `--version`
+ * load neither ssh2 nor nats nor etcd3 (test/integration/lazy-imports.test.ts).
+ */
 import type { ParseArgsConfig } from 'node:util';
-import { downCommand } from './down.js';
-import { logsCommand } from './logs.js';
-import { restartCommand, startCommand, stopCommand } from './restart.js';
-import { scaleCommand } from './scale.js';
 import { CLIENT_OPTIONS, scaleSpecs, type Flags } from './flags.js';
-import { sbatchCommand, sbatchFlags } from './sbatch.js';
-import { schemaCommand } from './schema.js';
-import { statusCommand } from './status.js';
-import { upCommand } from './up.js';
-import { validateCommand } from './validate.js';
 
 export type { Flags };
 
@@ -27,7 +22,7 @@ export interface Command {
    * Checks of the arguments and flags beyond the per-option value checks (flags.ts), run before run():
    * throws E_USAGE for bad input, so that nothing starts on it.
    */
-  check?(args: readonly string[], flags: Flags): void;
+  check?(args: readonly string[], flags: Flags): void | Promise<void>;
   run(args: string[], flags: Flags, extra?: readonly string[]): Promise<number>;
 }
 
@@ -53,7 +48,7 @@ head is the node dynsup runs on.`,
     },
     minArgs: 1,
     maxArgs: 1,
-    run: upCommand,
+    run: async (args, flags) => (await import('./up.js')).upCommand(args, flags),
   },
   down: {
     summary: 'stop every worker and the control plane; nothing is left running',
@@ -64,7 +59,7 @@ If the supervisor is gone, kills whatever it left behind from its runtime files.
     options: { ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 1,
-    run: downCommand,
+    run: async (args, flags) => (await import('./down.js')).downCommand(args, flags),
   },
   status: {
     summary: 'show every replica: node, state, pid, restarts, last exit, GPUs, uptime',
@@ -76,7 +71,7 @@ second.${REMOTE}`,
     options: { json: { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 1,
-    run: statusCommand,
+    run: async (args, flags) => (await import('./status.js')).statusCommand(args, flags),
   },
   logs: {
     summary: 'print worker logs; -f follows',
@@ -86,7 +81,7 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     options: { follow: { type: 'boolean', short: 'f' }, lines: { type: 'string', short: 'n' }, ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 2,
-    run: logsCommand,
+    run: async (args, flags) => (await import('./logs.js')).logsCommand(args, flags),
   },
   restart: {
     summary: 'restart a replica or every replica of a group (not counted as a crash)',
@@ -94,7 +89,7 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     options: { ...CLIENT_OPTIONS },
     minArgs: 2,
     maxArgs: 2,
-    run: restartCommand,
+    run: async (args, flags) => (await import('./restart.js')).restartCommand(args, flags),
   },
   stop: {
     summary: 'stop a replica or group (it stays stopped until start)',
@@ -102,7 +97,7 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     options: { ...CLIENT_OPTIONS },
     minArgs: 2,
     maxArgs: 2,
-    run: stopCommand,
+    run: async (args, flags) => (await import('./restart.js')).stopCommand(args, flags),
   },
   start: {
     summary: 'start a stopped (or failed) replica or group',
@@ -110,7 +105,7 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     options: { ...CLIENT_OPTIONS },
     minArgs: 2,
     maxArgs: 2,
-    run: startCommand,
+    run: async (args, flags) => (await import('./restart.js')).startCommand(args, flags),
   },
   scale: {
     summary: 'change the number of replicas of groups: scale FILE prefill=4 decode=2',
@@ -121,7 +116,7 @@ New replicas are placed like the file's (distinct GPUs on the group's nodes); ex
     minArgs: 2,
     maxArgs: 64,
     check: (args) => void scaleSpecs(args.slice(1)),
-    run: scaleCommand,
+    run: async (args, flags) => (await import('./scale.js')).scaleCommand(args, flags),
   },
   sbatch: {
     summary: 'submit the cluster as one Slurm batch job (dynsup up --slurm on the allocation)',
@@ -146,8 +141,8 @@ everything gracefully.
     minArgs: 1,
     maxArgs: 1,
     passThrough: true,
-    check: (_args, flags) => void sbatchFlags(flags),
-    run: sbatchCommand,
+    check: async (_args, flags) => void (await import('./sbatch.js')).sbatchFlags(flags),
+    run: async (args, flags, extra) => (await import('./sbatch.js')).sbatchCommand(args, flags, extra),
   },
   validate: {
     summary: 'check a cluster file and show where each replica would run',
@@ -158,7 +153,7 @@ reported as FILE:LINE:COLUMN: field.path: message; exit code 2 if there is any.`
     options: { json: { type: 'boolean' } },
     minArgs: 1,
     maxArgs: 1,
-    run: validateCommand,
+    run: async (args, flags) => (await import('./validate.js')).validateCommand(args, flags),
   },
   schema: {
     summary: 'print the JSON Schema of cluster files (for editors)',
@@ -166,6 +161,6 @@ reported as FILE:LINE:COLUMN: field.path: message; exit code 2 if there is any.`
     options: {},
     minArgs: 0,
     maxArgs: 0,
-    run: schemaCommand,
+    run: async () => (await import('./schema.js')).schemaCommand(),
   },
 };

@@ -57,7 +57,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   // Every option value and argument is checked before the command starts anything.
   try {
     checkFlags(flags);
-    cmd.check?.(parsed.positionals, flags);
+    await cmd.check?.(parsed.positionals, flags);
   } catch (err) {
     if (!(err instanceof DynsupError)) throw err;
     process.stderr.write(`dynsup ${name}: ${err.message}\n(see dynsup ${name} --help)\n`);
