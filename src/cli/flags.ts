@@ -28,7 +28,8 @@ const wholeNumber: ValueCheck = (v) => (/^\d+$/.test(v) && Number.isSafeInteger(
 
 const hostAddress: ValueCheck = (v) => (/^[^\s/]+$/.test(v) ? null : "the head's address (a host name or IP, no spaces or '/')");
 
-const existingFile: ValueCheck = (v) => (!v.trim() ? 'a file' : existsSync(v) ? null : `a file that exists (no such file: ${v})`);
+const credentialsFile: ValueCheck = (v) =>
+  !v.trim() ? 'a credentials file' : existsSync(v) ? null : `a credentials file (no control credentials at ${v}: no such file; copy <stateDir>/run/credentials.json from the head)`;
 
 /** Checks by option name: one option name means one thing in every command. */
 const VALUE_CHECKS: Record<string, ValueCheck> = {
@@ -36,7 +37,7 @@ const VALUE_CHECKS: Record<string, ValueCheck> = {
   timeout: positiveSeconds,
   lines: wholeNumber,
   head: hostAddress,
-  creds: existingFile,
+  creds: credentialsFile,
 };
 
 /** Throws E_USAGE for the first flag whose value is not what its option expects. */
