@@ -9,7 +9,7 @@ import type { z } from 'zod';
 import { DynsupError } from '../util/errors.js';
 import { parseDuration } from './duration.js';
 import { cwdProblem, stateDirProblem } from './paths.js';
-import { place } from './placement.js';
+import { controlPlaneNodes, controlPlanePorts, place, portClashes } from './placement.js';
 import { clusterSchema, type RawCluster, type RawNode, type RawWorker } from './schema.js';
 import { formatPath, loadSource, parseSource, type ConfigIssue, type ConfigPath, type ConfigSource } from './source.js';
 import { DEFAULT_UNSET_ENV, type ClusterConfig, type NodeConfig, type WorkerGroup } from './types.js';
@@ -367,11 +367,8 @@ function resolveCluster(
     port: cp.etcd?.port ?? 2379,
     peerPort: cp.etcd?.peerPort ?? 2380,
   };
-  const cpPorts: [ConfigPath, number][] = [];
   const metrics = { enabled: raw.metrics?.enabled ?? true, port: raw.metrics?.port ?? 9464 };
-  if (metrics.enabled) cpPorts.push([['metrics', 'port'], metrics.port]);
-  if (nats.enabled) cpPorts.push([['controlPlane', 'nats', 'port'], nats.port], [['controlPlane', 'nats', 'monitorPort'], nats.monitorPort]);
-  if (etcd.enabled) cpPorts.push([['controlPlane', 'etcd', 'port'], etcd.port], [['controlPlane', 'etcd', 'peerPort'], etcd.peerPort]);
+  const cpPorts: [ConfigPath, number][] = controlPlanePorts({ metrics, nats, etcd });
   const seen = new Map<number, string>();
   const seenPath = new Map<number, ConfigPath>();
   const written = (path: ConfigPath) => valueAt(source.data, path) !== undefined;
@@ -411,16 +408,8 @@ function resolveCluster(
     for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], `${e.message}${where}`);
     return null;
   }
-  const byNode = new Map<string, Map<number, string>>();
-  const headNodes = new Set(alloc ? nodes.slice(0, 1).map((n) => n.name) : nodes.filter((n) => n.transport === 'local').map((n) => n.name));
-  for (const r of placed.replicas) {
-    if (r.port === undefined) continue;
-    const used = byNode.get(r.node) ?? new Map<number, string>();
-    byNode.set(r.node, used);
-    const clash = used.get(r.port) ?? (headNodes.has(r.node) ? seen.get(r.port) : undefined);
-    if (clash) add(['workers', r.group, 'port'], `replica ${r.name} would use port ${r.port} on node ${r.node}, already used by ${clash}`);
-    else used.set(r.port, `replica ${r.name}`);
-  }
+  // The same check as `scale` (placement.ts): replica ports distinct per node and from the control plane's.
+  for (const c of portClashes(placed.replicas, controlPlaneNodes(nodes, !!alloc), seen)) add(['workers', c.replica.group, 'port'], c.message);
   // A local group's cwd must exist on this machine; a remote node's cannot be checked from here. A cwd with
   // a placeholder ({replica}...) is one directory per replica: not checked either.
   if (options.checkLocalPaths !== false) {

@@ -1,4 +1,8 @@
-/** Placement: pack replicas onto their groups' nodes in order, giving each distinct GPU indices. Pure. */
+/**
+ * Placement: pack replicas onto their groups' nodes in order, giving each distinct GPU indices, and check
+ * their ports. Pure. The one placement of `validate`, `up` and `scale` (which places more replicas next to
+ * the running ones).
+ */
 import type { ReplicaPlan } from './types.js';
 
 export interface PlacementNode {
@@ -12,6 +16,12 @@ export interface PlacementGroup {
   /** Candidate nodes in order of preference; empty = all nodes. */
   readonly nodes: readonly string[];
   readonly port?: number | undefined;
+  /** Index of the group's first replica placed here (default 0); `scale` adds after the running ones. */
+  readonly firstIndex?: number | undefined;
+}
+export interface PlaceOptions {
+  /** Replicas already placed (running): their GPUs are taken. Errors then say "not enough free GPUs". */
+  readonly existing?: readonly ReplicaPlan[] | undefined;
 }
 export interface PlacementError {
   readonly group: string;
@@ -25,21 +35,24 @@ export type PlacementResult =
  * Replicas are placed group by group, in the order given; within a group, each replica goes to the first
  * candidate node with enough free GPUs, which packs replicas tightly (fewest nodes busy).
  */
-export function place(nodes: readonly PlacementNode[], groups: readonly PlacementGroup[]): PlacementResult {
-  const free = new Map(nodes.map((n) => [n.name, Array.from({ length: n.gpus }, (_, i) => i)]));
+export function place(nodes: readonly PlacementNode[], groups: readonly PlacementGroup[], options: PlaceOptions = {}): PlacementResult {
+  const taken = new Map<string, Set<number>>();
+  for (const r of options.existing ?? []) for (const id of r.gpuIds) (taken.get(r.node) ?? taken.set(r.node, new Set()).get(r.node)!).add(id);
+  const free = new Map(nodes.map((n) => [n.name, Array.from({ length: n.gpus }, (_, i) => i).filter((i) => !taken.get(n.name)?.has(i))]));
   const replicas: ReplicaPlan[] = [];
   const errors: PlacementError[] = [];
   for (const g of groups) {
     const candidates = g.nodes.length ? g.nodes : nodes.map((n) => n.name);
-    for (let index = 0; index < g.replicas; index++) {
+    const first = g.firstIndex ?? 0;
+    for (let index = first; index < first + g.replicas; index++) {
       const node = candidates.find((n) => (free.get(n)?.length ?? -1) >= g.gpus);
       if (node === undefined) {
-        const have = candidates.map((n) => `${n}: ${free.get(n)?.length ?? 0} free`).join(', ');
+        const have = `${candidates.map((n) => `${n}: ${free.get(n)?.length ?? 0} free`).join(', ')}${g.nodes.length ? '' : ', all nodes'}`;
         errors.push({
           group: g.name,
-          message:
-            `not enough GPUs: ${g.replicas} replicas × ${g.gpus} GPUs, replica ${index} does not fit ` +
-            `(${have}${g.nodes.length ? '' : ', all nodes'}; earlier groups take theirs first)`,
+          message: options.existing
+            ? `not enough free GPUs for replica ${g.name}-${index} (${g.gpus} per replica; ${have})`
+            : `not enough GPUs: ${g.replicas} replicas × ${g.gpus} GPUs, replica ${index} does not fit (${have}; earlier groups take theirs first)`,
         });
         break;
       }
@@ -56,4 +69,50 @@ export function place(nodes: readonly PlacementNode[], groups: readonly Placemen
     }
   }
   return errors.length ? { ok: false, errors } : { ok: true, replicas };
+}
+
+/** What the control plane listens on, by config path (`controlPlane.nats.port`...): on the head node(s). */
+export function controlPlanePorts(c: {
+  readonly metrics: { readonly enabled: boolean; readonly port: number };
+  readonly nats: { readonly enabled: boolean; readonly port: number; readonly monitorPort: number };
+  readonly etcd: { readonly enabled: boolean; readonly port: number; readonly peerPort: number };
+}): [path: string[], port: number][] {
+  const ports: [string[], number][] = [];
+  if (c.metrics.enabled) ports.push([['metrics', 'port'], c.metrics.port]);
+  if (c.nats.enabled) ports.push([['controlPlane', 'nats', 'port'], c.nats.port], [['controlPlane', 'nats', 'monitorPort'], c.nats.monitorPort]);
+  if (c.etcd.enabled) ports.push([['controlPlane', 'etcd', 'port'], c.etcd.port], [['controlPlane', 'etcd', 'peerPort'], c.etcd.peerPort]);
+  return ports;
+}
+
+/** The nodes the control plane runs on: the allocation's first in Slurm mode, otherwise the local ones. */
+export function controlPlaneNodes(nodes: readonly { readonly name: string; readonly transport: string }[], slurm: boolean): Set<string> {
+  return new Set(slurm ? nodes.slice(0, 1).map((n) => n.name) : nodes.filter((n) => n.transport === 'local').map((n) => n.name));
+}
+
+export interface PortClash {
+  readonly replica: ReplicaPlan;
+  readonly message: string;
+}
+
+/**
+ * Port clashes of placed replicas, in order: each replica's port must be at most 65535, distinct from the
+ * ports of the replicas before it on its node and, on the control plane's nodes, from the control plane's
+ * (`reserved`: port → what uses it). Put running replicas first: a new one is reported, not them.
+ */
+export function portClashes(replicas: readonly ReplicaPlan[], controlNodes: ReadonlySet<string>, reserved: ReadonlyMap<number, string>): PortClash[] {
+  const clashes: PortClash[] = [];
+  const byNode = new Map<string, Map<number, string>>();
+  for (const r of replicas) {
+    if (r.port === undefined) continue;
+    if (r.port > 65535) {
+      clashes.push({ replica: r, message: `replica ${r.name} would get port ${r.port}, above 65535` });
+      continue;
+    }
+    const used = byNode.get(r.node) ?? new Map<number, string>();
+    byNode.set(r.node, used);
+    const clash = used.get(r.port) ?? (controlNodes.has(r.node) ? reserved.get(r.port) : undefined);
+    if (clash) clashes.push({ replica: r, message: `replica ${r.name} would use port ${r.port} on node ${r.node}, already used by ${clash}` });
+    else used.set(r.port, `replica ${r.name}`);
+  }
+  return clashes;
 }

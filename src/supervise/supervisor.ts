@@ -15,6 +15,7 @@ import { sharedAbort, type NodeAgent } from '../transport/node-agent.js';
 import type { Credentials } from '../control/credentials.js';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaPlan } from '../config/types.js';
+import { controlPlaneNodes, controlPlanePorts, place, portClashes } from '../config/placement.js';
 import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
 import { httpProbe } from './http-probe.js';
 import { Replica, type ReplicaEvent, type ReplicaStatus } from './replica.js';
@@ -325,30 +326,14 @@ export class Supervisor {
       }
       return { added: [], removed: gone.map((p) => p.name) };
     }
-    const used = new Map<string, Set<number>>();
-    for (const p of this.#plans.values()) for (const g of p.gpuIds) (used.get(p.node) ?? used.set(p.node, new Set()).get(p.node)!).add(g);
-    const candidates = group.nodes.length ? group.nodes : cluster.nodes.map((n) => n.name);
-    const plans: ReplicaPlan[] = [];
+    // The one placement (config/placement.ts), next to the running replicas, and validate's port check.
+    const existing = [...this.#plans.values()];
     const nextIndex = current.length ? current[current.length - 1]!.index + 1 : 0;
-    for (let i = 0; i < count - current.length; i++) {
-      const index = nextIndex + i;
-      const node = candidates.find((n) => {
-        const total = cluster.nodes.find((x) => x.name === n)?.gpus ?? 0;
-        return total - (used.get(n)?.size ?? 0) >= group.gpus;
-      });
-      if (node === undefined) {
-        throw new DynsupError(
-          'E_USAGE',
-          `cannot scale ${groupName} to ${count}: not enough free GPUs for replica ${groupName}-${index} (${group.gpus} per replica; ` +
-            `${candidates.map((n) => `${n}: ${(cluster.nodes.find((x) => x.name === n)?.gpus ?? 0) - (used.get(n)?.size ?? 0)} free`).join(', ')})`,
-        );
-      }
-      const total = cluster.nodes.find((x) => x.name === node)!.gpus;
-      const taken = used.get(node) ?? used.set(node, new Set()).get(node)!;
-      const gpuIds = Array.from({ length: total }, (_, g) => g).filter((g) => !taken.has(g)).slice(0, group.gpus);
-      for (const g of gpuIds) taken.add(g);
-      plans.push({ name: `${groupName}-${index}`, group: groupName, index, node, gpuIds, port: group.port === undefined ? undefined : group.port + index });
-    }
+    const placed = place(cluster.nodes, [{ ...group, replicas: count - current.length, firstIndex: nextIndex }], { existing });
+    if (!placed.ok) throw new DynsupError('E_USAGE', `cannot scale ${groupName} to ${count}: ${placed.errors.map((e) => e.message).join('; ')}`);
+    const plans = placed.replicas;
+    const clashes = portClashes([...existing, ...plans], controlPlaneNodes(cluster.nodes, !!cluster.allocation), new Map(controlPlanePorts(cluster).map(([path, port]) => [port, path.join('.')])));
+    if (clashes.length) throw new DynsupError('E_USAGE', `cannot scale ${groupName} to ${count}: ${clashes.map((c) => c.message).join('; ')}`);
     for (const p of plans) await this.#connect(cluster.nodes.find((x) => x.name === p.node)!);
     for (const p of plans) this.#createReplica(p).start();
     return { added: plans.map((p) => p.name), removed: [] };

@@ -150,6 +150,45 @@ describe('operating a cluster over NATS and etcd', () => {
   });
 });
 
+describe('scale and ports', () => {
+  it('refuses (exit 2, nothing changed) a replica whose port another replica or the control plane uses', async () => {
+    const [base, other] = [await freePort(), await freePort()];
+    const d = await tempCluster(`nodes:
+  head: { transport: local }
+workers:
+  a: { command: "exec sleep 600", port: ${base} }
+  b: { command: "exec sleep 600", port: ${base + 1} }
+  m: { command: "exec sleep 600", port: MPORT }
+  o: { command: "exec sleep 600", port: ${other} }
+`, { name: `sp${Math.random().toString(36).slice(2, 7)}` });
+    // The metrics port is only known once the file is written: m's base sits right below it.
+    writeFileSync(d.file, readFileSync(d.file, 'utf8').replace('MPORT', String(d.metricsPort - 1)));
+    try {
+      const up = await dynsup(['up', '-d', d.file, '--timeout', '60']);
+      expect(up.code, up.stderr).toBe(0);
+      const before = JSON.parse((await dynsup(['status', d.file, '--json'])).stdout) as StatusJson;
+      const pids = (s: StatusJson) => s.replicas.map((r) => `${r.name}:${r.pid}:${r.state}`).sort();
+
+      let r = await dynsup(['scale', d.file, 'a=2']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`cannot scale a to 2: replica a-1 would use port ${base + 1} on node head, already used by replica b-0`);
+      r = await dynsup(['scale', d.file, 'm=2']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`replica m-1 would use port ${d.metricsPort} on node head, already used by metrics.port`);
+      const after = JSON.parse((await dynsup(['status', d.file, '--json'])).stdout) as StatusJson;
+      expect(pids(after)).toEqual(pids(before));
+      expect(after.replicas.map((x) => x.name).sort()).toEqual(['a-0', 'b-0', 'm-0', 'o-0']);
+
+      // A port that is free is fine: the same placement gives o-1 the next port.
+      r = await dynsup(['scale', d.file, 'o=2']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/started o-1/);
+    } finally {
+      await dynsup(['down', d.file]);
+    }
+  });
+});
+
 describe('supervisor death with etcd state', () => {
   it('status reports the supervisor gone with the last known states; a new up takes over', async () => {
     const d = await tempCluster(`nodes:

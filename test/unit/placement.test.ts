@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadCluster } from '../../src/config/load.js';
-import { place, type PlacementGroup, type PlacementNode } from '../../src/config/placement.js';
+import { controlPlaneNodes, controlPlanePorts, place, portClashes, type PlacementGroup, type PlacementNode } from '../../src/config/placement.js';
+import type { ReplicaPlan } from '../../src/config/types.js';
 
 const nodes = (...spec: [string, number][]): PlacementNode[] => spec.map(([name, gpus]) => ({ name, gpus }));
 const g = (name: string, replicas: number, gpus: number, opts: { nodes?: string[]; port?: number } = {}): PlacementGroup => ({
@@ -109,6 +110,60 @@ describe('place', () => {
     const b = place(ns, gs);
     expect(a).toEqual(b);
     expect(JSON.stringify([ns, gs])).toBe(snapshot);
+  });
+});
+
+describe('place next to running replicas (scale)', () => {
+  const running = (name: string, node: string, gpuIds: number[], port?: number): ReplicaPlan => ({
+    name,
+    group: name.replace(/-\d+$/, ''),
+    index: Number(name.replace(/^.*-/, '')),
+    node,
+    gpuIds,
+    port,
+  });
+
+  it('takes the free GPUs only, numbering from firstIndex, ports base + index', () => {
+    const existing = [running('w-0', 'n1', [0]), running('x-0', 'n1', [2]), running('w-1', 'n2', [1])];
+    const r = place(nodes(['n1', 3], ['n2', 2]), [{ ...g('w', 2, 1, { port: 8000 }), firstIndex: 2 }], { existing });
+    expect(brief(r)).toEqual(['w-2@n1[1]:8002', 'w-3@n2[0]:8003']);
+    expect(ok(r).map((x) => x.index)).toEqual([2, 3]);
+  });
+
+  it('says which replica has no free GPU, without the whole-file wording', () => {
+    const r = place(nodes(['n1', 2]), [{ ...g('w', 1, 1), firstIndex: 2 }], { existing: [running('w-0', 'n1', [0]), running('w-1', 'n1', [1])] });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.errors).toEqual([{ group: 'w', message: 'not enough free GPUs for replica w-2 (1 per replica; n1: 0 free, all nodes)' }]);
+  });
+});
+
+describe('portClashes', () => {
+  const r = (name: string, node: string, port?: number): ReplicaPlan => ({ name, group: name.replace(/-\d+$/, ''), index: 0, node, gpuIds: [], port });
+  const cp = controlPlanePorts({ metrics: { enabled: true, port: 9464 }, nats: { enabled: true, port: 4222, monitorPort: 8222 }, etcd: { enabled: false, port: 2379, peerPort: 2380 } });
+  const reserved = new Map(cp.map(([path, port]) => [port, path.join('.')]));
+
+  it('lists the control plane ports of the enabled services by config path', () => {
+    expect(cp).toEqual([
+      [['metrics', 'port'], 9464],
+      [['controlPlane', 'nats', 'port'], 4222],
+      [['controlPlane', 'nats', 'monitorPort'], 8222],
+    ]);
+  });
+
+  it('finds a port used twice on a node and a control plane port on the head, reporting the later replica', () => {
+    const head = controlPlaneNodes([{ name: 'head', transport: 'local' }, { name: 'n2', transport: 'ssh' }], false);
+    expect([...head]).toEqual(['head']);
+    const clashes = portClashes([r('a-0', 'n2', 9000), r('b-0', 'n2', 9000), r('c-0', 'head', 9000), r('d-0', 'head', 8222), r('e-0', 'n2', 8222), r('f-0', 'n2')], head, reserved);
+    expect(clashes.map((c) => c.message)).toEqual([
+      'replica b-0 would use port 9000 on node n2, already used by replica a-0',
+      'replica d-0 would use port 8222 on node head, already used by controlPlane.nats.monitorPort',
+    ]);
+  });
+
+  it('refuses a port above 65535; in Slurm mode the first node is the head', () => {
+    expect(portClashes([r('a-0', 'x', 65536)], new Set(), reserved).map((c) => c.message)).toEqual(['replica a-0 would get port 65536, above 65535']);
+    expect([...controlPlaneNodes([{ name: 'c1', transport: 'srun' }, { name: 'c2', transport: 'srun' }], true)]).toEqual(['c1']);
   });
 });
 
