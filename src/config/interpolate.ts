@@ -4,13 +4,20 @@
  * in the file keep working. An unset `${VAR}` without a default is an error: silently passing an empty
  * HF_TOKEN to a GPU worker wastes far more time than a config error.
  */
+import { DynsupError } from '../util/errors.js';
+
 export interface InterpolationResult {
   readonly value: string;
   /** Names of variables that were substituted. */
   readonly used: readonly string[];
 }
 
-export class InterpolationError extends Error {}
+export class InterpolationError extends DynsupError<'E_INTERPOLATION'> {
+  constructor(message: string) {
+    super('E_INTERPOLATION', message);
+    this.name = 'InterpolationError';
+  }
+}
 
 const VAR_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 

@@ -34,8 +34,13 @@ export async function readCredentials(file: string): Promise<Credentials> {
   } catch (err) {
     throw new DynsupError('E_NOT_RUNNING', `no control credentials at ${file} (copy it from the head's stateDir, or pass --creds FILE): ${(err as Error).message}`);
   }
-  const c = JSON.parse(text) as Partial<Credentials>;
-  if (typeof c.natsUser !== 'string' || typeof c.natsPassword !== 'string') throw new DynsupError('E_USAGE', `${file}: not a dynsup credentials file`);
+  let c: Partial<Credentials> | null;
+  try {
+    c = JSON.parse(text) as Partial<Credentials> | null;
+  } catch (err) {
+    throw new DynsupError('E_USAGE', `${file}: not a dynsup credentials file (${(err as Error).message})`, { cause: err });
+  }
+  if (typeof c?.natsUser !== 'string' || typeof c.natsPassword !== 'string') throw new DynsupError('E_USAGE', `${file}: not a dynsup credentials file`);
   return { natsUser: c.natsUser, natsPassword: c.natsPassword };
 }
 

@@ -17,8 +17,9 @@
  * (`n[1-3` -> `n]`), every malformed expression throws a HostlistError.
  */
 
-export class HostlistError extends Error {
-  readonly code = 'E_HOSTLIST' as const;
+import { DynsupError } from '../util/errors.js';
+
+export class HostlistError extends DynsupError<'E_HOSTLIST'> {
   /** The expression (or host) that was rejected. */
   readonly expr: string;
   /** Offset in `expr` where the problem was found, when it is known. */
@@ -26,7 +27,7 @@ export class HostlistError extends Error {
 
   constructor(expr: string, problem: string, offset?: number) {
     const where = offset === undefined ? '' : ` at offset ${offset}`;
-    super(`invalid hostlist ${JSON.stringify(expr)}: ${problem}${where}`);
+    super('E_HOSTLIST', `invalid hostlist ${JSON.stringify(expr)}: ${problem}${where}`);
     this.name = 'HostlistError';
     this.expr = expr;
     this.offset = offset;

@@ -23,34 +23,23 @@ import {
   type KnownHostEntry,
 } from './known-hosts.js';
 import { shellQuote } from './shell-quote.js';
+import { DynsupError, type ErrorCode } from '../../util/errors.js';
 
 // ssh2 is CommonJS and `utils` is not visible to Node's named-export detection: take both off the default.
 const { Client, utils: sshUtils } = ssh2;
 type SshClient = InstanceType<typeof Client>;
 
-/** Stable codes; the transport and scripts match on them, so never rename one. */
-export type SshErrorCode =
-  | 'E_SSH_HOSTKEY_UNKNOWN' // strict and the host (or this key) is not in known_hosts, or known_hosts unreadable
-  | 'E_SSH_HOSTKEY_MISMATCH' // known_hosts has other keys for this host: possible MITM or reinstall
-  | 'E_SSH_HOSTKEY_REVOKED' // the key is listed under @revoked
-  | 'E_SSH_AUTH' // the server accepted none of our keys
-  | 'E_SSH_UNREACHABLE' // no TCP connection: refused, no route, DNS
-  | 'E_SSH_TIMEOUT' // no handshake within readyTimeout, TCP connect timeout, or keepalives unanswered
-  | 'E_SSH_IDENTITY' // identity file missing, unreadable, not a key, or passphrase-protected
-  | 'E_SSH_CLOSED' // the connection closed (before login, or later while in use)
-  | 'E_SSH_CHANNEL' // the connection is fine but the server refused a new channel/command (MaxSessions)
-  | 'E_SSH_REMOTE'; // a helper's remote command failed (writeFile), with its stderr
+/** Stable codes (listed with the others in util/errors.ts); the transport and scripts match on them. */
+export type SshErrorCode = Extract<ErrorCode, `E_SSH_${string}`>;
 
-export class SshError extends Error {
-  readonly code: SshErrorCode;
+export class SshError extends DynsupError<SshErrorCode> {
   /** Node name from the options, as used in the cluster config. */
   readonly node: string;
   /** `user@host:port` */
   readonly target: string;
   constructor(code: SshErrorCode, node: string, target: string, reason: string, cause?: unknown) {
-    super(`node ${node} (${target}): ${reason}`, cause === undefined ? undefined : { cause });
+    super(code, `node ${node} (${target}): ${reason}`, cause === undefined ? undefined : { cause });
     this.name = 'SshError';
-    this.code = code;
     this.node = node;
     this.target = target;
   }
