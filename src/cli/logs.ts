@@ -9,6 +9,7 @@ import { runtimePaths } from '../control/runtime-files.js';
 import { LineSplitter } from '../logs/line-splitter.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { DynsupError } from '../util/errors.js';
+import { escapeLine } from '../util/terminal-escape.js';
 import type { Flags } from './flags.js';
 import { control, credentials, target } from './client.js';
 import { followOverNats } from '../control/nats-control.js';
@@ -29,9 +30,12 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
   // Checked by flags.ts before anything runs.
   const lines = flags.lines === undefined ? undefined : Number(flags.lines);
   const mux = names.length > 1 ? new TerminalMux(process.stdout, names) : undefined;
+  // What workers print is shown with its escape sequences and control characters escaped, pipe or TTY (a
+  // pipe often ends at a terminal too); their colours are kept on a colour TTY. The files keep every byte.
+  const keepSgr = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
   const emit = (name: string, line: Buffer) => {
     if (mux) mux.line(name, line);
-    else process.stdout.write(Buffer.concat([line, Buffer.from('\n')]));
+    else process.stdout.write(Buffer.concat([escapeLine(line, { keepSgr }), Buffer.from('\n')]));
   };
   if (typeof flags.head === 'string') return remoteLogs(file!, target, names, lines, flags, emit);
   const files = names.map((n) => ({ name: n, path: join(logDir, `${n}.log`), offset: 0 }));

@@ -2,6 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../config/load.js';
 import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage } from '../util/errors.js';
+import { escapeTerminal } from '../util/terminal-escape.js';
 import { COMMANDS, type Command } from './commands.js';
 import { checkFlags, type Flags } from './flags.js';
 
@@ -18,6 +19,9 @@ Every command takes --state-dir DIR (overrides the file's stateDir) and --help.
 Exit codes: 0 success, 1 runtime failure, 2 bad cluster file or usage.
 `;
 
+/** Errors on stderr: they quote arguments, file names and workers' words, so control characters are escaped. */
+const say = (s: string) => process.stderr.write(escapeTerminal(s, { keepNewlines: true }));
+
 export async function main(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
@@ -30,7 +34,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   const cmd: Command | undefined = COMMANDS[name];
   if (!cmd) {
-    process.stderr.write(`dynsup: unknown command '${name}'\n\n${USAGE}`);
+    say(`dynsup: unknown command '${name}'\n\n${USAGE}`);
     return EXIT_USAGE;
   }
   let parsed: ReturnType<typeof parseArgs>;
@@ -42,7 +46,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     const options: ParseArgsConfig['options'] = { help: { type: 'boolean', short: 'h' }, 'state-dir': { type: 'string' }, ...cmd.options };
     parsed = parseArgs({ args: [...own], options, allowPositionals: true, strict: true });
   } catch (err) {
-    process.stderr.write(`dynsup ${name}: ${errorMessage(err)}\n\n${cmd.usage}\n`);
+    say(`dynsup ${name}: ${errorMessage(err)}\n\n${cmd.usage}\n`);
     return EXIT_USAGE;
   }
   if (parsed.values.help) {
@@ -50,7 +54,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   if (parsed.positionals.length < cmd.minArgs || parsed.positionals.length > cmd.maxArgs) {
-    process.stderr.write(`dynsup ${name}: wrong number of arguments\n\n${cmd.usage}\n`);
+    say(`dynsup ${name}: wrong number of arguments\n\n${cmd.usage}\n`);
     return EXIT_USAGE;
   }
   const flags = parsed.values as Flags;
@@ -60,21 +64,21 @@ export async function main(argv: readonly string[]): Promise<number> {
     await cmd.check?.(parsed.positionals, flags);
   } catch (err) {
     if (!(err instanceof DynsupError)) throw err;
-    process.stderr.write(`dynsup ${name}: ${err.message}\n(see dynsup ${name} --help)\n`);
+    say(`dynsup ${name}: ${err.message}\n(see dynsup ${name} --help)\n`);
     return EXIT_USAGE;
   }
   try {
     return await cmd.run(parsed.positionals, flags, extra);
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n${err.issues.length} error${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file ?? 'the cluster file'}\n`);
+      say(`${err.message}\n${err.issues.length} error${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file ?? 'the cluster file'}\n`);
       return EXIT_USAGE;
     }
     if (err instanceof DynsupError) {
-      process.stderr.write(`dynsup ${name}: ${err.message}\n`);
+      say(`dynsup ${name}: ${err.message}\n`);
       return err.exitCode;
     }
-    process.stderr.write(`dynsup ${name}: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    say(`dynsup ${name}: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     return EXIT_RUNTIME;
   }
 }

@@ -72,6 +72,10 @@ export function loadCluster(file: string, options: LoadOptions = {}): ClusterCon
   if (!source || issues.length) throw new ConfigError(issues);
 
   const parsed = clusterSchema.safeParse(source.data);
+  if (!parsed.success) {
+    const foreign = notAClusterFile(source);
+    if (foreign) throw new ConfigError([foreign]);
+  }
   // head.address and nodes are optional in the schema (Slurm mode supplies them); outside it they are required.
   const data = source.data as { slurm?: unknown } | null;
   const maybeSlurm =
@@ -131,8 +135,10 @@ function zodIssue(source: ConfigSource, issue: z.core.$ZodIssue): ConfigIssue[] 
     const known = knownKeys(path);
     return issue.keys.map((key) => {
       const hint = closest(key, known);
-      const msg = `unknown field '${key}'${hint ? ` (did you mean '${hint}'?)` : known.length ? ` (expected one of: ${known.join(', ')})` : ''}`;
-      return source.issue([...path, key], msg, true);
+      const expected = hint ? ` (did you mean '${hint}'?)` : known.length ? ` (expected one of: ${known.join(', ')})` : '';
+      // A long key is not a mistyped field name but some other file's content: not quoted.
+      if (key.length > MAX_QUOTED_KEY) return { ...source.issue([...path, key], `unknown field (a key of ${key.length} characters, not shown)${expected}`, true), path: formatPath(path) };
+      return source.issue([...path, key], `unknown field '${key}'${expected}`, true);
     });
   }
   if (issue.code === 'invalid_key') {
@@ -143,8 +149,29 @@ function zodIssue(source: ConfigSource, issue: z.core.$ZodIssue): ConfigIssue[] 
   if (value === undefined && issue.code === 'invalid_type') return [source.issue(path, 'missing required field')];
   let message = issue.message;
   if (message.startsWith('Invalid input')) message = message.replace(/^Invalid input: /, '');
-  if (issue.code === 'invalid_type' || issue.code === 'invalid_union') message += `, got ${describe(value)}`;
+  if (issue.code === 'invalid_type' || issue.code === 'invalid_union') {
+    // A whole file that is one string is some other file (a key, a script): nothing of it is quoted.
+    message += path.length === 0 && typeof value === 'string' ? `, got text (${value.length} characters, not shown): not a cluster file` : `, got ${describe(value)}`;
+  }
   return [source.issue(path, message)];
+}
+
+const MAX_QUOTED_KEY = 40;
+
+/**
+ * A map none of whose top-level keys is a cluster field (`/etc/shadow` through a symlink, a script, an
+ * INI file) is some other file: one issue, quoting nothing of it.
+ */
+function notAClusterFile(source: ConfigSource): ConfigIssue | undefined {
+  const d = source.data;
+  if (d === null || typeof d !== 'object' || Array.isArray(d)) return undefined;
+  const keys = Object.keys(d);
+  const known = knownKeys([]);
+  if (!keys.length || keys.some((k) => known.includes(k) || closest(k, known) !== undefined)) return undefined;
+  return source.issue(
+    [],
+    `expected object with cluster fields (name, head, nodes, workers, ...), got a map of ${keys.length} key${keys.length === 1 ? '' : 's'}, none of them one (not shown): not a cluster file`,
+  );
 }
 
 /** Field names allowed at `path`, found by walking the schema (for did-you-mean). */

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, Scalar, visit, type Document, type Node } from 'yaml';
 import { interpolate, InterpolationError } from './interpolate.js';
+import { escapeTerminal } from '../util/terminal-escape.js';
 
 export type ConfigPath = readonly (string | number)[];
 
@@ -31,7 +32,14 @@ export const MAX_FILE_BYTES = 1 << 20;
 
 export function formatPath(path: ConfigPath): string {
   // A key with a newline or an escape sequence must not split or colour the message.
-  return path.map((p) => (/[\u0000-\u001f\u007f]/.test(String(p)) ? JSON.stringify(String(p)) : String(p))).join('.');
+  return path.map((p) => shownKey(String(p))).join('.');
+}
+
+/** A key as JSON when it holds a character a terminal would act on (JSON leaves C1 and bidi controls: \u-escaped too). */
+function shownKey(k: string): string {
+  if (escapeTerminal(k) === k) return k;
+  // eslint-disable-next-line no-control-regex
+  return JSON.stringify(k).replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 /** Parse a cluster file. Returns the source (possibly with issues) — never throws for bad content. */

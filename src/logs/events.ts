@@ -1,8 +1,10 @@
 /** dynsup's own events (started, exited, restarting, failed...): pino, pretty on a TTY, JSON otherwise, and always JSON to <stateDir>/logs/dynsup.log. */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
+import { escapeTerminal } from '../util/terminal-escape.js';
 
 export type EventLogger = Logger;
 
@@ -21,7 +23,7 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
   const streams: pino.StreamEntry[] = [];
   const console =
     out.isTTY && !process.env.NO_COLOR
-      ? pretty({ destination: out as NodeJS.WritableStream, sync: true, colorize: true, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' })
+      ? pretty({ destination: terminalSafe(out), sync: true, colorize: true, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' })
       : (out as NodeJS.WritableStream);
   streams.push({ stream: console, level: (opts.level ?? 'info') as pino.Level });
   if (opts.stateDir) {
@@ -40,6 +42,20 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
     },
     pino.multistream(streams),
   );
+}
+
+/**
+ * The pretty view's destination: messages may quote workers and files, so control characters and escape
+ * sequences are escaped on the way to the terminal, keeping pino-pretty's colours and its newlines. (The JSON
+ * views need nothing: JSON escapes control characters.)
+ */
+function terminalSafe(out: NodeJS.WritableStream): NodeJS.WritableStream {
+  return new Writable({
+    write(chunk: Buffer | string, _enc, done) {
+      out.write(escapeTerminal(chunk.toString(), { keepNewlines: true, keepSgr: true }));
+      done();
+    },
+  });
 }
 
 /** A redactor replacing each secret value with ***. */

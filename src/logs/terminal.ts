@@ -1,9 +1,12 @@
 /**
  * The foreground view: every worker line prefixed with its replica name (coloured on a TTY), like
  * `docker compose up`. A terminal or pipe that cannot keep up loses display lines (counted and announced),
- * never the workers' speed and never the log files.
+ * never the workers' speed and never the log files. Escape sequences and control characters a worker prints
+ * are shown escaped (its SGR colours are kept on a colour TTY, reset at the end of the line); the log files
+ * keep the exact bytes.
  */
 import type { Writable } from 'node:stream';
+import { escapeTerminal, hasSgr, SGR_RESET } from '../util/terminal-escape.js';
 
 const COLOURS = [36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96];
 const MAX_BACKLOG = 4 * 1024 * 1024;
@@ -29,7 +32,8 @@ export class TerminalMux {
       this.#dropped++;
       return;
     }
-    let text = this.#redact(line.toString('utf8'));
+    let text = escapeTerminal(this.#redact(line.toString('utf8')), { keepSgr: this.#colour });
+    if (this.#colour && hasSgr(text)) text += SGR_RESET;
     if (truncatedBytes) text += ` …[${truncatedBytes} more bytes in the log file]`;
     if (this.#dropped) {
       this.#out.write(`${this.#prefix('dynsup')}[${this.#dropped} lines not shown: terminal too slow; see the log files]\n`);

@@ -8,7 +8,7 @@
  * BUG document a location or message that src/ gets wrong today.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -270,5 +270,38 @@ describe('a bad state dir (the real CLI)', () => {
       expect(r.status, r.stderr).toBe(2);
       expect(r.stderr).toContain(`${file}: --state-dir: state dir ${dir} ${message}`);
     }
+  });
+});
+
+describe('a file that is not a cluster file (the real CLI)', () => {
+  // `dynsup validate` of a symlink to /etc/shadow printed its first line in "unknown field '…'".
+  const secret = 'HASHhashHASH';
+  const files = {
+    'shadow-link': `root:$6$SALTsalt$${secret}hashHASHhashHASHhash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n`,
+    'key-link': `-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNz${secret}AAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END OPENSSH PRIVATE KEY-----\n`,
+    'ini-link': `[section]\nkey_${secret} = value\n`,
+    'long-key.yaml': `name: demo\nhead: {address: 127.0.0.1}\nnodes: {n1: {}}\nworkers: {w: {command: [echo]}}\npassword_${secret}_xxxxxxxxxxxxxxxxxxxxxxxxxx: 1\n`,
+  };
+
+  it.each(Object.keys(files))('%s: exit 2, nothing of its content on stderr', (name) => {
+    const target = join(tmp, `${name}.target`);
+    writeFileSync(target, files[name as keyof typeof files]);
+    const link = join(tmp, name);
+    rmSync(link, { force: true });
+    symlinkSync(target, link);
+    const r = spawnSync(process.execPath, [bin, 'validate', link], { env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toContain(`${link}:`);
+    expect(r.stderr).not.toContain(secret);
+    expect(r.stderr).not.toMatch(/BEGIN|root|section|password/);
+  });
+
+  it('a file name with escape sequences is shown escaped', () => {
+    const name = join(tmp, 'evil\u001b]0;pwned\u0007\u001b[2J.yaml');
+    writeFileSync(name, 'name: x\n');
+    const r = spawnSync(process.execPath, [bin, 'validate', name], { env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toContain('evil\\e]0;pwned\\a\\e[2J.yaml');
+    expect(r.stderr).not.toMatch(/[\u0007\u001b]/);
   });
 });
