@@ -90,7 +90,8 @@ export class SshPipe implements AgentPipe {
       `D=${q(this.runDir)}`,
       'mkdir -p "$C" "$D" || exit 5',
       `A="$C"/agent-${hash}.mjs`,
-      'ok() { [ -x "$1" ] && "$1" -e "process.exit(+process.versions.node.split(\'.\')[0] >= 20 ? 0 : 1)" 2>/dev/null; }',
+      // `node --version` answers before the runtime starts (a few ms; `node -e` costs ~50).
+      'ok() { [ -x "$1" ] || return 1; v=$("$1" --version 2>/dev/null) || return 1; v=${v#v}; [ "${v%%.*}" -ge 20 ] 2>/dev/null; }',
       `N=${q(nodeCfg)}`,
       `if [ -z "$N" ]; then for c in "$(command -v node 2>/dev/null)" ${cached}; do ok "$c" && { N=$c; break; }; done; fi`,
       `[ -n "$N" ] || { echo "dynsup-need node $(uname -s) $(uname -m)"; exit 3; }`,
