@@ -1,7 +1,7 @@
 /** `dynsup` command line: parses arguments, dispatches, maps errors to exit codes (2 input, 1 runtime). */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../config/load.js';
-import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage } from '../util/errors.js';
+import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage, isSystemError } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
 import { COMMANDS, type Command } from './commands.js';
 import { checkFlags, type Flags } from './flags.js';
@@ -77,6 +77,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (err instanceof DynsupError) {
       say(`dynsup ${name}: ${err.message}\n`);
       return err.exitCode;
+    }
+    if (isSystemError(err)) {
+      // A condition of the machine (a file that cannot be read or written, a port taken...), not a bug.
+      say(`dynsup ${name}: ${err.message}\n`);
+      return EXIT_RUNTIME;
     }
     say(`dynsup ${name}: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     return EXIT_RUNTIME;

@@ -3,7 +3,7 @@
  * a message naming the option and what it expects, no process left), and a second `up` names the running
  * supervisor instead of reporting its cluster as its own.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { dynsup, pidAlive, pidsWithCmdline, tempCluster, waitFor, type TempCluster } from '../helpers/cluster.js';
@@ -87,5 +87,31 @@ describe('up while the cluster is up', () => {
     const down = await dynsup(['down', c.file]);
     expect(down.code, down.stderr).toBe(0);
     await waitFor('nothing left', async () => (await pidsWithCmdline(c.dir)).length === 0, 15_000);
+  });
+});
+
+describe('known conditions are not internal errors', () => {
+  it('a credentials file that is not JSON: exit 2 naming it', async () => {
+    const c = await tempCluster(`nodes:
+  head: { transport: local }
+workers:
+  w: { command: "sleep 600" }
+`, { controlPlane: true });
+    clusters.push(c);
+    const creds = join(c.dir, 'creds.json');
+    writeFileSync(creds, 'not json');
+    const r = await dynsup(['restart', c.file, 'w-0', '--head', '127.0.0.1', '--creds', creds]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${creds}: not a dynsup credentials file`);
+    expect(r.stderr).not.toMatch(/internal error/);
+  });
+
+  it('an operating-system error (a log file that is a directory): exit 1 with its message', async () => {
+    const c = await cluster();
+    mkdirSync(join(c.dir, 'state/logs/w-0.log'), { recursive: true });
+    const r = await dynsup(['logs', c.file, 'w-0']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^dynsup logs: EISDIR/);
+    expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
   });
 });
