@@ -1,12 +1,16 @@
 /**
  * Cluster state in etcd, under dynsup/<cluster>/: every replica's status, updated on each transition,
  * and a leader key held with a lease, so a second supervisor for the same cluster is refused and a dead
- * one's claim expires by itself.
+ * one's claim expires by itself. A leader key counts only while its lease is alive: one put without a
+ * lease (by hand, or by anyone on the network: etcd has no auth here) or with a lease that is gone is
+ * stale and taken over. While supervising, the key is watched: someone overwriting or deleting it is
+ * logged as an error and the claim put back.
  */
 import { hostname } from 'node:os';
-import { Etcd3, type Lease } from 'etcd3';
+import { Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
+import { escapeTerminal } from '../util/terminal-escape.js';
 import { pidAlive } from './runtime-files.js';
 
 export interface LeaderInfo {
@@ -27,6 +31,10 @@ export class EtcdState {
   readonly #client: Etcd3;
   readonly #cluster: string;
   #lease: Lease | undefined;
+  /** The id of the lease our leader key is put with ('' while none). */
+  #leaseId = '';
+  #me: LeaderInfo | undefined;
+  #watcher: Watcher | undefined;
   readonly #dirty = new Map<string, ReplicaStatus>();
   #writing = false;
   #closed = false;
@@ -53,21 +61,29 @@ export class EtcdState {
         .commit();
       if (res.succeeded) {
         this.#lease = lease;
+        this.#leaseId = id;
+        this.#me = me;
         lease.on('lost', () => void this.#reclaim(me));
+        await this.#watch();
         return;
       }
       await lease.revoke().catch(() => undefined);
       const kv = res.responses[0]?.response_range?.kvs[0];
-      const held = kv ? (JSON.parse(kv.value.toString()) as LeaderInfo) : null;
-      // A supervisor on this host that is gone: its claim is stale, take over now.
-      if (held && held.host === hostname() && !pidAlive(held.pid)) {
-        await this.#client.delete().key(k);
+      if (!kv) continue; // gone in between
+      const held = parseLeader(kv.value);
+      // Only a key with a live lease is a supervisor's claim; anything else is stale: take over.
+      const stale = await this.#staleness(kv);
+      const gone = held && held.host === hostname() && !pidAlive(held.pid) ? `pid ${held.pid} on this host is gone` : undefined;
+      if (stale || gone) {
+        this.#onError(`etcd: taking over the stale leader key ${k} (${stale ?? gone}; it named ${describeLeader(held)})`);
+        // Only the key as read: a claim made since is left alone (and seen on the next round).
+        await this.#client.if(k, 'Mod', '==', kv.mod_revision).then(this.#client.delete().key(k)).commit();
         continue;
       }
       if (!held || Date.now() > deadline) {
         throw new DynsupError(
           'E_ALREADY_RUNNING',
-          `cluster ${this.#cluster} is already supervised by pid ${held?.pid} on ${held?.host} (since ${held ? new Date(held.startedAt).toISOString() : '?'})`,
+          `cluster ${this.#cluster} is already supervised by ${describeLeader(held)}${held ? ` (since ${new Date(held.startedAt).toISOString()})` : ''}`,
         );
       }
       // Another host: wait for its lease to run out (it may have just died) before giving up.
@@ -79,12 +95,58 @@ export class EtcdState {
     }
   }
 
+  /** Why the leader key `kv` is no supervisor's claim (no lease, or one that is gone), or undefined if its lease is alive. */
+  async #staleness(kv: IKeyValue): Promise<string | undefined> {
+    if (!kv.lease || kv.lease === '0') return 'it has no lease';
+    try {
+      const ttl = await this.#client.leaseClient.leaseTimeToLive({ ID: kv.lease });
+      return Number(ttl.TTL) > 0 ? undefined : `its lease ${kv.lease} has expired`;
+    } catch (err) {
+      // etcd answers TTL -1 for a lease it does not know; an error here is etcd's, not the key's.
+      this.#onError(`etcd: cannot check the lease of ${keys(this.#cluster).leader}: ${errorMessage(err)}`);
+      return undefined;
+    }
+  }
+
+  /** Watch our leader key: a put with another lease, or a delete, is not ours: say so, and put the claim back. */
+  async #watch(): Promise<void> {
+    const k = keys(this.#cluster).leader;
+    const w = await this.#client.watch().key(k).create();
+    this.#watcher = w;
+    const foreign = (what: string) => {
+      if (this.#closed || !this.#leaseId || !this.#me) return;
+      this.#onError(`etcd: the leader key ${k} was ${what}, not by this supervisor (etcd has no auth: anyone who can reach it can write): putting the claim back`);
+      void this.#client
+        .put(k)
+        .value(JSON.stringify(this.#me))
+        .lease(this.#leaseId)
+        .catch((err: unknown) => this.#onError(`etcd: cannot put back the leader key ${k}: ${errorMessage(err)}`));
+    };
+    w.on('put', (kv: IKeyValue) => {
+      if (kv.lease !== this.#leaseId) foreign(`overwritten (now ${describeLeader(parseLeader(kv.value))}, lease ${kv.lease || '0'})`);
+    });
+    w.on('delete', () => {
+      // Our lease running out (etcd unreachable longer than the TTL) deletes the key too: #reclaim's business.
+      const id = this.#leaseId;
+      void this.#client.leaseClient.leaseTimeToLive({ ID: id }).then(
+        (r) => {
+          if (Number(r.TTL) > 0 && id === this.#leaseId) foreign('deleted');
+        },
+        () => undefined,
+      );
+    });
+    w.on('error', () => undefined); // the client reconnects the watch by itself
+  }
+
   /** The lease was lost (etcd down longer than the TTL): claim again once etcd is back. */
   async #reclaim(me: LeaderInfo): Promise<void> {
+    this.#leaseId = '';
     while (!this.#closed) {
       try {
         const lease = this.#client.lease(LEADER_TTL_SECONDS, { autoKeepAlive: true });
-        await lease.put(keys(this.#cluster).leader).value(JSON.stringify(me));
+        const id = await lease.grant();
+        this.#leaseId = id;
+        await this.#client.put(keys(this.#cluster).leader).value(JSON.stringify(me)).lease(id);
         this.#lease = lease;
         lease.on('lost', () => void this.#reclaim(me));
         for (const s of this.#last.values()) this.#dirty.set(s.name, s);
@@ -129,10 +191,24 @@ export class EtcdState {
   async close(opts: { release: boolean }): Promise<void> {
     await this.#flush();
     this.#closed = true;
+    await this.#watcher?.cancel().catch(() => undefined);
     if (opts.release) await this.#lease?.revoke().catch(() => undefined);
     else this.#lease?.release();
     this.#client.close();
   }
+}
+
+function parseLeader(value: Buffer): LeaderInfo | null {
+  try {
+    const v = JSON.parse(value.toString()) as Partial<LeaderInfo> | null;
+    return v && typeof v.pid === 'number' && typeof v.host === 'string' ? { pid: v.pid, host: v.host, startedAt: Number(v.startedAt) || 0 } : null;
+  } catch {
+    return null;
+  }
+}
+
+function describeLeader(l: LeaderInfo | null): string {
+  return l ? `pid ${l.pid} on ${escapeTerminal(l.host)}` : 'a value that is no supervisor\'s';
 }
 
 /** Read what etcd knows about a cluster (for `status` when the supervisor is gone). */
