@@ -238,6 +238,7 @@ workers:
 
   it('in an allocation, a supervisor killed and started again adopts every worker: same pids, restarts kept', async () => {
     // An allocation held by a plain job (as salloc holds one); the supervisor is run in it by hand.
+    const cleanup: ReturnType<typeof spawn>[] = [];
     const held = (await execFileP('sbatch', ['--parsable', '-N', '3', '-o', '/dev/null', '--wrap', 'sleep 600'], { env: slurm.env })).stdout.trim().split(';')[0]!;
     try {
       const nodelist = await waitFor('allocation running', async () => {
@@ -260,6 +261,7 @@ workers:
       const start = () => spawn(process.execPath, [join(ROOT, 'bin/dynsup.js'), 'up', '--slurm', afile], { env, stdio: 'ignore' });
       const st = async () => JSON.parse((await dynsup(['status', afile, '--json'], { env })).stdout) as { replicas: { name: string; node: string; pid: number; restarts: number; state: string; adopted?: boolean }[] };
       const first = start();
+      cleanup.push(first);
       const before = await waitFor('workers running', async () => {
         const r = (await st()).replicas;
         return r.length === 3 && r.every((x) => x.state === 'running') ? r : null;
@@ -267,6 +269,7 @@ workers:
       first.kill('SIGKILL');
       await new Promise((r) => first.once('exit', r));
       const second = start();
+      cleanup.push(second);
       try {
         const after = await waitFor('adopted', async () => {
           const r = (await st()).replicas;
@@ -283,6 +286,8 @@ workers:
       expect(await pidsWithEnv(`DYNSUP_CLUSTER=adopt${process.pid}`)).toEqual([]);
       rmSync(adir, { recursive: true, force: true });
     } finally {
+      // A failed check must not leave a supervisor behind.
+      for (const c of cleanup) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
       await execFileP('scancel', [held], { env: slurm.env }).catch(() => undefined);
     }
   }, 240_000);
