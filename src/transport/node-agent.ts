@@ -281,12 +281,12 @@ export class NodeAgent {
   run(name: string, spec: WorkerSpec, sink: ReplicaSink): void {
     const hash = specHash(spec);
     const prev = this.#wanted.get(name);
-    const adopted = this.adoptable.find((r) => r.name === name);
     const w: Wanted = {
       spec,
       hash,
       sink,
-      received: prev?.received ?? (adopted ? -1 : -1),
+      // -1: the agent streams from what it last had acknowledged (a new supervisor taking over).
+      received: prev?.received ?? -1,
       queue: prev?.queue ?? Promise.resolve(),
       queued: prev?.queued ?? 0,
       last: prev?.last,
