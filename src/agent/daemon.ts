@@ -149,29 +149,16 @@ export class AgentDaemon implements WorkerHost {
   }
 
   #hello(sock: Socket, m: Extract<HeadMessage, { t: 'hello' }>): void {
+    const hello = { t: 'hello', v: PROTOCOL_VERSION, pid: process.pid, build: this.#o.build, cgroup: this.cgroupBase !== null } as const;
     if (m.v !== PROTOCOL_VERSION) {
-      this.#sendOn(sock, {
-        t: 'hello',
-        v: PROTOCOL_VERSION,
-        pid: process.pid,
-        build: this.#o.build,
-        cgroup: this.cgroupBase !== null,
-        workers: [],
-        error: `protocol version mismatch: the agent speaks ${PROTOCOL_VERSION}, the head ${m.v}`,
-      });
+      // Refused, never adopted by a head that would misread what we say.
+      this.#sendOn(sock, { ...hello, workers: [], error: `protocol version mismatch: the agent speaks ${PROTOCOL_VERSION}, the head ${m.v}` });
       sock.end();
       return;
     }
     this.#leaseMs = m.leaseMs > 0 ? m.leaseMs : DEFAULT_LEASE_MS;
     this.#armLease();
-    this.#sendOn(sock, {
-      t: 'hello',
-      v: PROTOCOL_VERSION,
-      pid: process.pid,
-      build: this.#o.build,
-      cgroup: this.cgroupBase !== null,
-      workers: [...this.#workers.values()].map((w) => w.report()),
-    });
+    this.#sendOn(sock, { ...hello, workers: [...this.#workers.values()].map((w) => w.report()) });
   }
 
   async #handle(m: HeadMessage): Promise<void> {
