@@ -1,10 +1,12 @@
 // Bundles the resident node agent (src/agent/main.ts and what it imports) into one file the head copies
 // to nodes: dist/agent/dynsup-agent.mjs. Node built-ins only; no npm dependency travels.
+//
+//   node scripts/build-agent.mjs [OUTFILE]     (default dist/agent/dynsup-agent.mjs; paths relative to the cwd)
 import { build } from 'esbuild';
 
 await build({
   entryPoints: ['src/agent/main.ts'],
-  outfile: 'dist/agent/dynsup-agent.mjs',
+  outfile: process.argv[2] ?? 'dist/agent/dynsup-agent.mjs',
   bundle: true,
   platform: 'node',
   format: 'esm',

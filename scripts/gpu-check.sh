@@ -3,14 +3,20 @@
 #
 #   scripts/gpu-check.sh pack     on a dev machine (with node, nats-server, etcd, npm, xz): fills .device/
 #                                 (git-ignored) with what a bare GPU machine lacks: node, nats-server and
-#                                 etcd (xz), and dist/ + production node_modules (runtime.tar.xz). ~34 MB.
+#                                 etcd (xz), and dist/ (tsc, plus the node agent's esbuild bundle
+#                                 dist/agent/dynsup-agent.mjs) + production node_modules (runtime.tar.xz).
+#                                 ~35 MB. Built from the working tree's src/, or with GPU_CHECK_REF=REV
+#                                 (e.g. HEAD) from that commit's; .device/BUILD says which.
 #   scripts/gpu-check.sh [run]    on the GPU machine, from the repository root: unpacks what is missing
 #                                 (node/nats-server/etcd to a temp bin dir put first on PATH; dist/ and
 #                                 node_modules/ into the checkout, only if absent), then runs
 #                                 scripts/gpu/gpu_check.py: `dynsup up -d`, nvidia-smi checks, kill -9 of a
-#                                 replica, `down`, `up` + kill -9 of the supervisor. Exit 0 = every check passed.
+#                                 replica's leader (whose child and setsid grandchild hold GPU memory too),
+#                                 `down`, `up` + kill -9 of the supervisor. Exit 0 = every check passed.
+#                                 Options are gpu_check.py's environment variables (its docstring), e.g.
+#                                 GPU_CHECK_GPUS=1 on a one-GPU machine (decode then runs on the CPU).
 #
-# Through the session's `run` tool (device machine, 2+ GPUs):
+# Through the session's `run` tool (device machine, 2+ GPUs; on nvidia-h200 it runs the 1-GPU layout by itself):
 #   run(kind=nvidia-h200-x2, carry=[".device"], command="scripts/gpu-check.sh 2>&1 | tee $OUT/gpu-check-run.log")
 #
 # GPU_CHECK_FAKE=1 runs everything without a GPU (workers on the CPU, nvidia-smi replaced by the workers'
@@ -35,17 +41,34 @@ pack() {
   fi
   [[ -s $DEV/nats-server.xz && ! $nats -nt $DEV/nats-server.xz ]] || xz -T0 -9 -c "$nats" >"$DEV/nats-server.xz"
   [[ -s $DEV/etcd.xz && ! $etcd -nt $DEV/etcd.xz ]] || xz -T0 -9 -c "$etcd" >"$DEV/etcd.xz"
-  # dist/ built from the current src (into a temp dir: the checkout's own dist/ is left alone), and the
-  # production dependencies only (a pruned copy of node_modules; no registry access needed).
-  local tmp; tmp=$(mktemp -d)
+  # dist/ built from the current src (into a temp dir: the checkout's own dist/ is left alone) the way
+  # `npm run build` builds it: tsc, then the resident node agent bundled by esbuild into
+  # dist/agent/dynsup-agent.mjs (the head copies that one file to nodes; without it nothing starts).
+  # With GPU_CHECK_REF, src/ comes from that commit (git archive), not from the working tree.
+  # Then the production dependencies only (a pruned copy of node_modules; no registry access needed).
+  local tmp src=. build; tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
+  if [[ -n ${GPU_CHECK_REF:-} ]]; then
+    src=$tmp/src-tree; mkdir -p "$src"
+    git archive "$GPU_CHECK_REF" package.json src tsconfig.json | tar -x -C "$src"
+    ln -s "$PWD/node_modules" "$src/node_modules"
+    build="commit $(git rev-parse --short=12 "$GPU_CHECK_REF") (GPU_CHECK_REF=$GPU_CHECK_REF)"
+  else
+    build="working tree at commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo '?')"
+    local dirty; dirty=$(git status --porcelain -- src tsconfig.json package.json 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
+    [[ -z $dirty ]] || build+=", with uncommitted changes in: ${dirty% }"
+  fi
   cp package.json package-lock.json "$tmp/"
   cp -a node_modules "$tmp/"
   (cd "$tmp" && npm prune --omit=dev --no-audit --no-fund >/dev/null 2>&1)
-  npx tsc -p tsconfig.json --outDir "$tmp/dist"
+  (cd "$src" && npx tsc -p tsconfig.json --outDir "$tmp/dist" && node "$OLDPWD/scripts/build-agent.mjs" "$tmp/dist/agent/dynsup-agent.mjs")
+  [[ -s $tmp/dist/agent/dynsup-agent.mjs && -s $tmp/dist/cli/main.js ]] || { echo "pack: the build left no dist/cli/main.js or dist/agent/dynsup-agent.mjs" >&2; exit 1; }
+  echo "dist/ built $(date -u +%Y-%m-%dT%H:%M:%SZ) from the $build; agent bundle sha256 $(sha256sum "$tmp/dist/agent/dynsup-agent.mjs" | cut -c1-16)" >"$tmp/dist/BUILD"
+  cp "$tmp/dist/BUILD" "$DEV/BUILD"
   tar -C "$tmp" -cf - dist node_modules | xz -T0 -9 >"$DEV/runtime.tar.xz"
   ls -l "$DEV"/*.xz >&2
   du -ch "$DEV"/*.xz | tail -1 >&2
+  echo "pack: $(cat "$DEV/BUILD")" >&2
 }
 
 setup() {
@@ -68,7 +91,9 @@ setup() {
     echo "gpu-check: unpacking ${want[*]} from $DEV/runtime.tar.xz" >&2
     unxz_to "$DEV/runtime.tar.xz" | tar -xf - "${want[@]}"
   fi
-  for b in flock setsid awk stat; do command -v "$b" >/dev/null || echo "gpu-check: WARNING: $b missing (share/node-agent.sh needs it)" >&2; done
+  # The head starts the node agent as `node dist/agent/dynsup-agent.mjs`: a dist/ without it cannot run.
+  [[ -s dist/agent/dynsup-agent.mjs ]] || { echo "gpu-check: dist/agent/dynsup-agent.mjs missing: this dist/ was not built by 'npm run build' (or pack)" >&2; exit 1; }
+  [[ -f dist/BUILD ]] && echo "gpu-check: $(cat dist/BUILD)" >&2
   echo "gpu-check: node $(node --version), $(nats-server --version), $(etcd --version | head -1), $(python3 --version)" >&2
   if [[ ${GPU_CHECK_FAKE:-} != 1 ]]; then
     nvidia-smi -L >&2
@@ -79,6 +104,6 @@ setup() {
 case "${1:-run}" in
   pack) pack ;;
   run) setup; shift $(($# > 0 ? 1 : 0)); exec python3 scripts/gpu/gpu_check.py "$@" ;;
-  -h | --help) sed -n '2,20p' "$0" ;;
+  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0" ;;
   *) echo "usage: scripts/gpu-check.sh [pack|run]" >&2; exit 2 ;;
 esac

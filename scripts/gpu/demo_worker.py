@@ -20,6 +20,15 @@ What it does, with only the environment dynsup gives every worker:
     TCP / HTTP (dynsup_cp.py): nothing needs installing. Unreachable at start (within
     DEMO_CONNECT_DEADLINE, 15 s) or lost later: exit non-zero, so dynsup restarts it.
   - SIGTERM/SIGINT: stops the loop, revokes its etcd lease (deregisters), frees the GPU, exits 0.
+  - DEMO_FAMILY (comma-separated replica names, or "all"): a worker named there also starts a family, the
+    way MPI launchers and daemonizing libraries do: a child (same process group) and, from the child, a
+    `setsid` grandchild (own session and process group), each holding DEMO_FAMILY_GIB (default 1) GiB
+    on the worker's GPU and writing to the leader's stdout. The leader never waits for or stops them:
+    only dynsup can (scripts/gpu/gpu_check.py kills the leader with -9 and looks for them).
+
+    python3 scripts/gpu/demo_worker.py --role holder [--hold-gib 1] [--spawn-grandchild]
+  is one member of such a family: it holds the memory (on the CPU, at most --cpu-kv-mib, when there is no
+  GPU), prints a line every --report-every seconds, exits 0 on SIGTERM/SIGINT; nothing else.
 
 Exit codes: 0 stopped by signal, 2 usage, 3 control plane unreachable, 4 no GPU, 5 control plane lost,
 6 health port busy, 1 anything else.
@@ -335,11 +344,80 @@ def serve_health(state: State, host: str, port: int) -> ThreadingHTTPServer:
 
 
 # --------------------------------------------------------------------------------------------------
+# Family: a child and a setsid grandchild holding GPU memory (the orphans of issue 12)
+
+
+def family_wanted() -> bool:
+    names = [x.strip() for x in os.environ.get("DEMO_FAMILY", "").split(",") if x.strip()]
+    return "all" in names or WORKER in names
+
+
+def start_family(gib: float) -> None:
+    """Start the child (which starts the setsid grandchild). Inherits stdout/stderr; never waited for."""
+    import subprocess  # noqa: PLC0415
+
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "holder", "--hold-gib", str(gib), "--spawn-grandchild"],
+                             stdin=subprocess.DEVNULL)
+    log("family: started child", pid=child.pid, hold_gib=gib)
+
+
+def holder(args) -> int:
+    """A family member: hold memory on the worker's GPU (or the CPU) until signalled."""
+    import subprocess  # noqa: PLC0415
+
+    kind = "child" if args.spawn_grandchild else "grandchild"
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    buf = None
+    where = "cpu"
+    torch = None
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        try:
+            import torch as _torch  # noqa: PLC0415
+
+            torch = _torch if _torch.cuda.is_available() else None
+        except ImportError:
+            torch = None
+    if torch is not None:
+        buf = torch.empty(int(args.hold_gib * 2**30), dtype=torch.uint8, device="cuda")
+        buf.fill_(1)
+        torch.cuda.synchronize()
+        where = f"cuda:0 ({torch.cuda.get_device_name(0)})"
+        mib = round(buf.numel() / 2**20)
+    else:
+        n = int(min(args.hold_gib * 2**30, args.cpu_kv_mib * 2**20))
+        buf = bytearray(b"\x01") * n  # written, so it is resident
+        mib = round(n / 2**20)
+    try:
+        log(f"family {kind} holding {mib} MiB on {where} [CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}]",
+            pid=os.getpid(), ppid=os.getppid(), pgid=os.getpgid(0), sid=os.getsid(0))
+    except OSError:
+        pass
+    if args.spawn_grandchild:
+        # start_new_session: setsid() in the new process: it leaves our process group and session.
+        gc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "holder", "--hold-gib", str(args.hold_gib)],
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+        log("family: started setsid grandchild", pid=gc.pid)
+    n = 0
+    while not stop.wait(max(0.5, args.report_every)):
+        n += 1
+        try:
+            log(f"family {kind} still holding {mib} MiB", beat=n)
+        except OSError:
+            pass  # stdout gone: keep holding, as a real orphan would
+    del buf
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--role", choices=["prefill", "decode"], required=True)
+    ap.add_argument("--role", choices=["prefill", "decode", "holder"], required=True)
+    ap.add_argument("--hold-gib", type=float, default=env_float("DEMO_FAMILY_GIB", 1.0), help="holder / family: GiB each member holds")
+    ap.add_argument("--spawn-grandchild", action="store_true", help="holder: also start a setsid grandchild holder")
     ap.add_argument("--kv-gib", type=float, default=env_float("DEMO_KV_GIB", 4.0), help="KV cache size on the GPU (GiB; env DEMO_KV_GIB)")
     ap.add_argument("--cpu-kv-mib", type=float, default=64, help="KV cache cap on the CPU fallback (MiB)")
     ap.add_argument("--report-every", type=float, default=env_float("DEMO_REPORT_EVERY", 5.0), help="seconds between stats lines")
@@ -353,6 +431,8 @@ def main() -> int:
     ap.add_argument("--host", default=os.environ.get("DEMO_HEALTH_HOST", "127.0.0.1"), help="address /health listens on")
     ap.add_argument("--port", type=int, default=int(os.environ.get("DYNSUP_PORT") or 0), help="health port (default DYNSUP_PORT)")
     args = ap.parse_args()
+    if args.role == "holder":
+        return holder(args)
     role = args.role
     cluster = os.environ.get("DYNSUP_CLUSTER", "local")
     nats_url, etcd_eps = os.environ.get("NATS_SERVER"), os.environ.get("ETCD_ENDPOINTS")
@@ -390,6 +470,8 @@ def main() -> int:
     backend, facts = make_backend(args)
     mem = backend.memory()
     log(f"{role} worker on {facts.get('gpu_name') or facts.get('device')}", init_s=round(time.monotonic() - t0, 2), **facts, **mem)
+    if family_wanted():
+        start_family(args.hold_gib)
 
     # 3. Register (etcd, under a lease) and heartbeat (NATS).
     key = f"dynsup-gpu/{token(cluster)}/workers/{role}/{token(WORKER)}"

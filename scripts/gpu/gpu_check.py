@@ -2,15 +2,23 @@
 """The checks of scripts/gpu-check.sh (which sets up node, nats-server and etcd first, then runs this).
 
 Brings up clusters/gpu-local.yaml with `dynsup up -d` and checks with nvidia-smi, from the outside:
-  1. pinning    every replica's processes (its process group: pgid == the replica's pid) run on exactly
-                the GPUs dynsup assigned it (CUDA_VISIBLE_DEVICES, with CUDA_DEVICE_ORDER=PCI_BUS_ID, is
-                the nvidia-smi index), replicas without GPUs on none, and no two replicas share a GPU;
-                each worker registered in etcd the UUID of the GPU it saw, and heartbeats on NATS
-  2. kill -9    of one GPU replica: its compute process leaves nvidia-smi and the GPU's used memory
-                drops; dynsup restarts it, and the replacement is on the same GPU; the others are untouched
-  3. down       leaves no compute process, all GPU memory back to what it was before, no process left
-  4. kill -9 of the supervisor (after a second `up -d`): the node agents stop the workers by themselves
-                (lease / supervisor-pid watch), GPUs freed; `dynsup status` says not running; `down` cleans up
+  1. pinning    every replica's processes (its process group: pgid == the replica's pid, and descendants
+                that left it: same DYNSUP_TOKEN in their environment) run on exactly the GPUs dynsup
+                assigned it (CUDA_VISIBLE_DEVICES, with CUDA_DEVICE_ORDER=PCI_BUS_ID, is the nvidia-smi
+                index), replicas without GPUs on none, and no two replicas share a GPU; each worker
+                registered in etcd the UUID of the GPU it saw, and heartbeats on NATS
+  2. kill -9    of one GPU replica's leader. That replica (the "family" one: DEMO_FAMILY, issue 12) has
+                started a child and, from it, a `setsid` grandchild that holds the leader's stdout, each
+                holding GPU memory (DEMO_FAMILY_GIB, default 1 GiB) on its GPU. The node agent must see the
+                leader dead at once (status: not running with the old pid), restart it within the restart
+                delay + a few seconds (new pid, restarts + 1), and the old child and grandchild must leave
+                nvidia-smi with their memory freed; the replacement (and its new family) is on the same
+                GPU; the other replicas are untouched
+  3. down       leaves no compute process of ours, all GPU memory back to what it was before, no process
+                left (workers, their families, agents, NATS, etcd, the supervisor)
+  4. kill -9 of the supervisor (after a second `up -d`): the node agents keep the workers for the lease
+                (so a new `up` could adopt them), then stop them by themselves, families included, GPUs
+                freed; `dynsup status` says not running; `down` cleans up
 
 Prints a table per phase (replica, pid, assigned GPU, observed GPU, memory MiB, result) and PASS/FAIL per
 check; exit 0 only if every check passes. Writes gpu-check.txt, gpu-check.json and the cluster's logs
@@ -19,7 +27,8 @@ check; exit 0 only if every check passes. Writes gpu-check.txt, gpu-check.json a
 GPU_CHECK_FAKE=1: no GPU needed: nvidia-smi is replaced by the processes' own CUDA_VISIBLE_DEVICES and
 RSS (workers run on the CPU), so the dynsup side of every check runs anywhere.
 Other knobs: GPU_CHECK_GPUS (use this many GPUs, default all), GPU_CHECK_KV_GIB (KV cache per worker,
-default 4), GPU_CHECK_UP_TIMEOUT (seconds, default 300).
+default 4), GPU_CHECK_FAMILY_GIB (GPU memory per family member, default 1), GPU_CHECK_UP_TIMEOUT (seconds,
+default 300), GPU_CHECK_CGROUP=off (the agents use the process-group + token fallback instead of cgroups).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -40,6 +50,10 @@ FAKE = os.environ.get("GPU_CHECK_FAKE", "") == "1"
 OUT = os.environ.get("OUT") or ""
 UP_TIMEOUT = int(os.environ.get("GPU_CHECK_UP_TIMEOUT") or 300)
 LEASE_S = 10  # clusters/gpu-local.yaml `lease:`
+RESTART_DELAY_S = 2.2  # clusters/gpu-local.yaml `restart.initialDelay` 2s, + the default jitter (10%)
+SEEN_DEAD_S = 2.0  # "at once": status no longer shows the killed leader as running within this
+RESTART_SLACK_S = 3.0  # the new pid in status within RESTART_DELAY_S + this
+STATE_DIR = REPO / "clusters/.state/gpu-local"
 FRONTEND = "http://127.0.0.1:8100"
 
 T0 = time.monotonic()
@@ -90,8 +104,18 @@ def env_for_cluster(n_gpus: int) -> dict:
         DEMO_ALLOW_CPU="1" if (FAKE or n_gpus < 2) else "0",
         DEMO_KV_GIB=os.environ.get("GPU_CHECK_KV_GIB") or "4",
         DEMO_REPORT_EVERY="3",
+        # The replica whose leader starts a child and a setsid grandchild holding GPU memory (issue 12).
+        DEMO_FAMILY=family_replica(n_gpus),
+        DEMO_FAMILY_GIB=os.environ.get("GPU_CHECK_FAMILY_GIB") or "1",
     )
+    if os.environ.get("GPU_CHECK_CGROUP") == "off":
+        e["DYNSUP_AGENT_CGROUP"] = "off"  # the agents inherit it from the supervisor
     return e
+
+
+def family_replica(n_gpus: int) -> str:
+    """The killed replica: the last GPU replica (decode-0 on 2 GPUs; prefill-0 on 1, decode is on the CPU)."""
+    return "decode-0" if n_gpus >= 2 else "prefill-0"
 
 
 DYN_ENV: dict = dict(os.environ)
@@ -168,22 +192,54 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def ours(pid: int) -> bool:
+    """A process of this cluster: a worker or anything it started (DYNSUP_CLUSTER=gpu-local in its
+    environment, inherited through setsid), a demo worker or family member by name, the node agents
+    (`node .../dist/agent/dynsup-agent.mjs serve <stateDir>/run/...`), the supervisor, NATS/etcd."""
+    st = proc_stat(pid)
+    if st is None or st[0] == "Z":
+        return False
+    c = cmdline(pid)
+    return ("scripts/gpu/demo_worker.py" in c or "scripts/gpu/frontend.py" in c or str(STATE_DIR) in c
+            or ("dynsup-agent" in c and "gpu-local" in c)
+            or (CLUSTER in c and "bin/dynsup.js" in c and " up " in f" {c} ")
+            or proc_env(pid).get("DYNSUP_CLUSTER") == "gpu-local")
+
+
 def leftovers() -> list[str]:
-    """Processes of this cluster still alive: workers, agents, the supervisor, nats/etcd of gpu-local."""
-    out = []
-    state_dir = str(REPO / "clusters/.state/gpu-local")
+    """Processes of this cluster still alive (see ours())."""
     me = os.getpid()
+    return [f"{pid}:{cmdline(pid)[:100]}" for pid in all_pids() if pid != me and ours(pid)]
+
+
+def token_of(pid: int) -> str:
+    """The DYNSUP_TOKEN the agent gave this launch of a replica ('' if unreadable); descendants inherit it."""
+    return proc_env(pid).get("DYNSUP_TOKEN", "") if pid else ""
+
+
+def members(leader: int, token: str) -> list[int]:
+    """Live processes of one launch of a replica: its process group, and whoever carries its token."""
+    out = []
     for pid in all_pids():
-        if pid == me:
-            continue
         st = proc_stat(pid)
         if st is None or st[0] == "Z":
             continue
-        c = cmdline(pid)
-        if ("scripts/gpu/demo_worker.py" in c or "scripts/gpu/frontend.py" in c or ("node-agent.sh" in c and "gpu-local" in c)
-                or (CLUSTER in c and "bin/dynsup.js" in c and " up " in f" {c} ") or state_dir in c):
-            out.append(f"{pid}:{c[:100]}")
-    return out
+        if st[1] == leader or (token and proc_env(pid).get("DYNSUP_TOKEN") == token):
+            out.append(pid)
+    return sorted(out)
+
+
+def describe(pid: int, leader: int) -> str:
+    """leader / child / setsid grandchild (by process group and session), for the tables."""
+    try:
+        pg, sid = os.getpgid(pid), os.getsid(pid)
+    except OSError:
+        return "gone"
+    if pid == leader:
+        return "leader"
+    if pg == leader:
+        return "child (same process group)"
+    return f"setsid descendant (pgid {pg}, sid {sid})"
 
 
 class Smi:
@@ -248,13 +304,15 @@ def num(s: str) -> int:
 
 
 def observe(smi: Smi, reps: dict[str, dict]) -> dict[str, dict]:
-    """Per replica: the GPU indices its process group is on and the memory it uses there."""
+    """Per replica: the GPU indices its processes (process group, or its launch's DYNSUP_TOKEN) are on and
+    the memory they use there."""
     apps = smi.apps()
     obs = {n: {"gpus": set(), "used": 0, "pids": set()} for n in reps}
     owner = {r["pid"]: n for n, r in reps.items() if r.get("pid")}
+    by_token = {t: n for n, r in reps.items() if r.get("pid") and (t := token_of(r["pid"]))}
     for a in apps:
         g = pgid(a["pid"])
-        n = owner.get(g) or owner.get(a["pid"])
+        n = owner.get(g) or owner.get(a["pid"]) or by_token.get(token_of(a["pid"]))
         if n:
             obs[n]["gpus"].add(a["index"])
             obs[n]["used"] += a["used"]
@@ -266,13 +324,14 @@ def fmt_gpus(g) -> str:
     return ",".join(str(x) for x in sorted(g)) if g else "-"
 
 
-def wait_on_gpus(smi: Smi, timeout: float) -> tuple[dict, dict]:
-    """Until every replica with GPUs shows up in nvidia-smi (a ready worker has allocated; this is a margin)."""
+def wait_on_gpus(smi: Smi, timeout: float, family: str = "") -> tuple[dict, dict]:
+    """Until every replica with GPUs shows up in nvidia-smi (a ready worker has allocated; this is a margin),
+    the family replica with its leader, child and grandchild (3 processes)."""
     end = time.monotonic() + timeout
     while True:
         reps = replicas(status())
         obs = observe(smi, reps)
-        if all(obs[n]["gpus"] or not r["gpus"] for n, r in reps.items()) or time.monotonic() > end:
+        if all(len(obs[n]["pids"]) >= (3 if n == family else 1) or not r["gpus"] for n, r in reps.items()) or time.monotonic() > end:
             return reps, obs
         time.sleep(0.5)
 
@@ -297,8 +356,8 @@ def last_stats_line(replica: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def pinning_phase(smi: Smi, gpus_by_index: dict, title: str) -> tuple[dict, dict, bool]:
-    reps, obs = wait_on_gpus(smi, 60)
+def pinning_phase(smi: Smi, gpus_by_index: dict, title: str, family: str) -> tuple[dict, dict, bool]:
+    reps, obs = wait_on_gpus(smi, 90, family)
     rows, ok_pin, seen = [], True, {}
     for n, r in reps.items():
         o = obs[n]
@@ -308,9 +367,10 @@ def pinning_phase(smi: Smi, gpus_by_index: dict, title: str) -> tuple[dict, dict
         ok_pin &= good
         for g in o["gpus"]:
             seen.setdefault(g, []).append(n)
-        rows.append([n, str(r.get("pid")), r["state"], env_cvd or '""', fmt_gpus(assigned), fmt_gpus(o["gpus"]),
-                     str(o["used"]) if o["gpus"] else "-", "PASS" if good else "FAIL"])
-    table(title, ["replica", "pid", "state", "CUDA_VISIBLE_DEVICES", "assigned GPU", "observed GPU", "memory MiB", "result"], rows)
+        rows.append([n, str(r.get("pid")), r["state"], r.get("containment", "?"), env_cvd or '""', fmt_gpus(assigned), fmt_gpus(o["gpus"]),
+                     str(len(o["pids"])) if o["gpus"] else "-", str(o["used"]) if o["gpus"] else "-", "PASS" if good else "FAIL"])
+    table(title, ["replica", "pid", "state", "containment", "CUDA_VISIBLE_DEVICES", "assigned GPU", "observed GPU", "GPU processes",
+                  "memory MiB", "result"], rows)
     shared = {g: ns for g, ns in seen.items() if len(ns) > 1}
     return reps, obs, ok_pin and not shared
 
@@ -319,6 +379,9 @@ def main() -> int:
     global DYN_ENV
     os.chdir(REPO)
     say(f"dynsup GPU check ({'FAKE: no GPU, workers on the CPU' if FAKE else 'nvidia-smi'}) in {REPO}")
+    build = REPO / "dist/BUILD"  # written by `scripts/gpu-check.sh pack`: which source dist/ was built from
+    facts["dist"] = build.read_text().strip() if build.is_file() else "the checkout's own dist/ (not packed)"
+    say(f"dynsup: {facts['dist']}")
     n_fake = int(os.environ.get("GPU_CHECK_GPUS") or 2)
     smi = Smi(n_fake)
     try:
@@ -344,7 +407,9 @@ def main() -> int:
     if baseline_apps:
         say(f"note: compute processes before we start (ignored): {sorted(baseline_apps)}")
     DYN_ENV = env_for_cluster(n)
-    layout = {k: DYN_ENV[k] for k in ("GPUS", "PREFILL_REPLICAS", "DECODE_REPLICAS", "PREFILL_GPUS", "DECODE_GPUS", "DEMO_ALLOW_CPU", "DEMO_KV_GIB")}
+    family = DYN_ENV["DEMO_FAMILY"]
+    layout = {k: DYN_ENV[k] for k in ("GPUS", "PREFILL_REPLICAS", "DECODE_REPLICAS", "PREFILL_GPUS", "DECODE_GPUS", "DEMO_ALLOW_CPU", "DEMO_KV_GIB",
+                                      "DEMO_FAMILY", "DEMO_FAMILY_GIB", "DYNSUP_AGENT_CGROUP") if k in DYN_ENV}
     facts["layout"] = layout
     say("layout: " + " ".join(f"{k}={v}" for k, v in layout.items()))
     if n < 2:
@@ -382,7 +447,7 @@ def main() -> int:
         if not check("up", r.returncode == 0 and bool(reps) and all(x["state"] == "ready" for x in reps.values()),
                      f"`dynsup up -d` exit {r.returncode} after {up_s:.1f}s; states: " + ", ".join(f"{k}={x['state']}" for k, x in reps.items())):
             return finish()
-        reps, obs, ok = pinning_phase(smi, by_index, "after `up -d`: where each replica runs")
+        reps, obs, ok = pinning_phase(smi, by_index, "after `up -d`: where each replica runs (GPU processes: its process group and descendants)", family)
         raw = smi.raw_apps()
         say("nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv")
         for line in raw.splitlines():
@@ -420,52 +485,121 @@ def main() -> int:
             table("what the workers report (last stats line of each log)", ["replica", "log"], perf)
         facts["worker_stats"] = perf
 
-        # ---------------------------------------------------------------- 2. kill -9 of a GPU replica
+        # ---------------------------------------------------------------- 2. kill -9 of a GPU replica's leader (issue 12)
         if gpu_reps:
-            victim = max(gpu_reps, key=lambda k: max(gpu_reps[k]["gpus"]))
+            victim = family if family in gpu_reps else max(gpu_reps, key=lambda k: max(gpu_reps[k]["gpus"]))
             vr = reps[victim]
             gi = vr["gpus"][0]
             old_pid, old_restarts = vr["pid"], vr["restarts"]
             others = {k: x["pid"] for k, x in reps.items() if k != victim}
-            victim_pids = obs[victim]["pids"]
+            old_token = token_of(old_pid)
+            fam = members(old_pid, old_token)
+            apps_before = {a["pid"]: a for a in smi.apps()}
+            fam_gpu = {q: apps_before[q]["used"] for q in fam if q in apps_before}
+            kinds = {q: describe(q, old_pid) for q in fam}
+            rows = []
+            for q in fam:
+                try:
+                    pg, sid = os.getpgid(q), os.getsid(q)
+                except OSError:
+                    pg = sid = "?"
+                rows.append([kinds[q], str(q), str(pg), str(sid), str(apps_before[q]["index"]) if q in apps_before else "-",
+                             str(fam_gpu.get(q, "-")), cmdline(q)[:70]])
+            table(f"{victim} before the kill: its leader and everything it started ({vr.get('containment', '?')} containment)",
+                  ["process", "pid", "pgid", "sid", "GPU", "memory MiB", "command"], rows)
+            on_gi = {q for q in fam_gpu if apps_before[q]["index"] == gi}
+            has_child = any(kinds[q].startswith("child") for q in on_gi)
+            has_gc = any(kinds[q].startswith("setsid") for q in on_gi)
+            check("family on the GPU", victim == family and old_pid in on_gi and has_child and has_gc,
+                  f"{victim}: leader {old_pid}, {'a' if has_child else 'NO'} child and {'a' if has_gc else 'NO'} setsid grandchild each holding "
+                  f"memory on GPU {gi} ({len(on_gi)} processes, {sum(fam_gpu.get(q, 0) for q in on_gi)} MiB; DEMO_FAMILY={family})")
             before = gpu_used(gi)
-            say(f"kill -9 {old_pid} ({victim}, GPU {gi}, {obs[victim]['used']} MiB; GPU {gi} used {before} MiB)")
+            share = sum(fam_gpu.values())
+
+            # status, watched from a thread while the main one watches nvidia-smi
+            # Times are when the `dynsup status` call that showed it returned (asked: when it was made).
+            seen: dict = {"dead_s": None, "dead": "", "dead_asked_s": None, "back_s": None, "pid": None, "restarts": None, "trail": []}
             t = time.monotonic()
+
+            def watch_status() -> None:
+                while time.monotonic() - t < 60 and seen["back_s"] is None:
+                    asked = time.monotonic() - t
+                    x = replicas(status()).get(victim, {})
+                    el = time.monotonic() - t
+                    now_s = f"{x.get('state')} pid {x.get('pid')} restarts {x.get('restarts')}"
+                    if not seen["trail"] or seen["trail"][-1][1] != now_s:
+                        seen["trail"].append((round(el, 2), now_s))
+                    if seen["dead_s"] is None and not (x.get("pid") == old_pid and x.get("state") in ("running", "ready", "starting")):
+                        seen["dead_s"], seen["dead"], seen["dead_asked_s"] = el, now_s, asked
+                    if x.get("pid") not in (None, old_pid) and x.get("restarts") == old_restarts + 1:
+                        seen["back_s"], seen["pid"], seen["restarts"] = el, x.get("pid"), x.get("restarts")
+                    time.sleep(0.05)
+
+            say(f"kill -9 {old_pid} ({victim}'s leader only; GPU {gi}, {len(fam)} processes of the replica, {share} MiB of it on GPUs; GPU {gi} used {before} MiB)")
             os.kill(old_pid, signal.SIGKILL)
-            freed_s = None
-            min_used = before
-            gone_s = None
+            watcher = threading.Thread(target=watch_status, daemon=True)
+            watcher.start()
+            gone_at: dict[int, float] = {}
+            exited_at: dict[int, float] = {}
+            min_used, freed_s = before, None
             while time.monotonic() - t < 30:
                 apps = smi.apps()
+                el = time.monotonic() - t
                 u = sum(a["used"] for a in apps if a["index"] == gi) if FAKE else gpu_used(gi)
                 min_used = min(min_used, u)
-                if gone_s is None and not (victim_pids & {a["pid"] for a in apps}):
-                    gone_s = time.monotonic() - t
-                if gone_s is not None and before - min_used >= 0.8 * max(1, obs[victim]["used"]):
-                    freed_s = time.monotonic() - t
+                live = {a["pid"] for a in apps}
+                for q in fam:
+                    if q not in gone_at and q not in live:
+                        gone_at[q] = el
+                    if q not in exited_at and (proc_stat(q) is None or proc_stat(q)[0] == "Z"):
+                        exited_at[q] = el
+                if len(gone_at) == len(fam) and len(exited_at) == len(fam) and before - min_used >= 0.8 * max(1, share):
+                    freed_s = el
                     break
-                time.sleep(0.1)
+                time.sleep(0.2 if FAKE else 0.05)  # FAKE's /proc walk is the expensive part
+            watcher.join(60)
+            rows = [[kinds[q], str(q), str(fam_gpu.get(q, "-")), f"{gone_at[q]:.2f}" if q in gone_at else "NO",
+                     f"{exited_at[q]:.2f}" if q in exited_at else "ALIVE", "PASS" if q in gone_at and q in exited_at else "FAIL"] for q in fam]
+            table(f"after `kill -9` of {victim}'s leader {old_pid}: its old processes", ["process", "pid", "memory MiB before",
+                  "left nvidia-smi after s", "exited after s", "result"], rows)
+            say("status of " + victim + " after the kill (s: state): " + "; ".join(f"{a}: {b}" for a, b in seen["trail"][:12]))
+            facts["kill_status_trail"] = seen["trail"]
+            check("kill -9: seen dead at once", seen["dead_s"] is not None and seen["dead_s"] <= SEEN_DEAD_S,
+                  (f"`dynsup status` no longer showed leader {old_pid} running {seen['dead_s']:.2f}s after the kill (asked at {seen['dead_asked_s']:.2f}s: "
+                   f"{seen['dead']}; bound {SEEN_DEAD_S:.0f}s)"
+                   if seen["dead_s"] is not None else f"status still showed pid {old_pid} running after 60s"))
+            bound = RESTART_DELAY_S + RESTART_SLACK_S
+            check("kill -9: restarted in time", seen["back_s"] is not None and seen["back_s"] <= bound,
+                  (f"new pid {seen['pid']}, restarts {old_restarts} -> {seen['restarts']} in status {seen['back_s']:.2f}s after the kill "
+                   f"(bound: restart delay {RESTART_DELAY_S}s + {RESTART_SLACK_S:.0f}s)") if seen["back_s"] is not None
+                  else f"no new pid with restarts {old_restarts + 1} in status within 60s (last: {seen['trail'][-1][1] if seen['trail'] else '?'})")
+            member_txt = ", ".join(f"{kinds[q].split(' (')[0]} {q} {gone_at[q]:.2f}s" if q in gone_at else f"{kinds[q].split(' (')[0]} {q} STILL THERE" for q in fam)
             check("kill -9 frees the GPU", freed_s is not None,
-                  f"{victim}'s process left nvidia-smi after {gone_s if gone_s is None else round(gone_s, 2)}s; GPU {gi} used {before} -> {min_used} MiB"
-                  + (f" within {freed_s:.2f}s" if freed_s is not None else " (did not drop by the worker's share within 30s)"))
+                  f"{victim}'s leader, child and setsid grandchild left nvidia-smi ({member_txt}); GPU {gi} used {before} -> {min_used} MiB"
+                  + (f" within {freed_s:.2f}s" if freed_s is not None else
+                     f" (not all gone, or did not drop by 80% of their {share} MiB, within 30s; exited: {sorted(exited_at)} of {fam})"))
             st = wait_ready(120, {victim: old_pid})
-            reps2 = replicas(st)
-            reps2, obs2 = wait_on_gpus(smi, 60)
+            reps2, obs2 = wait_on_gpus(smi, 90, family)
             nv = reps2.get(victim, {})
             back_s = time.monotonic() - t
             same = obs2.get(victim, {}).get("gpus") == set(vr["gpus"]) and nv.get("pid") not in (None, old_pid)
             untouched = all(reps2.get(k, {}).get("pid") == p for k, p in others.items())
+            old_left = [q for q in fam if pgid(q) is not None]
             rows = [[victim, f"{old_pid} -> {nv.get('pid')}", nv.get("state", "?"), str(nv.get("restarts")), fmt_gpus(vr["gpus"]),
-                     fmt_gpus(obs2.get(victim, {}).get("gpus")), str(obs2.get(victim, {}).get("used", "-")), "PASS" if same else "FAIL"]]
+                     fmt_gpus(obs2.get(victim, {}).get("gpus")), str(len(obs2.get(victim, {}).get("pids", ()))),
+                     str(obs2.get(victim, {}).get("used", "-")), "PASS" if same and not old_left else "FAIL"]]
             for k, p in others.items():
                 x = reps2.get(k, {})
+                o2 = obs2.get(k, {})
                 rows.append([k, str(x.get("pid")), x.get("state", "?"), str(x.get("restarts")), fmt_gpus(x.get("gpus", [])),
-                             fmt_gpus(obs2.get(k, {}).get("gpus")), str(obs2.get(k, {}).get("used", "-")) if obs2.get(k, {}).get("gpus") else "-",
-                             "PASS" if x.get("pid") == p else "FAIL"])
-            table(f"after `kill -9` of {victim}: restarted, same GPU", ["replica", "pid", "state", "restarts", "assigned GPU", "observed GPU", "memory MiB", "result"], rows)
-            check("restart on the same GPU", same and untouched and nv.get("restarts", 0) > old_restarts,
+                             fmt_gpus(o2.get("gpus")), str(len(o2.get("pids", ()))) if o2.get("gpus") else "-",
+                             str(o2.get("used", "-")) if o2.get("gpus") else "-", "PASS" if x.get("pid") == p else "FAIL"])
+            table(f"after `kill -9` of {victim}: restarted, same GPU", ["replica", "pid", "state", "restarts", "assigned GPU", "observed GPU",
+                                                                       "GPU processes", "memory MiB", "result"], rows)
+            check("restart on the same GPU", same and untouched and not old_left and nv.get("restarts", 0) > old_restarts,
                   f"{victim} back as pid {nv.get('pid')} (restarts {old_restarts} -> {nv.get('restarts')}) on GPU {fmt_gpus(obs2.get(victim, {}).get('gpus'))} "
-                  f"{back_s:.1f}s after the kill; other replicas {'untouched' if untouched else 'CHANGED'}")
+                  f"with {len(obs2.get(victim, {}).get('pids', ()))} GPU processes, ready {back_s:.1f}s after the kill; old processes left: {old_left or 'none'}; "
+                  f"other replicas {'untouched' if untouched else 'CHANGED'}")
         else:
             check("kill -9 frees the GPU", False, "no replica has a GPU")
 
@@ -478,43 +612,49 @@ def main() -> int:
             time.sleep(0.25)
         apps, (mem_ok, mem_txt), left = our_apps(), mem_back_to_baseline(), leftovers()
         check("down frees everything", r.returncode == 0 and not apps and mem_ok and not left,
-              f"`dynsup down` exit {r.returncode} in {down_s:.1f}s; compute processes left: {len(apps)}; {mem_txt}; processes left: {left or 'none'}")
+              f"`dynsup down` exit {r.returncode} in {down_s:.1f}s; compute processes of ours left: {len(apps)}"
+              + (f" {[a['pid'] for a in apps]}" if apps else "") + f"; {mem_txt}; processes left (families included): {left or 'none'}")
 
         # ---------------------------------------------------------------- 4. kill -9 of the supervisor
         say(f"dynsup up -d {CLUSTER} (again)")
         r = dynsup("up", CLUSTER, "-d", "--timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 30)
         st = wait_ready(60) if r.returncode == 0 else status()
-        reps, obs = wait_on_gpus(smi, 60)
+        reps, obs = wait_on_gpus(smi, 90, family)
         sup = (st.get("supervisor") or {}).get("pid")
         on_gpu = sum(1 for o in obs.values() if o["gpus"])
         if not check("up again", r.returncode == 0 and bool(sup) and on_gpu == len(gpu_reps),
                      f"exit {r.returncode}, supervisor pid {sup}, {on_gpu} replicas on GPUs"):
             return finish()
-        pgids = {x["pid"] for x in reps.values() if x.get("pid")}
-        say(f"kill -9 {sup} (the supervisor); lease {LEASE_S}s")
+        launches = {k: (x["pid"], token_of(x["pid"])) for k, x in reps.items() if x.get("pid")}
+        n_procs = {k: len(members(*lt)) for k, lt in launches.items()}
+        say(f"kill -9 {sup} (the supervisor); lease {LEASE_S}s; processes per replica: " + ", ".join(f"{k} {v}" for k, v in n_procs.items()))
         t = time.monotonic()
         os.kill(sup, signal.SIGKILL)
-        gone_s = None
+        gone_s, first_stop_s = None, None
         while time.monotonic() - t < LEASE_S + 30:
-            alive = [p for p in all_pids() if pgid(p) in pgids]
-            if not alive and not our_apps() and mem_back_to_baseline()[0]:
+            alive = {k: members(*lt) for k, lt in launches.items()}
+            if first_stop_s is None and any(len(v) < n_procs[k] for k, v in alive.items()):
+                first_stop_s = time.monotonic() - t
+            if not any(alive.values()) and not our_apps() and mem_back_to_baseline()[0]:
                 gone_s = time.monotonic() - t
                 break
             time.sleep(0.2)
         apps, (mem_ok, mem_txt) = our_apps(), mem_back_to_baseline()
         still = leftovers()
         facts["left_after_supervisor_kill"] = still
-        say(f"left running after the supervisor's death (for `down` to clean): {still or 'nothing'}")
+        say(f"left running once the workers had stopped (for `down` to clean): {still or 'nothing'}")
         rows = []
         for k, x in reps.items():
-            alive = [p for p in all_pids() if pgid(p) == x["pid"]]
+            alive = members(*launches[k]) if k in launches else []
             o = observe(smi, {k: x})[k]
-            rows.append([k, str(x["pid"]), fmt_gpus(x["gpus"]), fmt_gpus(obs[k]["gpus"]), str(obs[k]["used"]) if obs[k]["gpus"] else "-",
-                         "gone" if not alive else f"ALIVE {alive}", fmt_gpus(o["gpus"]), "PASS" if not alive and not o["gpus"] else "FAIL"])
-        table(f"after `kill -9` of the supervisor (pid {sup})", ["replica", "pid", "assigned GPU", "observed GPU before", "memory MiB before",
-                                                                  "process group after", "observed GPU after", "result"], rows)
+            rows.append([k, str(x["pid"]), fmt_gpus(x["gpus"]), fmt_gpus(obs[k]["gpus"]), str(len(obs[k]["pids"])) if obs[k]["gpus"] else "-",
+                         str(obs[k]["used"]) if obs[k]["gpus"] else "-", "gone" if not alive else f"ALIVE {alive}", fmt_gpus(o["gpus"]),
+                         "PASS" if not alive and not o["gpus"] else "FAIL"])
+        table(f"after `kill -9` of the supervisor (pid {sup})", ["replica", "pid", "assigned GPU", "observed GPU before", "GPU processes before",
+                                                                  "memory MiB before", "processes after", "observed GPU after", "result"], rows)
         check("supervisor kill -9: workers stop", gone_s is not None and gone_s <= LEASE_S + 5,
-              (f"every replica's process group gone and GPU memory free {gone_s:.1f}s after the kill (lease {LEASE_S}s)" if gone_s is not None
+              (f"every replica's processes (families included) gone and GPU memory free {gone_s:.1f}s after the kill (lease {LEASE_S}s; "
+               f"all kept running for the first {first_stop_s or 0:.1f}s)" if gone_s is not None
                else f"still there after {LEASE_S + 30}s: compute processes {len(apps)}; {mem_txt}"))
         s = dynsup("status", CLUSTER)
         check("status after supervisor death", s.returncode == 1 and "NOT running" in s.stdout, f"`dynsup status` exit {s.returncode}: {s.stdout.strip().splitlines()[0] if s.stdout.strip() else s.stderr.strip()[:200]}")
@@ -523,15 +663,38 @@ def main() -> int:
         while time.monotonic() < end and (our_apps() or leftovers()):
             time.sleep(0.25)
         apps, (mem_ok, mem_txt), left = our_apps(), mem_back_to_baseline(), leftovers()
+        # Not a check (nothing runs), but README says `down` removes the agents' runtime files: say what is left.
+        rd = STATE_DIR / "run"
+        run_left = sorted(str(f.relative_to(rd)) for f in rd.rglob("*")
+                          if not f.is_dir() and not (f.parent == rd and f.name in ("state.json", "credentials.json")))
+        facts["runtime_files_after_down"] = run_left
+        say(f"runtime files left under {STATE_DIR.relative_to(REPO)}/run after this `down`: {run_left or 'none (state.json, credentials.json aside)'}")
         check("down after supervisor death", r.returncode == 0 and not apps and mem_ok and not left,
               f"exit {r.returncode}; compute processes {len(apps)}; {mem_txt}; processes left: {left or 'none'}")
-    finally:
-        if leftovers() or status().get("running"):
-            dynsup("down", CLUSTER, timeout=120)
+    except BaseException:
+        cleanup()  # finish() does it otherwise
+        raise
     return finish()
 
 
+def cleanup() -> None:
+    """After the checks: `down` if anything runs, then never leave GPU memory behind, whatever dynsup did:
+    workers and their descendants (DYNSUP_CLUSTER=gpu-local in their environment) still alive are killed,
+    by pid, and named."""
+    if leftovers() or status().get("running"):
+        say("cleanup: dynsup down")
+        dynsup("down", CLUSTER, timeout=120)
+    stray = [q for q in all_pids() if q != os.getpid() and proc_env(q).get("DYNSUP_CLUSTER") == "gpu-local" and pgid(q) is not None]
+    for q in stray:
+        say(f"cleanup: kill -9 {q} ({cmdline(q)[:80]}), left after the last `dynsup down`")
+        try:
+            os.kill(q, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def finish() -> int:
+    cleanup()
     say("")
     table("checks", ["check", "result", "detail"], [[c["check"], c["result"], c["detail"]] for c in checks])
     failed = [c for c in checks if c["result"] != "PASS"]
