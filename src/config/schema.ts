@@ -212,7 +212,7 @@ export const clusterSchema = z
             jetstream: z.boolean({ error: 'expected true or false' }).optional(),
             workerCredentials: z.boolean({ error: 'expected true or false' }).optional().meta({
               description:
-                'Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default false: workers connect anonymously and cannot touch the dynsup.> control subjects).',
+                'Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default false: workers connect anonymously, into a NATS account of their own, with its own JetStream, that cannot see or reach the control plane\'s).',
             }),
           })
           .optional(),

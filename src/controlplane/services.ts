@@ -12,19 +12,29 @@ import { which } from '../util/which.js';
 import type { Credentials } from '../control/credentials.js';
 
 /**
- * Only the cluster's credentials may use dynsup.> (control requests, log streams). Workers connect
- * without credentials, as the `anonymous` no_auth_user that is denied those subjects; with
- * `workerCredentials: true` there is no anonymous access at all and workers get the credentials.
+ * Two NATS accounts, so that neither sees the other's subjects, replies or JetStream: `dynsup` (the cluster's
+ * credentials: control requests, their _INBOX replies, log streams) and `workers` (the `anonymous`
+ * no_auth_user workers connect as, with JetStream of its own). A worker, or anyone on the network, can
+ * publish, subscribe to `>` and make streams (with republish) in its account only: nothing it does reaches
+ * the control plane, and nothing of the control plane reaches it. `dynsup.>` is also denied there, so a
+ * worker trying the control subjects gets a permissions error rather than silence. With
+ * `workerCredentials: true` there is no anonymous access at all and workers get the cluster credentials.
  */
 export function natsAuthorization(cluster: ClusterConfig, creds: Credentials): string[] {
   const q = JSON.stringify;
-  const users = [`    { user: ${q(creds.natsUser)}, password: ${q(creds.natsPassword)} }`];
+  const js = cluster.nats.jetstream ? ['    jetstream: enabled'] : [];
+  const lines = ['accounts {', '  dynsup: {', ...js, `    users: [ { user: ${q(creds.natsUser)}, password: ${q(creds.natsPassword)} } ]`, '  }'];
   if (!cluster.nats.workerCredentials) {
-    users.push(
-      `    { user: "anonymous", password: ${q(`${creds.natsPassword}-unused`)}, permissions: { publish: { deny: ["dynsup.>"] }, subscribe: { deny: ["dynsup.>"] } } }`,
+    lines.push(
+      '  workers: {',
+      ...js,
+      `    users: [ { user: "anonymous", password: ${q(`${creds.natsPassword}-unused`)}, permissions: { publish: { deny: ["dynsup.>"] }, subscribe: { deny: ["dynsup.>"] } } } ]`,
+      '  }',
     );
   }
-  return ['authorization {', '  users = [', ...users, '  ]', '}', ...(cluster.nats.workerCredentials ? [] : ['no_auth_user: "anonymous"'])];
+  lines.push('}');
+  if (!cluster.nats.workerCredentials) lines.push('no_auth_user: "anonymous"');
+  return lines;
 }
 
 export interface ServiceSpec {

@@ -6,10 +6,11 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { connect, type NatsConnection } from 'nats';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadCluster } from '../../src/config/load.js';
 import { etcdService } from '../../src/controlplane/services.js';
-import { dynsup, pidsWithCmdline, status, tempCluster, waitFor, type TempCluster } from '../helpers/cluster.js';
+import { dynsup, pidsWithCmdline, status, tempCluster, waitFor, type StatusJson, type TempCluster } from '../helpers/cluster.js';
 
 const started: TempCluster[] = [];
 afterEach(async () => {
@@ -103,4 +104,101 @@ describe('etcd leader key', () => {
     const again = await dynsup(['up', '-d', c.file, '--timeout', '60']);
     expect(again.code, again.stderr + again.stdout).toBe(0);
   }, 120_000);
+});
+
+describe('NATS: anonymous clients (workers, anyone on the network) cannot reach the control plane', () => {
+  const TOKEN = 'tok-7f3a9c1e55';
+  let c: TempCluster;
+  let name: string;
+  let anon: NatsConnection;
+  const remote = (args: string[]) => dynsup([...args, '--head', '127.0.0.1']);
+  const pids = (s: StatusJson) => Object.fromEntries(s.replicas.map((r) => [r.name, r.pid]));
+  // One cluster for the whole block (the afterEach above is for the etcd tests' clusters).
+  afterAll(async () => {
+    await anon?.close().catch(() => undefined);
+    if (!c) return;
+    await dynsup(['down', c.file]);
+    expect(await pidsWithCmdline(c.dir)).toEqual([]);
+  });
+
+  it('runs a cluster whose worker prints a token; an anonymous client may use NATS and JetStream', async () => {
+    c = await tempCluster(
+      `nodes:
+  head: { transport: local }
+workers:
+  w:
+    command: "while true; do echo \\"token ${TOKEN}\\"; sleep 0.1; done"
+    replicas: 2
+`,
+      { controlPlane: true, name: `nsec${Math.random().toString(36).slice(2, 8)}` },
+    );
+    name = clusterName(c);
+    const r = await dynsup(['up', '-d', c.file, '--timeout', '60']);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    anon = await connect({ servers: `nats://127.0.0.1:${c.natsPort}` });
+    // What workers need still works: publish/subscribe and JetStream of their own.
+    const sub = anon.subscribe('work.x', { max: 1 });
+    anon.publish('work.x', 'hello');
+    for await (const m of sub) expect(m.string()).toBe('hello');
+    const jsm = await anon.jetstreamManager();
+    await jsm.streams.add({ name: 'WORK', subjects: ['work.>'] });
+    await anon.jetstream().publish('work.y', 'stored');
+    expect((await jsm.streams.getMessage('WORK', { last_by_subj: 'work.y' })).string()).toBe('stored');
+  }, 120_000);
+
+  it('a JetStream republish onto the control subject restarts and scales nothing', async () => {
+    const before = await status(c.file);
+    const jsm = await anon.jetstreamManager();
+    // The attack from issue 17: a stream whose republish turns messages on evil.ctl into control requests.
+    await jsm.streams.add({ name: 'EVIL', subjects: ['evil.ctl'], republish: { src: 'evil.ctl', dest: `dynsup.${name}.control` } });
+    const js = anon.jetstream();
+    await js.publish('evil.ctl', JSON.stringify({ op: 'restart', target: 'w-0' }));
+    await js.publish('evil.ctl', JSON.stringify({ op: 'scale', group: 'w', count: 4 }));
+    expect((await jsm.streams.info('EVIL')).state.messages).toBe(2); // the attack ran in full
+    await new Promise((r) => setTimeout(r, 3000));
+    const after = await status(c.file);
+    expect(after.replicas.map((r) => r.name).sort()).toEqual(['w-0', 'w-1']);
+    expect(pids(after)).toEqual(pids(before));
+    expect(after.replicas.every((r) => r.restarts === 0)).toBe(true);
+  }, 60_000);
+
+  it('an anonymous stream on dynsup.<cluster>.> and a subscription to > read no control request, reply or log line', async () => {
+    const jsm = await anon.jetstreamManager();
+    const snoop = await jsm.streams.add({ name: 'SNOOP', subjects: [`dynsup.${name}.>`] }).then(() => true, () => false);
+    const seen: string[] = [];
+    const all = anon.subscribe('>');
+    void (async () => {
+      for await (const m of all) seen.push(`${m.subject} ${m.string()}`);
+    })();
+    const inbox = anon.subscribe('_INBOX.>');
+    void (async () => {
+      for await (const m of inbox) seen.push(`${m.subject} ${m.string()}`);
+    })();
+    await anon.flush();
+
+    // Positive control: the cluster's credentials do see the log lines (and the status reply is real).
+    const creds = JSON.parse(readFileSync(join(c.dir, 'state/run/credentials.json'), 'utf8')) as { natsUser: string; natsPassword: string };
+    const ctl = await connect({ servers: `nats://127.0.0.1:${c.natsPort}`, user: creds.natsUser, pass: creds.natsPassword });
+    let logLines = 0;
+    const logs = ctl.subscribe(`dynsup.${name}.log.>`);
+    void (async () => {
+      for await (const m of logs) if (m.string().includes(TOKEN)) logLines++;
+    })();
+
+    const s = await remote(['status', c.file, '--json']);
+    expect(s.code, s.stderr).toBe(0);
+    expect(s.stdout).toContain('w-0');
+    const r = await remote(['restart', c.file, 'w-1']);
+    expect(r.code, r.stderr).toBe(0);
+    await waitFor('log lines on the control account', () => logLines >= 3, 10_000, 100);
+    await new Promise((res) => setTimeout(res, 500));
+    await ctl.close();
+
+    expect(seen.filter((m) => m.includes(TOKEN) || m.includes('w-0') || m.includes('restart') || m.includes('"replicas"'))).toEqual([]);
+    expect(seen.filter((m) => m.startsWith('dynsup.'))).toEqual([]);
+    if (snoop) expect((await jsm.streams.info('SNOOP')).state.messages).toBe(0);
+    all.unsubscribe();
+    inbox.unsubscribe();
+    await anon.close();
+  }, 60_000);
 });
