@@ -288,7 +288,10 @@ export class AgentDaemon implements WorkerHost {
   sendData(name: string, offset: number, bytes: Buffer): boolean {
     const c = this.#conn;
     if (!c || c.destroyed) return false;
-    return c.write(encodeData(name, offset, bytes)) && c.writableLength < HIGH_WATER;
+    // Our own high-water mark, not the socket's 16 KiB one: pausing at every chunk until 'drain' made the
+    // stream a ping-pong of one read at a time.
+    c.write(encodeData(name, offset, bytes));
+    return c.writableLength < HIGH_WATER;
   }
 
   report(w: ReturnType<Worker['report']>): void {

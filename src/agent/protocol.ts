@@ -130,7 +130,10 @@ export type Frame<M> = { readonly kind: 'msg'; readonly msg: M } | { readonly ki
  * shell's chatter; kept for error messages) instead of being parsed.
  */
 export class FrameDecoder<M> {
-  #buf: Buffer = Buffer.alloc(0);
+  /** Received bytes not yet decoded, as they came: a large frame arrives in many small reads and is
+   * copied together once, when it is complete (concatenating on every read made it quadratic). */
+  #chunks: Buffer[] = [];
+  #len = 0;
   #synced: boolean;
   readonly #onNoise: ((b: Buffer) => void) | undefined;
 
@@ -144,27 +147,18 @@ export class FrameDecoder<M> {
   }
 
   push(chunk: Buffer): Frame<M>[] {
-    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
-    if (!this.#synced) {
-      const at = this.#buf.indexOf(PREAMBLE);
-      if (at < 0) {
-        // Keep a tail that may be the start of the preamble.
-        const keep = Math.min(this.#buf.length, PREAMBLE.length - 1);
-        if (this.#buf.length > keep) this.#onNoise?.(this.#buf.subarray(0, this.#buf.length - keep));
-        this.#buf = Buffer.from(this.#buf.subarray(this.#buf.length - keep));
-        return [];
-      }
-      if (at > 0) this.#onNoise?.(this.#buf.subarray(0, at));
-      this.#buf = this.#buf.subarray(at + PREAMBLE.length);
-      this.#synced = true;
-    }
+    this.#chunks.push(chunk);
+    this.#len += chunk.length;
+    if (!this.#synced && !this.#sync()) return [];
     const frames: Frame<M>[] = [];
-    while (this.#buf.length >= 5) {
-      const len = this.#buf.readUInt32BE(0);
+    while (this.#len >= 5) {
+      const head = this.#peek(5);
+      const len = head.readUInt32BE(0);
       if (len < 1 || len > MAX_FRAME) throw new Error(`corrupt agent stream: frame of ${len} bytes`);
-      if (this.#buf.length < 4 + len) break;
-      const type = this.#buf[4];
-      const body = this.#buf.subarray(5, 4 + len);
+      if (this.#len < 4 + len) break;
+      const frame = this.#take(4 + len);
+      const type = frame[4];
+      const body = frame.subarray(5);
       if (type === T_JSON) frames.push({ kind: 'msg', msg: JSON.parse(body.toString('utf8')) as M });
       else if (type === T_DATA) {
         const n = body.readUInt16BE(0);
@@ -172,10 +166,69 @@ export class FrameDecoder<M> {
         const offset = body.readDoubleBE(2 + n);
         frames.push({ kind: 'data', name, offset, bytes: body.subarray(2 + n + 8) });
       } else throw new Error(`corrupt agent stream: frame type ${type}`);
-      this.#buf = this.#buf.subarray(4 + len);
     }
-    if (!this.#buf.length) this.#buf = Buffer.alloc(0);
     return frames;
+  }
+
+  /** Skip to the preamble (what comes before it is noise). False while it has not arrived. */
+  #sync(): boolean {
+    const all = this.#take(this.#len);
+    const at = all.indexOf(PREAMBLE);
+    if (at < 0) {
+      // Keep a tail that may be the start of the preamble.
+      const keep = Math.min(all.length, PREAMBLE.length - 1);
+      if (all.length > keep) this.#onNoise?.(all.subarray(0, all.length - keep));
+      this.#put(Buffer.from(all.subarray(all.length - keep)));
+      return false;
+    }
+    if (at > 0) this.#onNoise?.(all.subarray(0, at));
+    this.#put(all.subarray(at + PREAMBLE.length));
+    this.#synced = true;
+    return true;
+  }
+
+  #put(b: Buffer): void {
+    this.#chunks = b.length ? [b] : [];
+    this.#len = b.length;
+  }
+
+  /** The first n buffered bytes (n <= buffered), without consuming them. */
+  #peek(n: number): Buffer {
+    const first = this.#chunks[0]!;
+    if (first.length >= n) return first.subarray(0, n);
+    const parts: Buffer[] = [];
+    let got = 0;
+    for (const c of this.#chunks) {
+      parts.push(c);
+      got += c.length;
+      if (got >= n) break;
+    }
+    return Buffer.concat(parts, got).subarray(0, n);
+  }
+
+  /** Consume the first n buffered bytes (n <= buffered). */
+  #take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.#chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.#chunks[0]!;
+        const k = Math.min(c.length, n - at);
+        c.copy(out, at, 0, k);
+        at += k;
+        if (k === c.length) this.#chunks.shift();
+        else this.#chunks[0] = c.subarray(k);
+      }
+    }
+    this.#len -= n;
+    return out;
   }
 }
 
