@@ -8,7 +8,6 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, rename, stat } from 'node:fs/promises';
-import { once } from 'node:events';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { LineSplitter } from './line-splitter.js';

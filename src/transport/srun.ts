@@ -7,7 +7,7 @@
  * The run dir is under the state dir, which must be on a filesystem every node of the allocation sees
  * (the agent bundle is copied there); the agent's socket and spools are per node inside it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { copyFile, mkdir } from 'node:fs/promises';
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
@@ -37,7 +37,6 @@ export class SrunPipe implements AgentPipe {
   readonly kind = 'srun' as const;
   readonly node: string;
   readonly #o: SrunPipeOptions;
-  #daemon: ChildProcess | undefined;
 
   constructor(o: SrunPipeOptions) {
     this.#o = o;
@@ -109,7 +108,6 @@ export class SrunPipe implements AgentPipe {
     closeSync(log);
     child.on('error', (err) => this.#o.onNotice?.('error', `node ${this.node}: cannot start the agent step: ${err.message}`));
     child.unref();
-    this.#daemon = child;
   }
 
   #bridge(nodeBin: string, bundle: string, signal?: AbortSignal): Promise<{ stream?: AgentStream; code?: number | null; said: string }> {
@@ -166,7 +164,5 @@ export class SrunPipe implements AgentPipe {
     });
   }
 
-  async close(): Promise<void> {
-    this.#daemon = undefined;
-  }
+  async close(): Promise<void> {}
 }
