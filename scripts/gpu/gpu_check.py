@@ -658,11 +658,17 @@ def main() -> int:
                else f"still there after {LEASE_S + 30}s: compute processes {len(apps)}; {mem_txt}"))
         s = dynsup("status", CLUSTER)
         check("status after supervisor death", s.returncode == 1 and "NOT running" in s.stdout, f"`dynsup status` exit {s.returncode}: {s.stdout.strip().splitlines()[0] if s.stdout.strip() else s.stderr.strip()[:200]}")
+        t = time.monotonic()
         r = dynsup("down", CLUSTER, timeout=120)
+        down_s = time.monotonic() - t
+        at_return = leftovers()
         end = time.monotonic() + 20
         while time.monotonic() < end and (our_apps() or leftovers()):
             time.sleep(0.25)
+        settled_s = time.monotonic() - t
         apps, (mem_ok, mem_txt), left = our_apps(), mem_back_to_baseline(), leftovers()
+        say(f"`dynsup down` returned after {down_s:.1f}s: " + " / ".join(ln.strip() for ln in (r.stdout + r.stderr).strip().splitlines()[-4:])
+            + f"; still running when it returned: {at_return or 'nothing'}" + (f" (gone {settled_s:.1f}s after `down` began)" if at_return else ""))
         # Not a check (nothing runs), but README says `down` removes the agents' runtime files: say what is left.
         rd = STATE_DIR / "run"
         run_left = sorted(str(f.relative_to(rd)) for f in rd.rglob("*")
@@ -670,7 +676,7 @@ def main() -> int:
         facts["runtime_files_after_down"] = run_left
         say(f"runtime files left under {STATE_DIR.relative_to(REPO)}/run after this `down`: {run_left or 'none (state.json, credentials.json aside)'}")
         check("down after supervisor death", r.returncode == 0 and not apps and mem_ok and not left,
-              f"exit {r.returncode}; compute processes {len(apps)}; {mem_txt}; processes left: {left or 'none'}")
+              f"exit {r.returncode} in {down_s:.1f}s; compute processes {len(apps)}; {mem_txt}; processes left: {left or 'none'}")
     except BaseException:
         cleanup()  # finish() does it otherwise
         raise
