@@ -204,7 +204,7 @@ export class AgentDaemon implements WorkerHost {
         });
       }
       case 'restart':
-        return this.#workers.get(m.name)?.restart(m.counted);
+        return this.#workers.get(m.name)?.restart(m.counted, m.counted ? m.reason : undefined);
       case 'signal':
         return this.#workers.get(m.name)?.signal(m.signal);
       case 'ack':

@@ -50,7 +50,8 @@ export interface WorkerReport {
   readonly state: WorkerState;
   readonly pid: number | null;
   readonly restarts: number;
-  readonly lastExit: (ExitInfo & { readonly at: number }) | null;
+  /** How the last process ended; `reason` when the head had it restarted (unhealthy, fatal log line). */
+  readonly lastExit: (ExitInfo & { readonly at: number; readonly reason?: string }) | null;
   readonly startedAt: number | null;
   readonly since: number;
   readonly message: string | null;
@@ -63,8 +64,9 @@ export interface WorkerReport {
 }
 
 export type AgentEvent =
-  | { readonly kind: 'started'; readonly pid: number }
-  | { readonly kind: 'exited'; readonly exit: ExitInfo; readonly uptimeMs: number }
+  /** `at`: the node's clock, when it happened there (the head learns of it a little later). */
+  | { readonly kind: 'started'; readonly pid: number; readonly at: number }
+  | { readonly kind: 'exited'; readonly exit: ExitInfo; readonly uptimeMs: number; readonly at: number }
   | { readonly kind: 'launch-failed'; readonly error: string }
   | { readonly kind: 'restarting'; readonly delayMs: number; readonly restarts: number }
   | { readonly kind: 'failed'; readonly reason: string }

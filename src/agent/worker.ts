@@ -62,7 +62,7 @@ export class Worker {
   #loop: Promise<void> | undefined;
   #wake = new AbortController();
   #stopping = false;
-  #restartAsked: { counted: boolean } | null = null;
+  #restartAsked: { counted: boolean; reason: string | undefined } | null = null;
   #token = '';
   #box: Box | undefined;
   readonly #host: WorkerHost;
@@ -153,10 +153,10 @@ export class Worker {
   }
 
   /** Replace the running process now; `counted` makes it count as a crash (an unhealthy worker). */
-  async restart(counted: boolean): Promise<void> {
+  async restart(counted: boolean, reason?: string): Promise<void> {
     if (!counted) this.#history = EMPTY_HISTORY;
     if (!this.#loop) return this.start();
-    this.#restartAsked = { counted };
+    this.#restartAsked = { counted, reason };
     this.#wake.abort();
     if (this.#child) await this.#terminate();
   }
@@ -238,10 +238,10 @@ export class Worker {
         exit = { code: 127, signal: null };
       }
       const uptime = Date.now() - launchedAt;
-      this.#lastExit = { ...exit, at: Date.now() };
-      if (this.#stopping) break;
       const asked = this.#restartAsked;
       this.#restartAsked = null;
+      this.#lastExit = { ...exit, at: Date.now(), ...(asked?.reason ? { reason: asked.reason } : {}) };
+      if (this.#stopping) break;
       if (asked && !asked.counted) continue;
       const decision = decideRestart(this.spec.restart, exit, uptime, this.#history, Date.now(), Math.random());
       if (decision.kind === 'fail') {
@@ -256,7 +256,7 @@ export class Worker {
       }
       this.#history = decision.history;
       this.#restarts++;
-      this.#set('backoff', `restarting in ${decision.delayMs}ms`);
+      this.#set('backoff', `${asked?.reason ? `${asked.reason}; ` : ''}restarting in ${decision.delayMs}ms`);
       this.#host.event(this.name, { kind: 'restarting', delayMs: decision.delayMs, restarts: this.#restarts });
       await sleep(decision.delayMs, undefined, { signal: this.#wake.signal }).catch(() => undefined);
     }
@@ -299,7 +299,7 @@ export class Worker {
     this.#pid = child.pid;
     this.#startedAt = Date.now();
     this.#set('running');
-    this.#host.event(this.name, { kind: 'started', pid: child.pid });
+    this.#host.event(this.name, { kind: 'started', pid: child.pid, at: this.#startedAt });
     // Asked to stop while starting: stop() saw no process.
     if (this.#stopping || this.#restartAsked) void this.#terminate();
     const result = await exit.catch((err: Error): ExitInfo => {
@@ -317,7 +317,7 @@ export class Worker {
     this.#pid = null;
     this.#endLine();
     this.pump();
-    this.#host.event(this.name, { kind: 'exited', exit: result, uptimeMs: Date.now() - (this.#startedAt ?? Date.now()) });
+    this.#host.event(this.name, { kind: 'exited', exit: result, uptimeMs: Date.now() - (this.#startedAt ?? Date.now()), at: Date.now() });
     return result;
   }
 

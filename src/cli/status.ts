@@ -60,7 +60,7 @@ function render(shown: Shown): string {
     r.state + (r.message && (r.state === 'backoff' || r.state === 'failed') ? ` (${r.message})` : r.adopted ? ' (adopted)' : ''),
     r.pid ? String(r.pid) : '-',
     String(r.restarts),
-    r.lastExit ? (r.lastExit.signal ?? `code ${r.lastExit.code}`) : '-',
+    r.lastExit ? `${r.lastExit.signal ?? `code ${r.lastExit.code}`}${r.lastExit.reason ? ` (${r.lastExit.reason})` : ''}` : '-',
     r.gpus.length ? r.gpus.join(',') : '-',
     r.startedAt && r.pid ? formatDuration(now - r.startedAt) : '-',
   ];

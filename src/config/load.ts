@@ -306,6 +306,14 @@ function resolveCluster(
       }
     }
     const restart = { ...d.restart, ...w.restart };
+    for (const [i, pattern] of (restart.onLog ?? []).entries()) {
+      try {
+        new RegExp(pattern);
+      } catch (err) {
+        const where: ConfigPath = w.restart?.onLog !== undefined ? at('restart', 'onLog', i) : ['defaults', 'restart', 'onLog', i];
+        add(where, `expected a regular expression (JavaScript syntax): ${(err as Error).message.replace(/^Invalid regular expression: /, '')}`);
+      }
+    }
     const stop = { ...d.stop, ...w.stop };
     const health = w.health ?? d.health;
     const env: Record<string, string> = {};
@@ -360,6 +368,7 @@ function resolveCluster(
         maxRestarts: restart.maxRestarts ?? 5,
         windowMs: ms(restart.window, 60_000),
         resetAfterMs: ms(restart.resetAfter, 30_000),
+        ...(restart.onLog?.length ? { onLog: restart.onLog } : {}),
       },
       stop: { signal: normalizeSignal(stop.signal ?? 'SIGTERM'), graceMs: ms(stop.grace, 10_000) },
       dependsOn: deps,

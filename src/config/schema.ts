@@ -52,6 +52,13 @@ const restartSchema = z
     maxRestarts: count(1_000_000).optional().meta({ description: 'Crash-loop limit: restarts allowed within `window` (default 5; 0 = unlimited).' }),
     window: duration.optional().meta({ description: 'Crash-loop window (default 60s).' }),
     resetAfter: duration.optional().meta({ description: 'Uptime after which the backoff starts again from initialDelay (default 30s).' }),
+    onLog: z
+      .array(nonEmpty, { error: 'expected a list of regular expressions' })
+      .optional()
+      .meta({
+        description:
+          'Fatal log patterns: a line of the worker matching one of these regular expressions restarts it (counted as a crash), for workers that hang after printing a fatal error (e.g. ["CUDA error", "NCCL .*timeout"]).',
+      }),
   })
   .meta({ description: 'Restart policy with exponential backoff and a crash-loop limit.' });
 

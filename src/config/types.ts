@@ -17,6 +17,8 @@ export interface RestartPolicy {
   readonly windowMs: number;
   /** After this much uptime the backoff starts over from initialDelayMs. */
   readonly resetAfterMs: number;
+  /** Fatal log patterns (regular expressions): a matching output line restarts the replica, as a crash. */
+  readonly onLog?: readonly string[];
 }
 
 export interface StopPolicy {

@@ -23,7 +23,7 @@ export interface ReplicaStatus {
   readonly state: ReplicaState;
   readonly pid: number | null;
   readonly restarts: number;
-  readonly lastExit: (ExitInfo & { readonly at: number }) | null;
+  readonly lastExit: (ExitInfo & { readonly at: number; readonly reason?: string }) | null;
   readonly gpus: readonly number[];
   /** When the current process started (ms since epoch). */
   readonly startedAt: number | null;
@@ -41,6 +41,7 @@ export type ReplicaEvent =
   | AgentEvent
   | { kind: 'ready' }
   | { kind: 'unhealthy'; failures: number }
+  | { kind: 'fatal-log'; pattern: string; line: string }
   | { kind: 'adopted'; pid: number; restarts: number };
 
 export interface HealthProbe {
@@ -155,6 +156,20 @@ export class Replica {
     await this.waitFor((r) => r.#report?.pid !== pid || r.#state === 'failed' || r.#state === 'stopped').catch(() => undefined);
   }
 
+  /**
+   * A line of the worker matched one of its fatal log patterns (restart.onLog): replace the process, as a
+   * crash. Once per process: the lines a dying worker prints after the first match change nothing.
+   */
+  fatalLog(pattern: string, line: string): void {
+    const pid = this.#report?.pid ?? null;
+    if (this.#quiesced || pid === null || this.#fatalFor === pid || (this.#state !== 'running' && this.#state !== 'ready')) return;
+    this.#fatalFor = pid;
+    this.#emit({ kind: 'fatal-log', pattern, line });
+    this.#o.agent.restart(this.name, true, `log line matched /${pattern}/`);
+  }
+
+  #fatalFor: number | null = null;
+
   /** The cluster is stopping: no more health checks (a failing one would restart the replica). */
   quiesce(): void {
     this.#quiesced = true;
@@ -244,7 +259,7 @@ export class Replica {
           // Alive but not answering: a hung worker holds its GPU as surely as a running one. Replace it.
           this.#emit({ kind: 'unhealthy', failures });
           this.#message = `unhealthy: ${failures} failed health checks`;
-          this.#o.agent.restart(this.name, true, this.#message);
+          this.#o.agent.restart(this.name, true, `unhealthy (${failures} failed health checks)`);
           return;
         }
       }

@@ -288,6 +288,15 @@ export class Supervisor {
       onChange: this.#o.onChange,
       onEvent: (name, ev) => this.#logEvent(name, ev),
     });
+    const fatal = (group.restart.onLog ?? []).map((p) => ({ source: p, re: new RegExp(p) }));
+    if (fatal.length) {
+      log.onLine((_r, line) => {
+        if (replica.state !== 'running' && replica.state !== 'ready') return;
+        const text = line.toString('utf8');
+        const hit = fatal.find((f) => f.re.test(text));
+        if (hit) replica.fatalLog(hit.source, text);
+      });
+    }
     this.#replicas.set(plan.name, replica);
     this.#plans.set(plan.name, plan);
     return replica;
@@ -352,12 +361,12 @@ export class Supervisor {
     const log = this.#o.logger;
     switch (ev.kind) {
       case 'started':
-        return log.info({ replica: name, pid: ev.pid }, `${name} started (pid ${ev.pid})`);
+        return log.info({ replica: name, pid: ev.pid, at: ev.at }, `${name} started (pid ${ev.pid})`);
       case 'adopted':
         return log.info({ replica: name, pid: ev.pid }, `${name} adopted (pid ${ev.pid}, ${ev.restarts} restarts so far): still running from before`);
       case 'exited': {
         const how = ev.exit.signal ? `killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
-        return log[this.#stopping ? 'info' : 'warn']({ replica: name, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs }, `${name} ${how}`);
+        return log[this.#stopping ? 'info' : 'warn']({ replica: name, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at }, `${name} ${how}`);
       }
       case 'launch-failed':
         return log.error({ replica: name }, `${name} could not be started: ${ev.error}`);
@@ -369,6 +378,8 @@ export class Supervisor {
         return log.info({ replica: name }, `${name} ready`);
       case 'unhealthy':
         return log.warn({ replica: name, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
+      case 'fatal-log':
+        return log.warn({ replica: name, pattern: ev.pattern }, `${name} printed a fatal line (restart.onLog /${ev.pattern}/), restarting it: ${ev.line.slice(0, 300)}`);
       case 'stop-escalated':
         return log.warn({ replica: name }, `${name} still running ${ev.graceMs / 1000}s after the stop signal: SIGKILL`);
       case 'stopped':

@@ -20,7 +20,7 @@ const events = (c: TempCluster) =>
   readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8')
     .trim()
     .split('\n')
-    .map((l) => JSON.parse(l) as { time: number; replica?: string; msg: string; delayMs?: number });
+    .map((l) => JSON.parse(l) as { time: number; at?: number; replica?: string; msg: string; delayMs?: number });
 
 describe('crash loops', () => {
   it('follows the backoff schedule, hits the crash-loop limit, is failed, and the rest keeps running', async () => {
@@ -42,9 +42,10 @@ workers:
       expect(failed.message).toMatch(/crash loop: 3 restarts within 60s/);
       const ev = events(c).filter((e) => e.replica === 'crash-0');
       expect(ev.filter((e) => /restarting in/.test(e.msg)).map((e) => e.delayMs)).toEqual([200, 400, 800]);
-      // Each start came no earlier than its delay after the previous exit.
-      const starts = ev.filter((e) => /started \(pid/.test(e.msg)).map((e) => e.time);
-      const exits = ev.filter((e) => /exited with code 1/.test(e.msg)).map((e) => e.time);
+      // Each start came no earlier than its delay after the previous exit (on the node's clock: the head
+      // hears of both a little later, not always equally late).
+      const starts = ev.filter((e) => /started \(pid/.test(e.msg)).map((e) => e.at!);
+      const exits = ev.filter((e) => /exited with code 1/.test(e.msg)).map((e) => e.at!);
       expect(starts).toHaveLength(4);
       for (const [i, d] of [200, 400, 800].entries()) expect(starts[i + 1]! - exits[i]!).toBeGreaterThanOrEqual(d - 5);
       // The other group is untouched and the supervisor is still up.
@@ -52,6 +53,32 @@ workers:
       expect(s.running).toBe(true);
       expect(s.replicas.find((x) => x.name === 'ok-0')).toMatchObject({ state: 'running', restarts: 0 });
       expect(readFileSync(join(c.dir, 'state/logs/crash-0.log'), 'utf8')).toBe('boom\n'.repeat(4));
+    } finally {
+      sup.kill('SIGTERM');
+    }
+  });
+
+  it('a worker that prints a fatal line and hangs is restarted as a crash (restart.onLog), the reason shown', async () => {
+    const c = await cluster(`nodes:
+  head: { transport: local }
+workers:
+  w:
+    command: "echo loading; echo 'RuntimeError: CUDA error: an illegal memory access was encountered'; echo more after it; exec sleep 600"
+    restart: { initialDelay: 100ms, jitter: 0, maxRestarts: 0, onLog: ["NCCL .*timeout", "CUDA error"] }
+`);
+    const sup = spawnUp(c.file);
+    try {
+      const first = await waitFor('running', async () => (await status(c.file)).replicas.find((r) => r.state === 'running'), 30_000, 50);
+      const again = await waitFor('restarted', async () => {
+        const r = (await status(c.file)).replicas[0]!;
+        return r.restarts >= 1 && r.pid !== first.pid ? r : null;
+      }, 30_000, 50);
+      expect(again.lastExit).toMatchObject({ signal: 'SIGTERM', reason: 'log line matched /CUDA error/' });
+      const ev = events(c).filter((e) => e.replica === 'w-0' && /fatal line/.test(e.msg));
+      expect(ev[0]!.msg).toContain('w-0 printed a fatal line (restart.onLog /CUDA error/), restarting it: RuntimeError: CUDA error');
+      // One restart per process, however many lines match after the first.
+      const st = await status(c.file);
+      expect(ev.length).toBeLessThanOrEqual(st.replicas[0]!.restarts + 1);
     } finally {
       sup.kill('SIGTERM');
     }
