@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadCluster } from '../config/load.js';
@@ -57,6 +57,11 @@ export async function downCommand([file]: string[], flags: Flags): Promise<numbe
   }
   // Belt and braces: any agent of this cluster still running (a supervisor that crashed) stops its workers.
   const missed = await cleanupLeftovers(cluster);
+  // A crashed supervisor's lock, socket and last state go too (unless it runs elsewhere: a Slurm batch host).
+  const lock = await readLock(paths);
+  if (!lock || (lock.host === hostname() && !pidAlive(lock.pid))) {
+    await Promise.all([paths.lock, paths.socket, paths.state].map((f) => rm(f, { force: true })));
+  }
   if (missed.length) {
     process.stderr.write(`could not reach node(s) ${missed.join(', ')}: their workers stop by themselves within the lease (${cluster.leaseMs / 1000}s)\n`);
   }

@@ -32,7 +32,10 @@ export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLog
     allNodes(cluster).map(async (n) => {
       const a = createNodeAgent(cluster, n);
       try {
-        if (await a.connectExisting(AbortSignal.timeout(15_000))) await a.shutdown(1000, 5000);
+        const signal = AbortSignal.timeout(15_000);
+        // A live agent stops its workers and removes its run dir; without one, the dir is all that is left.
+        if (await a.connectExisting(signal)) await a.shutdown(1000, 5000);
+        else await a.removeRunDir(signal);
       } catch (err) {
         unreachable.push(n.name);
         logger?.warn(`cleanup on ${n.name}: ${errorMessage(err)}`);

@@ -3,6 +3,7 @@
  * the agent (same bundle as on remote nodes) is started detached when none runs, so local workers get the
  * same lease, containment and re-adoption as remote ones.
  */
+import { rm } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { dialAgent } from '../agent/dial.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
@@ -29,6 +30,10 @@ export class LocalPipe implements AgentPipe {
     if (!sock) return null;
     const s = sock;
     return { input: s, output: s, destroy: () => s.destroy() };
+  }
+
+  async removeRunDir(): Promise<void> {
+    await rm(this.runDir, { recursive: true, force: true });
   }
 
   async close(): Promise<void> {}

@@ -386,6 +386,11 @@ export class NodeAgent {
     return ok;
   }
 
+  /** Remove the node's run dir (no agent runs there: a crashed cluster's leftovers). */
+  async removeRunDir(signal?: AbortSignal): Promise<void> {
+    await this.#o.pipe.removeRunDir(signal);
+  }
+
   /** Close the stream; the agent keeps its workers for the lease (a supervisor that exits without down). */
   async close(): Promise<void> {
     this.#closing = true;

@@ -8,7 +8,7 @@
  * (the agent bundle is copied there); the agent's socket and spools are per node inside it.
  */
 import { spawn } from 'node:child_process';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, rm } from 'node:fs/promises';
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -162,6 +162,10 @@ export class SrunPipe implements AgentPipe {
         settled = true;
       });
     });
+  }
+
+  async removeRunDir(): Promise<void> {
+    await rm(this.#o.runDir, { recursive: true, force: true });
   }
 
   async close(): Promise<void> {}

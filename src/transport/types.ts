@@ -26,6 +26,8 @@ export interface AgentPipe {
    * Rejects with a DynsupError naming the node.
    */
   open(opts: { readonly spawn: boolean; readonly signal?: AbortSignal | undefined }): Promise<AgentStream | null>;
+  /** Remove the node's run dir (no agent runs there any more: what a crashed cluster left). */
+  removeRunDir(signal?: AbortSignal): Promise<void>;
   /** Close whatever connection the pipe keeps (ssh). Workers are not touched. */
   close(): Promise<void>;
 }

@@ -2,7 +2,7 @@
  * The core on one machine, through the real CLI and real processes: environment contract, restarts,
  * stop escalation, log integrity, supervisor death, second `up`.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { dynsup, pidAlive, pidsWithEnv, spawnUp, status, tempCluster, waitFor, type TempCluster } from '../helpers/cluster.js';
@@ -165,7 +165,7 @@ workers:
     lines.forEach((l, i) => expect(l).toBe(`line ${i + 1}`));
   });
 
-  it('workers of a killed supervisor stop by themselves after the lease; a new up then starts them afresh', async () => {
+  it('workers of a killed supervisor stop by themselves after the lease; down then removes what is left, and up starts afresh', async () => {
     const c = await cluster(`nodes:
   head: { transport: local }
 workers:
@@ -177,9 +177,15 @@ workers:
     sup.kill('SIGKILL');
     await waitFor('workers gone after the lease', () => pids.every((p) => !pidAlive(p)), 60_000, 100);
     expect((await status(c.file)).running).toBe(false);
+    // down after that: nothing runs, and what the crash left on disk goes (the agents are gone already).
+    const down = await dynsup(['down', c.file]);
+    expect(down.code, down.stderr).toBe(0);
+    expect(existsSync(join(c.dir, 'state/run/nodes/head'))).toBe(false);
+    expect(existsSync(join(c.dir, 'state/run/controlplane'))).toBe(false);
+    expect(existsSync(join(c.dir, 'state/run/supervisor.json'))).toBe(false);
     await up(c);
     const st = await status(c.file);
-    expect(st.replicas.every((r) => r.state === 'running' && !pids.includes(r.pid!) && !r.adopted)).toBe(true);
+    expect(st.replicas.every((r) => r.state === 'running' && !pids.includes(r.pid!) && !r.adopted && r.restarts === 0)).toBe(true);
   });
 
   it('stops gracefully on SIGTERM with exit 0 and leaves nothing behind', async () => {

@@ -199,6 +199,11 @@ export class SshPipe implements AgentPipe {
     if (!out.includes('ok')) throw new DynsupError('E_NODE', `node ${this.node}: cannot copy Node.js to the node's cache: ${err.trim() || 'failed'}`);
   }
 
+  async removeRunDir(signal?: AbortSignal): Promise<void> {
+    const conn = await this.#connection(signal);
+    await conn.exec(`rm -rf ${q(this.runDir)}`, signal ? { signal } : {});
+  }
+
   async close(): Promise<void> {
     const c = this.#conn;
     this.#conn = undefined;
