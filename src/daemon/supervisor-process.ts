@@ -89,6 +89,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
     logger,
     credentials: creds,
     agents: (node) => createNodeAgent(cluster, node, (level, msg) => logger[level](msg)),
+    onControlPlaneStopping: () => closeClients(),
     onLine: (r, line, t, seq) => {
       mux?.line(r, line, t);
       natsControl?.publishLine(r, line, seq);
@@ -124,13 +125,20 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
       await flushState();
       // Bounded: NATS and etcd are stopped by now, or gone with the head's address; a client waiting for
       // them must not keep the supervisor alive after `down`.
-      await Promise.all([bounded(natsControl?.close(), 2000), bounded(etcdState?.close({ release: true }), 2000)]);
+      await closeClients();
       metricsServer?.close();
       logger.info('all stopped');
       resolveDone();
     })();
     return shuttingDown;
   };
+
+  // While NATS and etcd still run (the workers are stopped by then): the last states reach etcd and the
+  // leader key is released, so the next `up` finds no stale claim. Bounded: they may be gone already (the
+  // head's address lost), and a client waiting for them must not keep the supervisor alive after `down`.
+  let clientsClosed: Promise<void> | undefined;
+  const closeClients = (): Promise<void> =>
+    (clientsClosed ??= Promise.all([bounded(natsControl?.close(), 2000), bounded(etcdState?.close({ release: true }), 2000)]).then(() => undefined));
 
   const server = await serveControl(paths.socket, async (req: ControlRequest) => handle(sup, req, shutdown));
   let signals = 0;

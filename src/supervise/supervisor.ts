@@ -36,6 +36,8 @@ export interface SupervisorOptions {
   readonly credentials?: Credentials | undefined;
   /** Runs once the control plane is healthy, before any node is contacted (leader election, control service). */
   readonly onControlPlaneReady?: () => Promise<void>;
+  /** Runs once the workers are stopped, before NATS and etcd are (last state records, leader key release). */
+  readonly onControlPlaneStopping?: () => Promise<void>;
 }
 
 export interface ClusterStatus {
@@ -165,6 +167,7 @@ export class Supervisor {
       const rs = this.replicas.filter((r) => r.status().group === group.name);
       await Promise.all(rs.map((r) => r.stop('cluster stopping')));
     }
+    await this.#o.onControlPlaneStopping?.().catch(() => undefined);
     await Promise.all(
       [...this.#services].reverse().map(async (s) => {
         await s.replica.stop('cluster stopping');
