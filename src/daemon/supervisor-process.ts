@@ -162,7 +162,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   try {
     logger.info(`bringing up cluster ${cluster.name} from ${cluster.file} (state dir ${cluster.stateDir})`);
     await sup.up();
-    if (!shuttingDown) logger.info(`cluster ${cluster.name} is up: ${cluster.replicas.length} replicas (dynsup status ${cluster.file})`);
+    if (!shuttingDown) logger.info(`cluster ${cluster.name} is up: ${cluster.replicas.length} replica${cluster.replicas.length === 1 ? '' : 's'} (dynsup status ${cluster.file})`);
   } catch (err) {
     logger.error(errorMessage(err));
     code = err instanceof DynsupError ? err.exitCode : EXIT_RUNTIME;

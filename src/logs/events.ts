@@ -1,9 +1,12 @@
-/** dynsup's own events (started, exited, restarting, failed...): pino, pretty on a TTY, JSON otherwise, and always JSON to <stateDir>/logs/dynsup.log. */
+/**
+ * dynsup's own events (started, exited, restarting, failed...): pino; on a terminal one line each, the way
+ * `docker compose` prints (time, `dynsup |`, the message, coloured by level), JSON otherwise, and always
+ * JSON to <stateDir>/logs/dynsup.log.
+ */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
-import pretty from 'pino-pretty';
 import { escapeTerminal } from '../util/terminal-escape.js';
 
 export type EventLogger = Logger;
@@ -21,10 +24,7 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
   const out = opts.stream ?? process.stderr;
   const redact = opts.redact ?? ((s: string) => s);
   const streams: pino.StreamEntry[] = [];
-  const console =
-    out.isTTY && !process.env.NO_COLOR
-      ? pretty({ destination: terminalSafe(out), sync: true, colorize: true, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' })
-      : (out as NodeJS.WritableStream);
+  const console = out.isTTY ? terminalLines(out, !process.env.NO_COLOR) : (out as NodeJS.WritableStream);
   streams.push({ stream: console, level: (opts.level ?? 'info') as pino.Level });
   if (opts.stateDir) {
     const dir = join(opts.stateDir, 'logs');
@@ -44,15 +44,29 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
   );
 }
 
+const LEVEL_COLOUR: Record<number, string> = { 40: '33', 50: '31', 60: '31' };
+
 /**
- * The pretty view's destination: messages may quote workers and files, so control characters and escape
- * sequences are escaped on the way to the terminal, keeping pino-pretty's colours and its newlines. (The JSON
- * views need nothing: JSON escapes control characters.)
+ * The terminal view: one line per event. Messages may quote workers and files, so control characters and
+ * escape sequences are escaped on the way to the terminal. (The JSON views need nothing: JSON escapes them.)
  */
-function terminalSafe(out: NodeJS.WritableStream): NodeJS.WritableStream {
+function terminalLines(out: NodeJS.WritableStream, colour: boolean): NodeJS.WritableStream {
   return new Writable({
     write(chunk: Buffer | string, _enc, done) {
-      out.write(escapeTerminal(chunk.toString(), { keepNewlines: true, keepSgr: true }));
+      for (const line of chunk.toString().split('\n')) {
+        if (!line) continue;
+        let e: { level?: number; time?: number; msg?: string };
+        try {
+          e = JSON.parse(line) as typeof e;
+        } catch {
+          e = { msg: line };
+        }
+        const time = new Date(e.time ?? Date.now()).toTimeString().slice(0, 8);
+        const tag = (e.level ?? 30) >= 50 ? 'error: ' : (e.level ?? 30) >= 40 ? 'warning: ' : '';
+        const text = `${time} dynsup | ${tag}${escapeTerminal(e.msg ?? '')}`;
+        const c = colour ? LEVEL_COLOUR[e.level ?? 30] : undefined;
+        out.write(c ? `\x1b[${c}m${text}\x1b[0m\n` : `${text}\n`);
+      }
       done();
     },
   });
