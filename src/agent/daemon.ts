@@ -173,15 +173,16 @@ export class AgentDaemon implements WorkerHost {
           w.spec = m.spec;
           w.specHash = m.specHash;
         }
+        const fresh = !w;
         if (!w) {
           const prev = this.#previous.get(m.name);
           w = new Worker(m.name, join(this.#o.dir, `${m.name}.out`), m.spec, m.specHash, this, prev);
           this.#workers.set(m.name, w);
         }
         w.stream(m.from < 0 ? w.report().acked : m.from);
-        // Running already (adopted): say so; else starting reports for itself.
-        if (w.active) this.report(w.report());
-        else w.start();
+        // Running already (adopted), or ended and only re-stated: say so; else starting reports for itself.
+        if (!w.active && (m.start || w.interrupted || fresh)) w.start();
+        else this.report(w.report());
         return;
       }
       case 'stop': {

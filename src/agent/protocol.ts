@@ -76,8 +76,12 @@ export type AgentEvent =
 
 export type HeadMessage =
   | { readonly t: 'hello'; readonly v: number; readonly cluster: string; readonly node: string; readonly leaseMs: number }
-  /** Run (or adopt, when the same spec runs already) a replica; output is streamed from `from`. */
-  | { readonly t: 'run'; readonly name: string; readonly spec: WorkerSpec; readonly specHash: string; readonly from: number }
+  /**
+   * Run (or adopt, when the same spec runs already) a replica; output is streamed from `from`. `start`
+   * false: the head reconnected and re-states what it wants; a replica that ended (failed, stopped by its
+   * policy or on request) stays so, one the lease stopped is started again.
+   */
+  | { readonly t: 'run'; readonly name: string; readonly spec: WorkerSpec; readonly specHash: string; readonly from: number; readonly start: boolean }
   | { readonly t: 'stop'; readonly name: string; readonly reason: string }
   /** Stop and start again; `counted`: as a crash (unhealthy), else not counted against the crash-loop limit. */
   | { readonly t: 'restart'; readonly name: string; readonly counted: boolean; readonly reason: string }

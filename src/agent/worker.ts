@@ -106,6 +106,11 @@ export class Worker {
     return this.#loop !== undefined;
   }
 
+  /** Stopped without being asked (lease, dead agent): to be started again when the head is back. */
+  get interrupted(): boolean {
+    return this.#interrupted;
+  }
+
   record(): WorkerRecord {
     return { name: this.name, specHash: this.specHash, pid: this.#pid, token: this.#token, acked: this.#acked, restarts: this.#restarts, interrupted: this.#interrupted };
   }

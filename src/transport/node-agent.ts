@@ -169,7 +169,7 @@ export class NodeAgent {
     this.#ping.unref();
     for (const w of h.workers) this.#wanted.get(w.name)?.sink.report(w);
     // Stopping: nothing is (re)started, whatever the agent reports.
-    if (!this.#quiesced) for (const [name, w] of this.#wanted) if (!w.stopped) this.#sendRun(name, w);
+    if (!this.#quiesced) for (const [name, w] of this.#wanted) if (!w.stopped) this.#sendRun(name, w, false);
     for (const f of [...this.#onUp]) f();
     return h;
   }
@@ -229,8 +229,8 @@ export class NodeAgent {
     return true;
   }
 
-  #sendRun(name: string, w: Wanted): void {
-    this.#send({ t: 'run', name, spec: w.spec, specHash: w.hash, from: w.received });
+  #sendRun(name: string, w: Wanted, start: boolean): void {
+    this.#send({ t: 'run', name, spec: w.spec, specHash: w.hash, from: w.received, start });
   }
 
   #message(m: AgentMessage): void {
@@ -294,7 +294,7 @@ export class NodeAgent {
       stopped: false,
     };
     this.#wanted.set(name, w);
-    this.#sendRun(name, w);
+    this.#sendRun(name, w, true);
   }
 
   /** The agent's last report of a replica this head asked for. */
