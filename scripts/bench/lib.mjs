@@ -12,7 +12,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 export { sleep };
 export const ROOT = resolve(import.meta.dirname, '../..');
-// BENCH_DYNSUP_BIN: bench another checkout's CLI (e.g. a prototype in a scratch copy) with the same scripts.
+// BENCH_DYNSUP_BIN: bench another checkout's CLI (e.g. a prototype in a scratch copy, or a private build of
+// one commit that a concurrent `npm run build` in this checkout cannot change mid-run) with the same scripts;
+// BENCH_COMMIT names what that build is, for the report.
 export const BIN = process.env.BENCH_DYNSUP_BIN ?? join(ROOT, 'bin/dynsup.js');
 export const LAB_SH = join(ROOT, 'scripts/lab.sh');
 export const WORK = process.env.BENCH_WORK ?? '/tmp/dynsup-bench';
@@ -418,7 +420,7 @@ export async function killByUser(name) {
 
 /** Hash under which dynsup caches its agent bundle on a node (~/.cache/dynsup/agent-HASH.mjs): see agent-bundle.ts. */
 export function agentBundleHash() {
-  const bundle = join(ROOT, 'dist/agent/dynsup-agent.mjs');
+  const bundle = join(BIN, '../../dist/agent/dynsup-agent.mjs');
   return createHash('sha256').update(readFileSync(bundle)).digest('hex').slice(0, 16);
 }
 

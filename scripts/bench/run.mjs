@@ -58,8 +58,11 @@ try {
   const pm2Version = (await run(pm2.bin, ['--version'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } })).stdout.trim().split('\n').pop();
   await run(pm2.bin, ['kill'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } });
   // What is benchmarked: the tree as built by `npm run bench` right before this (others may commit meanwhile).
-  const commit = (await run('git', ['rev-parse', '--short', 'HEAD'])).stdout.trim();
-  const dirty = (await run('git', ['status', '--porcelain', 'src', 'share'])).stdout.trim() ? ' (with uncommitted changes in src/ or share/)' : '';
+  const privateBuild = process.env.BENCH_DYNSUP_BIN;
+  const commit = privateBuild ? (process.env.BENCH_COMMIT ?? 'unknown commit') : (await run('git', ['rev-parse', '--short', 'HEAD'])).stdout.trim();
+  const dirty = privateBuild
+    ? ` (private build: ${privateBuild})`
+    : (await run('git', ['status', '--porcelain', 'src', 'share'])).stdout.trim() ? ' (with uncommitted changes in src/ or share/)' : '';
   lab = await startLab(32);
   const clean = await ensureCleanUser();
   if (clean.created) installedNotes.push(`useradd ${clean.name} (removed at the end)`);
@@ -122,7 +125,7 @@ function writeReports({ versions, wallS }) {
       `node (\`node ~/.cache/dynsup/agent-HASH.mjs serve RUNDIR\`), reached over one ssh exec channel per node.` +
       (installedNotes.length ? ` Set up for this run: ${installedNotes.join('; ')}.` : ''),
   ].join('\n');
-  const rerun = 'sudo npm run bench   # = npm run build && node scripts/bench/run.mjs; ~20 min, needs root; --quick for a smoke run';
+  const rerun = 'sudo npm run bench   # = npm run build && node scripts/bench/run.mjs; ~12 min, needs root; --quick for a smoke run';
   const report = [
     '# dynsup benchmarks',
     '',
