@@ -3,7 +3,7 @@
  * `docker compose` prints (time, `dynsup |`, the message, coloured by level), JSON otherwise, and always
  * JSON to <stateDir>/logs/dynsup.log.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
@@ -29,7 +29,7 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
   if (opts.stateDir) {
     const dir = join(opts.stateDir, 'logs');
     mkdirSync(dir, { recursive: true });
-    streams.push({ stream: pino.destination({ dest: join(dir, 'dynsup.log'), append: true, sync: true }), level: 'debug' });
+    streams.push({ stream: eventFile(join(dir, 'dynsup.log')), level: 'debug' });
   }
   return pino(
     {
@@ -42,6 +42,24 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
     },
     pino.multistream(streams),
   );
+}
+
+/**
+ * The event log file, written synchronously (an event is on disk before the next step), and never fatal:
+ * a full or failing disk drops events instead of throwing into the supervisor (which must still stop
+ * its workers when asked).
+ */
+function eventFile(path: string): { write(s: string): void } {
+  const fd = openSync(path, 'a', 0o640);
+  return {
+    write(s: string) {
+      try {
+        writeSync(fd, s);
+      } catch {
+        /* disk full or failing: the terminal view and the workers go on */
+      }
+    },
+  };
 }
 
 const LEVEL_COLOUR: Record<number, string> = { 40: '33', 50: '31', 60: '31' };
