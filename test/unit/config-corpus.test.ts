@@ -247,13 +247,12 @@ describe('a bad state dir (the real CLI)', () => {
     ['statedir-proc.yaml', 5, 'is under /proc'],
     ['statedir-file.yaml', 5, 'is an existing file, not a directory'],
     ['statedir-root.yaml', 4, 'is the root directory'],
-  ])('up %s: exit 2 at FILE:LINE, at once', (name, line, message) => {
+  ])('up %s: exit 2 at FILE:LINE, before anything starts', (name, line, message) => {
     const file = join(badDir, name);
-    const started = Date.now();
+    // A CLI that spins (the old mkdir loop) is killed by run()'s spawn timeout and fails here.
     const r = run(['up', file]);
     expect(r.error, 'the CLI did not finish').toBeUndefined();
     expect(r.status, r.stderr).toBe(2);
-    expect(Date.now() - started).toBeLessThan(20_000);
     expect(r.stderr).toContain(`${file}:${line}:11: stateDir: state dir `);
     expect(r.stderr).toContain(message);
     expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
