@@ -11,20 +11,12 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pidAlive } from '../control/runtime-files.js';
 import { AgentDaemon } from './daemon.js';
 import { dialAgent } from './dial.js';
 
 declare const DYNSUP_AGENT_BUILD: string | undefined;
 const BUILD = typeof DYNSUP_AGENT_BUILD === 'string' ? DYNSUP_AGENT_BUILD : 'dev';
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 async function serve(dir: string): Promise<number> {
   // One agent per run dir: a second one started by a concurrent bridge steps aside.

@@ -12,6 +12,7 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync, watch, writeSync, type FSWatcher } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { matchesPattern } from '../supervise/launch-spec.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../supervise/restart-policy.js';
 import { makeBox, TOKEN_VAR, type Box } from './containment.js';
 import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec, WorkerState } from './protocol.js';
@@ -269,9 +270,8 @@ export class Worker {
   }
 
   #env(): NodeJS.ProcessEnv {
-    const patterns = this.spec.unsetEnv.map((p) => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`));
     const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!patterns.some((p) => p.test(k))) env[k] = v;
+    for (const [k, v] of Object.entries(process.env)) if (!this.spec.unsetEnv.some((p) => matchesPattern(k, p))) env[k] = v;
     delete env.DYNSUP_AGENT_CGROUP;
     return { ...env, ...this.spec.env, [TOKEN_VAR]: this.#token };
   }
