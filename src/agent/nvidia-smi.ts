@@ -11,6 +11,7 @@
  * (blank output, a "No devices were found" message).
  */
 import { execFile } from 'node:child_process';
+import { DynsupError } from '../util/errors.js';
 
 export interface GpuSample {
   index: number;
@@ -80,7 +81,8 @@ export function parseComputeAppsCsv(text: string, gpus: GpuSample[]): GpuProcess
   return procs;
 }
 
-class NotFound extends Error {}
+/** Rejection value of `run` when the binary does not exist (queryGpus: null, not an error). */
+const NOT_FOUND = Symbol('nvidia-smi not found');
 
 function run(bin: string, args: string[], opts: { signal?: AbortSignal; env?: NodeJS.ProcessEnv; timeoutMs: number }): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -91,10 +93,11 @@ function run(bin: string, args: string[], opts: { signal?: AbortSignal; env?: No
       (err, stdout, stderr) => {
         if (!err) return resolve(stdout);
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') return reject(new NotFound(`${bin}: not found`));
+        if (code === 'ENOENT') return reject(NOT_FOUND);
         if (err.name === 'AbortError') return reject(err);
+        if ((err as { killed?: boolean }).killed) return reject(new DynsupError('E_TIMEOUT', `${bin} ${args[0]}: no answer in ${opts.timeoutMs} ms`));
         const why = (stderr || stdout).trim().split('\n')[0] || err.message;
-        reject(new Error(`${bin} ${args[0]}: ${(err as { killed?: boolean }).killed ? `no answer in ${opts.timeoutMs} ms` : why}`));
+        reject(new DynsupError('E_NODE', `${bin} ${args[0]}: ${why}`, { cause: err }));
       },
     );
   });
@@ -113,7 +116,7 @@ export async function queryGpus(opts: { signal?: AbortSignal; bin?: string; env?
     const gpus = parseGpuCsv(gpuText);
     return { gpus, processes: parseComputeAppsCsv(appsText, gpus) };
   } catch (err) {
-    if (err instanceof NotFound) return null;
+    if (err === NOT_FOUND) return null;
     throw err;
   }
 }
