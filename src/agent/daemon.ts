@@ -12,6 +12,7 @@ import { appendFileSync, mkdirSync, readFileSync, renameSync, rmSync, unlinkSync
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { cgroupBase, makeBox } from './containment.js';
+import { sampleGpus } from './gpu-sampler.js';
 import {
   encodeData,
   encodeMessage,
@@ -49,6 +50,8 @@ export class AgentDaemon implements WorkerHost {
   #leaseMs = DEFAULT_LEASE_MS;
   #leaseTimer: NodeJS.Timeout | undefined;
   #persistQueued = false;
+  /** The GPU sampler (one per node, while a head is connected that asked for it). */
+  #gpus: { intervalMs: number; stop: AbortController } | undefined;
   #exiting = false;
   readonly #done: Promise<void>;
   #resolveDone!: () => void;
@@ -158,6 +161,7 @@ export class AgentDaemon implements WorkerHost {
     }
     this.#leaseMs = m.leaseMs > 0 ? m.leaseMs : DEFAULT_LEASE_MS;
     this.#armLease();
+    this.#sampleGpus(m.gpuIntervalMs ?? 0);
     this.#sendOn(sock, { ...hello, workers: [...this.#workers.values()].map((w) => w.report()) });
   }
 
@@ -168,8 +172,9 @@ export class AgentDaemon implements WorkerHost {
       case 'run': {
         let w = this.#workers.get(m.name);
         if (w && w.specHash !== m.specHash) {
-          // Another spec (the file changed): the old process goes, the new one starts.
-          await w.stop('spec changed');
+          // Another spec (the file changed): the old process goes, the new one starts. One stopped already
+          // (dynsup apply stops it first) is not reported stopped again: the head has started it anew.
+          if (w.active) await w.stop('spec changed');
           w.spec = m.spec;
           w.specHash = m.specHash;
         }
@@ -228,10 +233,27 @@ export class AgentDaemon implements WorkerHost {
     }
   }
 
+  #sampleGpus(intervalMs: number): void {
+    if (this.#gpus?.intervalMs === intervalMs) return;
+    this.#gpus?.stop.abort();
+    this.#gpus = undefined;
+    if (!(intervalMs > 0)) return;
+    const stop = new AbortController();
+    this.#gpus = { intervalMs, stop };
+    void sampleGpus({
+      intervalMs,
+      signal: stop.signal,
+      workers: () => [...this.#workers.values()].map((w) => w.owned()),
+      send: (sample) => this.#send({ t: 'gpus', sample }),
+      log: (line) => this.#log(line),
+    });
+  }
+
   /** SIGTERM (a job's end, a node's shutdown): stop every worker gracefully, then exit; state is kept. */
   async terminate(why: string): Promise<void> {
     if (this.#exiting) return;
     this.#exiting = true;
+    this.#gpus?.stop.abort();
     clearTimeout(this.#leaseTimer);
     this.#log(`${why}: stopping every worker`);
     await Promise.all([...this.#workers.values()].map((w) => w.stop(why, true)));
@@ -243,6 +265,7 @@ export class AgentDaemon implements WorkerHost {
 
   async #shutdown(_graceMs: number): Promise<void> {
     this.#exiting = true;
+    this.#gpus?.stop.abort();
     clearTimeout(this.#leaseTimer);
     await Promise.all([...this.#workers.values()].map((w) => w.stop('cluster stopping')));
     for (const w of this.#workers.values()) w.close();
@@ -272,6 +295,7 @@ export class AgentDaemon implements WorkerHost {
     // Heard from the head meanwhile: carry on (the head restarts what it wants running).
     if (this.#conn) return;
     this.#exiting = true;
+    this.#gpus?.stop.abort();
     this.#writeState();
     for (const w of this.#workers.values()) w.close();
     this.#server?.close();

@@ -15,7 +15,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RestartPolicy } from '../config/types.js';
 
-/** Bumped on any incompatible change; a head and an agent with different versions refuse each other. */
+/**
+ * Bumped on any incompatible change; a head and an agent with different versions refuse each other.
+ * Compatible additions keep it: a field or message the other end does not know is ignored there (the
+ * hello's gpuIntervalMs, the agent's `gpus` message, a spec's hooks).
+ */
 export const PROTOCOL_VERSION = 1;
 export const PREAMBLE = Buffer.from('\n\u0000dynsup-agent-protocol\u0000\n');
 
@@ -39,6 +43,9 @@ export interface WorkerSpec {
   readonly stopSignal: NodeJS.Signals;
   readonly graceMs: number;
   readonly restart: RestartPolicy;
+  /** Hooks: `sh -c` on the node before each start (failing = a failed start) and after each exit; output to the spool. */
+  readonly preStart?: string | undefined;
+  readonly postStop?: string | undefined;
 }
 
 export type WorkerState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
@@ -63,6 +70,28 @@ export interface WorkerReport {
   readonly containment: 'cgroup' | 'pgroup';
 }
 
+/** One GPU as sampled; null where nvidia-smi could not tell ("[N/A]"). */
+export interface GpuReading {
+  readonly index: number;
+  readonly uuid: string;
+  readonly memoryUsedMiB: number | null;
+  readonly memoryTotalMiB: number | null;
+  readonly utilizationPct: number | null;
+}
+/** A compute process on one of the node's GPUs; `owner`: the replica whose process it is (null: none of this agent's). */
+export interface GpuProcessReading {
+  readonly pid: number;
+  readonly gpuIndex: number;
+  readonly usedMemoryMiB: number | null;
+  readonly owner: string | null;
+}
+export interface NodeGpuSample {
+  /** The node's clock. */
+  readonly at: number;
+  readonly gpus: readonly GpuReading[];
+  readonly processes: readonly GpuProcessReading[];
+}
+
 export type AgentEvent =
   /** `at`: the node's clock, when it happened there (the head learns of it a little later). */
   | { readonly kind: 'started'; readonly pid: number; readonly at: number }
@@ -72,10 +101,13 @@ export type AgentEvent =
   | { readonly kind: 'failed'; readonly reason: string }
   | { readonly kind: 'stop-escalated'; readonly graceMs: number }
   | { readonly kind: 'stopped'; readonly reason: string }
-  | { readonly kind: 'leftovers'; readonly count: number };
+  | { readonly kind: 'leftovers'; readonly count: number }
+  /** A postStop hook failed (a failing preStart is a `launch-failed`: the start failed). */
+  | { readonly kind: 'hook-failed'; readonly hook: 'preStart' | 'postStop'; readonly error: string };
 
 export type HeadMessage =
-  | { readonly t: 'hello'; readonly v: number; readonly cluster: string; readonly node: string; readonly leaseMs: number }
+  /** `gpuIntervalMs`: sample nvidia-smi this often (0 or absent: never). */
+  | { readonly t: 'hello'; readonly v: number; readonly cluster: string; readonly node: string; readonly leaseMs: number; readonly gpuIntervalMs?: number }
   /**
    * Run (or adopt, when the same spec runs already) a replica; output is streamed from `from`. `start`
    * false: the head reconnected and re-states what it wants; a replica that ended (failed, stopped by its
@@ -104,6 +136,8 @@ export type AgentMessage =
       readonly error?: string;
     }
   | { readonly t: 'state'; readonly worker: WorkerReport }
+  /** The node's GPUs (one nvidia-smi call pair per interval, whatever the number of workers). */
+  | { readonly t: 'gpus'; readonly sample: NodeGpuSample }
   | { readonly t: 'event'; readonly name: string; readonly event: AgentEvent }
   | { readonly t: 'pong' }
   | { readonly t: 'bye' }

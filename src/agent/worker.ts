@@ -20,6 +20,8 @@ import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec, WorkerState } from
 const READ_CHUNK = 256 * 1024;
 /** Release acknowledged spool in steps this big (a hole keeps offsets valid). */
 const RELEASE_STEP = 16 * 2 ** 20;
+/** A hook (preStart, postStop) that runs longer than this is killed, and fails. */
+const HOOK_TIMEOUT_MS = 10 * 60_000;
 /** Fallback read tick for filesystems whose change events do not arrive (NFS written by another host). */
 const POLL_MS = 2000;
 
@@ -110,6 +112,11 @@ export class Worker {
   /** Stopped without being asked (lease, dead agent): to be started again when the head is back. */
   get interrupted(): boolean {
     return this.#interrupted;
+  }
+
+  /** Who this worker's processes are (GPU telemetry tells its own from others'). */
+  owned(): { name: string; token: string; pid: number | null } {
+    return { name: this.name, token: this.#token, pid: this.#pid };
   }
 
   record(): WorkerRecord {
@@ -237,16 +244,19 @@ export class Worker {
       this.#set('starting');
       const launchedAt = Date.now();
       let exit: ExitInfo;
+      let failedStart: string | undefined;
       try {
         exit = await this.#launchAndWait();
       } catch (err) {
-        this.#host.event(this.name, { kind: 'launch-failed', error: err instanceof Error ? err.message : String(err) });
+        failedStart = err instanceof Error ? err.message : String(err);
+        this.#host.event(this.name, { kind: 'launch-failed', error: failedStart });
         exit = { code: 127, signal: null };
       }
       const uptime = Date.now() - launchedAt;
       const asked = this.#restartAsked;
       this.#restartAsked = null;
-      this.#lastExit = { ...exit, at: Date.now(), ...(asked?.reason ? { reason: asked.reason } : {}) };
+      const reason = asked?.reason ?? (failedStart?.startsWith('preStart') ? failedStart : undefined);
+      this.#lastExit = { ...exit, at: Date.now(), ...(reason ? { reason } : {}) };
       if (this.#stopping) break;
       if (asked && !asked.counted) continue;
       const decision = decideRestart(this.spec.restart, exit, uptime, this.#history, Date.now(), Math.random());
@@ -283,6 +293,10 @@ export class Worker {
     const box = this.#box;
     const argv = box.wrap(this.spec.argv);
     const out = this.#fd!;
+    if (this.spec.preStart !== undefined) {
+      const r = await this.#hook('preStart', this.spec.preStart);
+      if (r !== null) throw new Error(`preStart ${r}`);
+    }
     const child = spawn(argv[0]!, argv.slice(1), {
       cwd: this.spec.cwd || undefined,
       env: this.#env(),
@@ -323,6 +337,36 @@ export class Worker {
     this.#endLine();
     this.pump();
     this.#host.event(this.name, { kind: 'exited', exit: result, uptimeMs: Date.now() - (this.#startedAt ?? Date.now()), at: Date.now() });
+    // After the exit is known, before the next start (or before a stop completes): cleaning up what the
+    // worker left (shared memory segments, lock files) is the hook's job.
+    if (this.spec.postStop !== undefined) await this.#hook('postStop', this.spec.postStop);
+    return result;
+  }
+
+  /**
+   * Run a hook with `sh -c` on this node: the worker's environment and cwd, output into the spool (so the
+   * replica's log), its own process group (killed past HOOK_TIMEOUT_MS). Null when it succeeded, else how
+   * it failed.
+   */
+  async #hook(which: 'preStart' | 'postStop', command: string): Promise<string | null> {
+    const out = this.#fd;
+    if (out === undefined) return 'not run: the spool is closed';
+    const child = spawn('/bin/sh', ['-c', command], { cwd: this.spec.cwd || undefined, env: this.#env(), detached: true, stdio: ['ignore', out, out] });
+    const timer = setTimeout(() => {
+      try {
+        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }, HOOK_TIMEOUT_MS);
+    const result = await new Promise<string | null>((resolve) => {
+      child.once('error', (err) => resolve(`could not be run: ${err.message}`));
+      child.once('exit', (code, signal) => resolve(code === 0 ? null : signal ? `killed by ${signal}` : `exited with code ${code}`));
+    });
+    clearTimeout(timer);
+    this.#endLine();
+    this.pump();
+    if (result !== null && which === 'postStop') this.#host.event(this.name, { kind: 'hook-failed', hook: which, error: result });
     return result;
   }
 

@@ -84,9 +84,12 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     run: async (args, flags) => (await import('./logs.js')).logsCommand(args, flags),
   },
   restart: {
-    summary: 'restart a replica or every replica of a group (not counted as a crash)',
-    usage: `Usage: dynsup restart FILE REPLICA|GROUP [--head ADDR] [--creds FILE] [--state-dir DIR]${REMOTE}`,
-    options: { ...CLIENT_OPTIONS },
+    summary: 'restart a replica or every replica of a group (not counted as a crash); --rolling: one at a time',
+    usage: `Usage: dynsup restart FILE REPLICA|GROUP [--rolling] [--head ADDR] [--creds FILE] [--state-dir DIR]
+
+--rolling (a group): replace its replicas one at a time (rollout.maxUnavailable), the next only once the
+replaced one is ready again (health check), so that the group keeps serving.${REMOTE}`,
+    options: { rolling: { type: 'boolean' }, ...CLIENT_OPTIONS },
     minArgs: 2,
     maxArgs: 2,
     run: async (args, flags) => (await import('./restart.js')).restartCommand(args, flags),
@@ -106,6 +109,22 @@ Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixe
     minArgs: 2,
     maxArgs: 2,
     run: async (args, flags) => (await import('./restart.js')).startCommand(args, flags),
+  },
+  apply: {
+    summary: 'apply a changed cluster file to the running cluster: start, stop, replace (rolling) what changed',
+    usage: `Usage: dynsup apply FILE [--dry-run] [--head ADDR] [--creds FILE] [--state-dir DIR]
+
+Checks FILE, compares it with what runs and prints the plan: per group, the replicas kept (untouched,
+same process), replaced (what they run changed: command, env, ports, hooks, policies, health check),
+started and stopped. Then carries it out: removed replicas stop, new ones start, changed groups are
+replaced rolling, rollout.maxUnavailable (default 1) at a time, the next only once the replaced one is
+ready again. A group whose gpus or nodes change is placed afresh (stopped, then started).
+Exit 2, nothing changed, when the plan cannot be placed (GPUs, ports) or the control plane section,
+name, head or lease changed (those need down/up). --dry-run prints the plan only.${REMOTE}`,
+    options: { 'dry-run': { type: 'boolean' }, ...CLIENT_OPTIONS },
+    minArgs: 1,
+    maxArgs: 1,
+    run: async (args, flags) => (await import('./apply.js')).applyCommand(args, flags),
   },
   scale: {
     summary: 'change the number of replicas of groups: scale FILE prefill=4 decode=2',

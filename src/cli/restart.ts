@@ -5,8 +5,9 @@ import { control, target } from './client.js';
 function targetCommand(op: 'restart' | 'stop' | 'start', verb: string) {
   return async ([file, what]: string[], flags: Flags): Promise<number> => {
     const t = await target(file!, flags);
-    const names = (await control(t, flags, { op, target: what! })) as string[];
-    process.stdout.write(`${verb} ${names.join(', ')}\n`);
+    const rolling = op === 'restart' && flags.rolling === true;
+    const names = (await control(t, flags, rolling ? { op, target: what!, rolling } : { op, target: what! })) as string[];
+    process.stdout.write(`${verb}${rolling ? ' (rolling)' : ''} ${names.join(', ')}\n`);
     return 0;
   };
 }

@@ -8,7 +8,7 @@ import { control, etcdSnapshot, target, type Target } from './client.js';
 import type { Flags } from './flags.js';
 import { table } from './table.js';
 
-interface Shown {
+export interface Shown {
   running: boolean;
   source: 'supervisor' | 'etcd' | 'state-file' | 'none';
   headline: string;
@@ -50,7 +50,20 @@ async function collect(t: Target, flags: Flags): Promise<Shown> {
   }
 }
 
-function render(shown: Shown): string {
+const gib = (mib: number | null): string => (mib === null ? '?' : (mib / 1024).toFixed(1));
+
+/** GPU MEM, GPU UTIL and OTHER PROCS cells (telemetry from the node's nvidia-smi). */
+export function gpuCells(r: ReplicaStatus): [string, string, string] {
+  const g = r.gpu;
+  if (!g) return ['-', '-', '-'];
+  return [
+    `${gib(g.memoryUsedMiB)}/${gib(g.memoryTotalMiB)} GiB`,
+    g.utilizationPct === null ? '?' : `${g.utilizationPct}%`,
+    g.others.length ? g.others.map((p) => `${p.pid}@${p.gpu}${p.usedMemoryMiB === null ? '' : ` ${gib(p.usedMemoryMiB)}GiB`}${p.owner ? ` (${p.owner})` : ''}`).join(', ') : '-',
+  ];
+}
+
+export function render(shown: Shown): string {
   let out = `${shown.headline}\n`;
   if (!shown.status) return out;
   const now = Date.now();
@@ -64,7 +77,11 @@ function render(shown: Shown): string {
     r.gpus.length ? r.gpus.join(',') : '-',
     r.startedAt && r.pid ? formatDuration(now - r.startedAt) : '-',
   ];
-  out += `\n${table(['REPLICA', 'NODE', 'STATE', 'PID', 'RESTARTS', 'LAST EXIT', 'GPUS', 'UPTIME'], [...shown.status.controlPlane, ...shown.status.replicas].map(row))}`;
+  const all = [...shown.status.controlPlane, ...shown.status.replicas];
+  // GPU telemetry columns only when some node has nvidia-smi (and replicas GPUs).
+  const gpu = all.some((r) => r.gpu);
+  const header = ['REPLICA', 'NODE', 'STATE', 'PID', 'RESTARTS', 'LAST EXIT', 'GPUS', 'UPTIME', ...(gpu ? ['GPU MEM', 'GPU UTIL', 'OTHER PROCS'] : [])];
+  out += `\n${table(header, all.map((r) => [...row(r), ...(gpu ? gpuCells(r) : [])]))}`;
   return out;
 }
 

@@ -60,8 +60,8 @@ export interface LoadOptions {
 
 /** The placeholders commands, env values, cwd and health.url may use (expanded per replica at start). */
 export const PLACEHOLDERS = ['port', 'index', 'replica', 'node', 'host', 'group', 'gpus'] as const;
-const PLACEHOLDER_RE = /(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
-const SHOWN_PLACEHOLDERS = PLACEHOLDERS.map((p) => `{${p}}`).join(', ');
+const PLACEHOLDER_RE = /(\$?)\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?)\}/g;
+const SHOWN_PLACEHOLDERS = [...PLACEHOLDERS.map((p) => `{${p}}`), '{ports.<name>}'].join(', ');
 const MIN_LEASE_MS = 1000;
 
 /** Load and validate a cluster file; throws ConfigError listing every problem. */
@@ -320,16 +320,34 @@ function resolveCluster(
     for (const [k, v] of Object.entries({ ...d.env, ...w.env })) env[k] = String(v);
     const cwd = w.cwd ?? d.cwd;
     const port = w.port ?? d.port;
+    const ports = { ...d.ports, ...w.ports };
     const replicas = w.replicas ?? d.replicas ?? 1;
     if (port !== undefined && port + replicas - 1 > 65535) {
       add(w.port === undefined && w.replicas !== undefined ? at('replicas') : from('port'), `replica ${name}-${replicas - 1} would get port ${port + replicas - 1}, above 65535`);
+    }
+    for (const [pn, base] of Object.entries(ports)) {
+      if (base + replicas - 1 > 65535) {
+        add(w.ports?.[pn] !== undefined ? at('ports', pn) : ['defaults', 'ports', pn], `replica ${name}-${replicas - 1} would get port ${base + replicas - 1} (ports.${pn}), above 65535`);
+      }
+    }
+    const upperNames = new Map<string, string>();
+    for (const pn of Object.keys(ports)) {
+      const other = upperNames.get(pn.toUpperCase());
+      if (other) add(w.ports?.[pn] !== undefined ? at('ports', pn) : ['defaults', 'ports', pn], `ports '${pn}' and '${other}' would both be DYNSUP_PORT_${pn.toUpperCase()}`, true);
+      upperNames.set(pn.toUpperCase(), pn);
     }
     // Placeholders: only the known ones; {port} only with a port. `${X}` (from `$${X}`) is the shell's.
     const placeholders = (value: string, path: ConfigPath) => {
       for (const m of value.matchAll(PLACEHOLDER_RE)) {
         const [, dollar, key] = m as unknown as [string, string, string];
         if (dollar) continue;
-        if (!(PLACEHOLDERS as readonly string[]).includes(key)) {
+        if (key.startsWith('ports.')) {
+          const pn = key.slice(6);
+          if (!Object.hasOwn(ports, pn)) {
+            const c = closest(pn, Object.keys(ports));
+            add(path, `placeholder '{${key}}' but group '${name}' has no port named '${pn}'${c ? ` (did you mean '{ports.${c}}'?)` : Object.keys(ports).length ? ` (its ports: ${Object.keys(ports).join(', ')})` : ' (set ports: { ' + pn + ': BASE })'}`);
+          }
+        } else if (!(PLACEHOLDERS as readonly string[]).includes(key)) {
           const c = closest(key, PLACEHOLDERS);
           addOnce(path, `unknown placeholder '{${key}}'${c ? ` (did you mean '{${c}}'?)` : ''}: known are ${SHOWN_PLACEHOLDERS}`);
         } else if (key === 'port' && port === undefined) add(path, `placeholder '{port}' but group '${name}' has no port`);
@@ -342,6 +360,10 @@ function resolveCluster(
     }
     if (cwd !== undefined) placeholders(cwd, from('cwd'));
     if (health) placeholders(health.url, [...from('health'), 'url']);
+    const preStart = w.preStart ?? d.preStart;
+    const postStop = w.postStop ?? d.postStop;
+    if (preStart !== undefined) placeholders(preStart, from('preStart'));
+    if (postStop !== undefined) placeholders(postStop, from('postStop'));
     const initialDelayMs = ms(restart.initialDelay, 1000);
     const maxDelayMs = ms(restart.maxDelay, 30_000);
     if (maxDelayMs < initialDelayMs) {
@@ -359,6 +381,9 @@ function resolveCluster(
       env,
       cwd: cwd === undefined ? undefined : abs(cwd),
       port,
+      ...(Object.keys(ports).length ? { ports } : {}),
+      ...(preStart !== undefined || postStop !== undefined ? { hooks: { preStart, postStop } } : {}),
+      rollout: { maxUnavailable: w.rollout?.maxUnavailable ?? d.rollout?.maxUnavailable ?? 1 },
       restart: {
         policy: restart.policy ?? 'always',
         initialDelayMs,
@@ -403,7 +428,7 @@ function resolveCluster(
     port: cp.etcd?.port ?? 2379,
     peerPort: cp.etcd?.peerPort ?? 2380,
   };
-  const metrics = { enabled: raw.metrics?.enabled ?? true, port: raw.metrics?.port ?? 9464 };
+  const metrics = { enabled: raw.metrics?.enabled ?? true, port: raw.metrics?.port ?? 9464, gpuIntervalMs: ms(raw.metrics?.gpuInterval, 5000) };
   const cpPorts: [ConfigPath, number][] = controlPlanePorts({ metrics, nats, etcd });
   const seen = new Map<number, string>();
   const seenPath = new Map<number, ConfigPath>();
@@ -445,7 +470,10 @@ function resolveCluster(
     return null;
   }
   // The same check as `scale` (placement.ts): replica ports distinct per node and from the control plane's.
-  for (const c of portClashes(placed.replicas, controlPlaneNodes(nodes, !!alloc), seen)) add(['workers', c.replica.group, 'port'], c.message);
+  for (const c of portClashes(placed.replicas, controlPlaneNodes(nodes, !!alloc), seen)) {
+    const own: ConfigPath = ['workers', c.replica.group, ...c.field];
+    add(valueAt(source.data, own) !== undefined ? own : ['defaults', ...c.field], c.message);
+  }
   // A local group's cwd must exist on this machine; a remote node's cannot be checked from here. A cwd with
   // a placeholder ({replica}...) is one directory per replica: not checked either.
   if (options.checkLocalPaths !== false) {

@@ -16,6 +16,8 @@ export interface PlacementGroup {
   /** Candidate nodes in order of preference; empty = all nodes. */
   readonly nodes: readonly string[];
   readonly port?: number | undefined;
+  /** Named base ports (`ports:`): each replica gets base + index. */
+  readonly ports?: Readonly<Record<string, number>> | undefined;
   /** Index of the group's first replica placed here (default 0); `scale` adds after the running ones. */
   readonly firstIndex?: number | undefined;
 }
@@ -65,6 +67,7 @@ export function place(nodes: readonly PlacementNode[], groups: readonly Placemen
         node,
         gpuIds,
         port: g.port === undefined ? undefined : g.port + index,
+        ...(g.ports && Object.keys(g.ports).length ? { ports: Object.fromEntries(Object.entries(g.ports).map(([k, base]) => [k, base + index])) } : {}),
       });
     }
   }
@@ -91,28 +94,42 @@ export function controlPlaneNodes(nodes: readonly { readonly name: string; reado
 
 export interface PortClash {
   readonly replica: ReplicaPlan;
+  /** The group field the port comes from: ['port'] or ['ports', name]. */
+  readonly field: readonly string[];
   readonly message: string;
 }
 
+/** Every port of a replica with the group field it comes from: `port`, then the named `ports`. */
+export function replicaPorts(r: ReplicaPlan): { field: string[]; port: number }[] {
+  const out: { field: string[]; port: number }[] = [];
+  if (r.port !== undefined) out.push({ field: ['port'], port: r.port });
+  for (const [name, port] of Object.entries(r.ports ?? {})) out.push({ field: ['ports', name], port });
+  return out;
+}
+
 /**
- * Port clashes of placed replicas, in order: each replica's port must be at most 65535, distinct from the
- * ports of the replicas before it on its node and, on the control plane's nodes, from the control plane's
- * (`reserved`: port → what uses it). Put running replicas first: a new one is reported, not them.
+ * Port clashes of placed replicas, in order: each replica's ports (`port` and the named `ports`) must be at
+ * most 65535, distinct from each other, from the ports of the replicas before it on its node (of any group)
+ * and, on the control plane's nodes, from the control plane's (`reserved`: port → what uses it). Put running
+ * replicas first: a new one is reported, not them. The one check of validate, up, scale and apply.
  */
 export function portClashes(replicas: readonly ReplicaPlan[], controlNodes: ReadonlySet<string>, reserved: ReadonlyMap<number, string>): PortClash[] {
   const clashes: PortClash[] = [];
   const byNode = new Map<string, Map<number, string>>();
   for (const r of replicas) {
-    if (r.port === undefined) continue;
-    if (r.port > 65535) {
-      clashes.push({ replica: r, message: `replica ${r.name} would get port ${r.port}, above 65535` });
-      continue;
+    for (const { field, port } of replicaPorts(r)) {
+      // Named ports are named in messages; the one `port` is just "port", as before there were others.
+      const what = field.length > 1 ? ` (${field.join('.')})` : '';
+      if (port > 65535) {
+        clashes.push({ replica: r, field, message: `replica ${r.name} would get port ${port}${what}, above 65535` });
+        continue;
+      }
+      const used = byNode.get(r.node) ?? new Map<number, string>();
+      byNode.set(r.node, used);
+      const clash = used.get(port) ?? (controlNodes.has(r.node) ? reserved.get(port) : undefined);
+      if (clash) clashes.push({ replica: r, field, message: `replica ${r.name} would use port ${port}${what} on node ${r.node}, already used by ${clash}` });
+      else used.set(port, `replica ${r.name}${what}`);
     }
-    const used = byNode.get(r.node) ?? new Map<number, string>();
-    byNode.set(r.node, used);
-    const clash = used.get(r.port) ?? (controlNodes.has(r.node) ? reserved.get(r.port) : undefined);
-    if (clash) clashes.push({ replica: r, message: `replica ${r.name} would use port ${r.port} on node ${r.node}, already used by ${clash}` });
-    else used.set(r.port, `replica ${r.name}`);
   }
   return clashes;
 }

@@ -10,6 +10,7 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 /** No '.': the cluster name is one token of NATS subjects (dynsup.<cluster>.control); `a.log`'s would fall under cluster `a`. */
 const CLUSTER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const PORT_NAME_RE = /^[A-Za-z][A-Za-z0-9_]{0,31}$/;
 const SIGNAL_NAMES = ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGKILL'] as const;
 // Accept both spellings (`TERM`, `SIGTERM`); resolution normalises to the SIG form.
 const SIGNALS = [...SIGNAL_NAMES, ...SIGNAL_NAMES.map((s) => s.slice(3))] as const;
@@ -94,6 +95,20 @@ const workerFields = {
   }),
   cwd: noNul(nonEmpty).meta({ description: "Working directory (relative to the cluster file's directory)." }),
   port: port.meta({ description: 'Base port: replica i gets DYNSUP_PORT = port + i and the {port} placeholder.' }),
+  ports: z
+    .record(z.string().regex(PORT_NAME_RE, { error: "expected a port name: a letter, then letters, digits or '_' (at most 32)" }), port, {
+      error: 'expected a map of port names to base ports',
+    })
+    .meta({ description: 'Named ports: replica i gets base + i for each, as DYNSUP_PORT_<NAME> (upper case) and the {ports.<name>} placeholder. E.g. { system: 9090, kv: 20080 }.' }),
+  preStart: noNul(nonEmpty).meta({
+    description: "Shell command run on the replica's node before each start (sh -c, same environment and cwd as the worker); its output goes to the replica's log; failing counts as a failed start.",
+  }),
+  postStop: noNul(nonEmpty).meta({ description: "Shell command run on the replica's node after each exit of the worker (output in the replica's log)." }),
+  rollout: z
+    .strictObject({
+      maxUnavailable: posInt(1024).optional().meta({ description: 'Replicas replaced at a time by `dynsup apply` and `restart --rolling` (default 1).' }),
+    })
+    .meta({ description: 'How `dynsup apply` and `dynsup restart --rolling` replace the replicas of a group.' }),
   restart: restartSchema,
   stop: stopSchema,
   dependsOn: z.array(name('worker group'), { error: 'expected a list of worker group names' }).meta({
@@ -247,6 +262,9 @@ export const clusterSchema = z
       .strictObject({
         enabled: z.boolean({ error: 'expected true or false' }).optional(),
         port: port.optional().meta({ description: 'Prometheus /metrics port on head.address (default 9464).' }),
+        gpuInterval: duration.optional().meta({
+          description: 'How often the agent of each node with GPUs samples nvidia-smi for status and /metrics (default 5s; 0 = never). One call per node, whatever the number of replicas.',
+        }),
       })
       .optional(),
     nodes: z

@@ -68,6 +68,12 @@ export interface WorkerGroup {
   readonly env: Readonly<Record<string, string>>;
   readonly cwd?: string | undefined;
   readonly port?: number | undefined;
+  /** Named ports: replica i gets base + i for each, as DYNSUP_PORT_<NAME> and `{ports.<name>}`. */
+  readonly ports?: Readonly<Record<string, number>> | undefined;
+  /** Shell commands run on the replica's node before each start / after each exit (output in its log). */
+  readonly hooks?: { readonly preStart?: string | undefined; readonly postStop?: string | undefined } | undefined;
+  /** `dynsup apply` / `restart --rolling`: replicas of the group replaced at once (default 1). */
+  readonly rollout?: { readonly maxUnavailable: number } | undefined;
   readonly restart: RestartPolicy;
   readonly stop: StopPolicy;
   readonly dependsOn: readonly string[];
@@ -82,6 +88,8 @@ export interface ReplicaPlan {
   readonly node: string;
   readonly gpuIds: readonly number[];
   readonly port?: number | undefined;
+  /** The group's named ports for this replica (base + index). */
+  readonly ports?: Readonly<Record<string, number>> | undefined;
 }
 
 export interface ServiceConfig {
@@ -97,7 +105,8 @@ export interface ClusterConfig {
   readonly stateDir: string;
   readonly leaseMs: number;
   readonly nats: ServiceConfig & { readonly port: number; readonly monitorPort: number; readonly jetstream: boolean; readonly workerCredentials: boolean };
-  readonly metrics: { readonly enabled: boolean; readonly port: number };
+  /** `gpuIntervalMs`: GPU telemetry sampling on nodes with GPUs (0 = off). */
+  readonly metrics: { readonly enabled: boolean; readonly port: number; readonly gpuIntervalMs: number };
   readonly logs: { readonly maxBytes: number; readonly keep: number };
   readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number };
   readonly nodes: readonly NodeConfig[];

@@ -2,7 +2,7 @@
 import { createServer, type Server } from 'node:http';
 import { constants } from 'node:os';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
-import type { ReplicaState } from '../supervise/replica.js';
+import type { ReplicaState, ReplicaStatus } from '../supervise/replica.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
 
 const STATES: readonly ReplicaState[] = ['pending', 'starting', 'running', 'ready', 'backoff', 'stopping', 'stopped', 'failed'];
@@ -38,6 +38,21 @@ export function renderMetrics(status: ClusterStatus, logs: ReadonlyMap<string, R
   metric('dynsup_log_lines_total', 'counter', 'Lines written by each replica.', [...logs].map(([r, s]) => `dynsup_log_lines_total{${c},replica="${label(r)}"} ${s.lines}`));
   metric('dynsup_log_bytes_total', 'counter', 'Bytes written by each replica.', [...logs].map(([r, s]) => `dynsup_log_bytes_total{${c},replica="${label(r)}"} ${s.bytes}`));
   metric('dynsup_log_write_errors_total', 'counter', 'Failed log file writes (disk full...).', [...logs].map(([r, s]) => `dynsup_log_write_errors_total{${c},replica="${label(r)}"} ${s.writeErrors}`));
+  // GPU telemetry (nvidia-smi on the node): only replicas that have it; nothing at all without nvidia-smi.
+  const withGpu = status.replicas.filter((r) => r.gpu);
+  if (withGpu.length) {
+    const per = (f: (g: NonNullable<ReplicaStatus['gpu']>['gpus'][number]) => number | null, unit: (v: number) => number) =>
+      withGpu.flatMap((r) => r.gpu!.gpus.flatMap((g) => (f(g) === null ? [] : [`{${c},replica="${label(r.name)}",node="${label(r.node)}",gpu="${g.index}"} ${unit(f(g)!)}`])));
+    metric('dynsup_replica_gpu_memory_used_bytes', 'gauge', "GPU memory used on each of the replica's GPUs (all processes).", per((g) => g.memoryUsedMiB, (v) => v * 2 ** 20).map((l) => `dynsup_replica_gpu_memory_used_bytes${l}`));
+    metric('dynsup_replica_gpu_memory_total_bytes', 'gauge', "GPU memory of each of the replica's GPUs.", per((g) => g.memoryTotalMiB, (v) => v * 2 ** 20).map((l) => `dynsup_replica_gpu_memory_total_bytes${l}`));
+    metric('dynsup_replica_gpu_utilization_ratio', 'gauge', "Utilisation of each of the replica's GPUs (0-1).", per((g) => g.utilizationPct, (v) => v / 100).map((l) => `dynsup_replica_gpu_utilization_ratio${l}`));
+    metric(
+      'dynsup_replica_gpu_foreign_processes',
+      'gauge',
+      "Compute processes on the replica's GPUs that are not its own (a leak, another user).",
+      withGpu.map((r) => `dynsup_replica_gpu_foreign_processes{${c},replica="${label(r.name)}",node="${label(r.node)}"} ${r.gpu!.others.length}`),
+    );
+  }
   return `${out.join('\n')}\n`;
 }
 

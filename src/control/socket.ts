@@ -2,6 +2,7 @@
  * Local control channel: newline-delimited JSON over a Unix socket in <stateDir>/run (mode 0600 directory,
  * so only the owner can talk to the supervisor).
  */
+import type { ClusterConfig } from '../config/types.js';
 import { createConnection, createServer, type Server } from 'node:net';
 import { chmod, rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
@@ -9,7 +10,9 @@ import { DynsupError, errorMessage } from '../util/errors.js';
 
 export type ControlRequest =
   | { op: 'status' }
-  | { op: 'restart'; target: string }
+  | { op: 'restart'; target: string; rolling?: boolean }
+  /** The client loaded and checked the file; the supervisor plans it against what runs. */
+  | { op: 'apply'; cluster: ClusterConfig; dryRun: boolean }
   | { op: 'stop'; target: string }
   | { op: 'start'; target: string }
   | { op: 'scale'; group: string; count: number }

@@ -181,6 +181,7 @@ async function handle(sup: Supervisor, req: ControlRequest, shutdown: (why: stri
     case 'status':
       return sup.status();
     case 'restart': {
+      if (req.rolling) return sup.rollingRestart(req.target);
       const rs = sup.select(req.target);
       await Promise.all(rs.map((r) => r.restart()));
       return rs.map((r) => r.name);
@@ -197,6 +198,10 @@ async function handle(sup: Supervisor, req: ControlRequest, shutdown: (why: stri
     }
     case 'scale':
       return sup.scale(req.group, req.count);
+    case 'apply': {
+      const r = await sup.apply(req.cluster, req.dryRun);
+      return { lines: r.lines, applied: r.applied, groups: r.plan.groups };
+    }
     case 'tail':
       return tailLogs(sup, req.target, req.lines);
     case 'down':

@@ -2,9 +2,16 @@
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
 import type { WorkerSpec } from '../agent/protocol.js';
 
-/** `{port}`, `{index}`, `{replica}`, `{node}`, `{host}`, `{group}`, `{gpus}` in commands, env values, cwd and health URLs. */
+/**
+ * `{port}`, `{ports.<name>}`, `{index}`, `{replica}`, `{node}`, `{host}`, `{group}`, `{gpus}` in commands,
+ * env values, cwd, hooks and health URLs.
+ */
 export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: string): string {
-  return s.replace(/\{(port|index|replica|node|host|group|gpus)\}/g, (whole, key: string) => {
+  return s.replace(/\{(port|index|replica|node|host|group|gpus|ports\.[A-Za-z0-9_]+)\}/g, (whole, key: string) => {
+    if (key.startsWith('ports.')) {
+      const p = replica.ports?.[key.slice(6)];
+      return p === undefined ? whole : String(p);
+    }
     switch (key) {
       case 'host':
         return host ?? whole;
@@ -53,7 +60,9 @@ export function workerEnv(
     ETCD_ENDPOINTS: etcdUrl(cluster),
   };
   if (replica.port !== undefined) env.DYNSUP_PORT = String(replica.port);
-  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k)) env[k] = expandPlaceholders(v, replica, host);
+  const named = Object.entries(replica.ports ?? {}).map(([name, port]) => [portVar(name), String(port)] as const);
+  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k) && !named.some(([n]) => n === k)) env[k] = expandPlaceholders(v, replica, host);
+  for (const [k, v] of named) env[k] = v;
   Object.assign(env, {
     DYNSUP_CLUSTER: cluster.name,
     DYNSUP_WORKER: replica.name,
@@ -64,6 +73,11 @@ export function workerEnv(
     CUDA_VISIBLE_DEVICES: replica.gpuIds.join(','),
   });
   return env;
+}
+
+/** The variable of a named port: `kv` → DYNSUP_PORT_KV. */
+export function portVar(name: string): string {
+  return `DYNSUP_PORT_${name.toUpperCase()}`;
 }
 
 export function buildLaunchSpec(
@@ -82,6 +96,9 @@ export function buildLaunchSpec(
     graceMs: group.stop.graceMs,
     stopSignal: group.stop.signal,
     restart: group.restart,
+    // Only when set: a spec without hooks hashes as before (workers of an older supervisor stay adoptable).
+    ...(group.hooks?.preStart !== undefined ? { preStart: expandPlaceholders(group.hooks.preStart, replica, host) } : {}),
+    ...(group.hooks?.postStop !== undefined ? { postStop: expandPlaceholders(group.hooks.postStop, replica, host) } : {}),
   };
 }
 

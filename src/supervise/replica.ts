@@ -13,6 +13,7 @@ import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec } from '../agent/pr
 import { specHash } from '../agent/protocol.js';
 import type { ReplicaLog } from '../logs/replica-log.js';
 import type { NodeAgent } from '../transport/node-agent.js';
+import type { ReplicaGpuTelemetry } from './gpu-telemetry.js';
 
 export type ReplicaState = 'pending' | 'starting' | 'running' | 'ready' | 'backoff' | 'stopping' | 'stopped' | 'failed';
 
@@ -35,6 +36,8 @@ export interface ReplicaStatus {
   readonly adopted?: boolean;
   /** How the node's agent contains the replica's processes: its own cgroup, or process group + sweep. */
   readonly containment?: 'cgroup' | 'pgroup';
+  /** GPU memory and utilisation of its GPUs, and others' processes on them (absent without nvidia-smi). */
+  readonly gpu?: ReplicaGpuTelemetry;
 }
 
 export type ReplicaEvent =
@@ -70,7 +73,8 @@ export interface ReplicaOptions {
 
 export class Replica {
   readonly name: string;
-  readonly #o: ReplicaOptions;
+  /** `spec` and `health` change with `replace` (dynsup apply). */
+  #o: ReplicaOptions;
   #report: WorkerReport | undefined;
   #state: ReplicaState = 'pending';
   #since = Date.now();
@@ -142,6 +146,18 @@ export class Replica {
     this.#stopHealth();
     const ok = await this.#o.agent.stop(this.name, reason, this.#o.unreachableMs());
     if (!ok) this.#set('stopped', `${reason} (node ${this.#o.node} unreachable: its agent stops the worker within the lease)`);
+  }
+
+  /**
+   * Replace the process by one of another spec (dynsup apply): the old one is stopped (its postStop hook
+   * run), then the new one started under the same name, node and GPUs, with its own health check.
+   */
+  async replace(spec: () => WorkerSpec, health: HealthProbe | undefined, reason: string): Promise<void> {
+    await this.stop(reason);
+    this.#o = { ...this.#o, spec, health };
+    this.#adopted = false;
+    this.#fatalFor = null;
+    this.start();
   }
 
   /** Restart now, not counted against the crash-loop limit (an operator asked for it). */

@@ -18,7 +18,9 @@ import type { ReplicaPlan } from '../config/types.js';
 import { controlPlaneNodes, controlPlanePorts, place, portClashes } from '../config/placement.js';
 import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
 import { httpProbe } from './http-probe.js';
-import { Replica, type ReplicaEvent, type ReplicaStatus } from './replica.js';
+import { replicaGpuTelemetry } from './gpu-telemetry.js';
+import { Replica, type HealthProbe, type ReplicaEvent, type ReplicaStatus } from './replica.js';
+import { describePlan, planApply, rollReplicas, type ApplyPlan, type RollingUnit } from './rollout.js';
 
 export type AgentFactory = (node: NodeConfig) => NodeAgent;
 
@@ -46,14 +48,16 @@ export interface ClusterStatus {
   readonly replicas: readonly ReplicaStatus[];
 }
 
+/** How long a replaced replica may take to be ready again before a rollout stops (engines load for minutes). */
+const ROLLOUT_READY_TIMEOUT_MS = 20 * 60_000;
 /** How long `down` waits for an unreachable node before leaving its workers to their lease. */
 const DOWN_UNREACHABLE_MS = 5000;
 /** The control plane restarts quickly, but a service that cannot start at all ends `failed`, with the reason. */
 const CONTROL_PLANE_RESTART = { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 2000, jitter: 0.1, maxRestarts: 10, windowMs: 60_000, resetAfterMs: 30_000 } as const;
 
 export class Supervisor {
-  readonly cluster: ClusterConfig;
-  readonly #o: SupervisorOptions;
+  /** Options; `cluster` is replaced by `apply` (the file as now applied). */
+  #o: SupervisorOptions;
   readonly #agents = new Map<string, NodeAgent>();
   readonly #services: { spec: ServiceSpec; replica: Replica }[] = [];
   readonly #replicas = new Map<string, Replica>();
@@ -63,7 +67,11 @@ export class Supervisor {
 
   constructor(options: SupervisorOptions) {
     this.#o = options;
-    this.cluster = options.cluster;
+  }
+
+  /** The cluster as supervised now: the file of `up`, as changed since by `apply`. */
+  get cluster(): ClusterConfig {
+    return this.#o.cluster;
   }
 
   get replicas(): readonly Replica[] {
@@ -78,7 +86,11 @@ export class Supervisor {
     return {
       cluster: this.cluster.name,
       controlPlane: this.#services.map((s) => s.replica.status()),
-      replicas: this.replicas.map((r) => r.status()),
+      replicas: this.replicas.map((r) => {
+        const s = r.status();
+        const gpu = replicaGpuTelemetry(s.name, s.gpus, this.#agents.get(s.node)?.gpus);
+        return gpu ? { ...s, gpu } : s;
+      }),
     };
   }
 
@@ -266,7 +278,6 @@ export class Supervisor {
   #createReplica(plan: ReplicaPlan): Replica {
     const { cluster } = this.#o;
     const group = cluster.groups.find((g) => g.name === plan.group)!;
-    const node = cluster.nodes.find((n) => n.name === plan.node)!;
     const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`), {
       maxBytes: cluster.logs.maxBytes,
       keep: cluster.logs.keep,
@@ -274,38 +285,160 @@ export class Supervisor {
     });
     if (this.#o.onLine) log.onLine(this.#o.onLine);
     this.#logs.push(log);
-    const creds = this.#o.credentials;
-    const natsAuth = cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
-    const h = group.health;
+    const { spec, health } = this.#launch(plan);
     const replica = new Replica({
       name: plan.name,
       group: group.name,
       node: plan.node,
       gpus: plan.gpuIds,
       agent: this.#agents.get(plan.node)!,
-      spec: () => buildLaunchSpec(cluster, group, plan, node, natsAuth),
-      health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
+      spec,
+      health,
       log,
       // A stop asked for while the node is unreachable: past the lease and the grace its agent has stopped it.
       unreachableMs: () => (this.#stopping ? DOWN_UNREACHABLE_MS : cluster.leaseMs + group.stop.graceMs + 5000),
       onChange: this.#o.onChange,
       onEvent: (name, ev) => this.#logEvent(name, ev),
     });
-    const fatal = (group.restart.onLog ?? []).map((p) => ({ source: p, re: new RegExp(p) }));
-    if (fatal.length) {
-      log.onLine((_r, line) => {
-        if (replica.state !== 'running' && replica.state !== 'ready') return;
-        const text = line.toString('utf8');
-        const hit = fatal.find((f) => f.re.test(text));
-        if (hit) replica.fatalLog(hit.source, text);
-      });
-    }
+    this.#setFatal(plan.name, group);
+    log.onLine((_r, line) => {
+      const fatal = this.#fatal.get(plan.name);
+      if (!fatal?.length || (replica.state !== 'running' && replica.state !== 'ready')) return;
+      const text = line.toString('utf8');
+      const hit = fatal.find((f) => f.re.test(text));
+      if (hit) replica.fatalLog(hit.source, text);
+    });
     this.#replicas.set(plan.name, replica);
     this.#plans.set(plan.name, plan);
     return replica;
   }
 
   readonly #plans = new Map<string, ReplicaPlan>();
+  /** Fatal log patterns per replica (restart.onLog of its group, as applied now). */
+  readonly #fatal = new Map<string, { source: string; re: RegExp }[]>();
+
+  #setFatal(name: string, group: WorkerGroup): void {
+    this.#fatal.set(name, (group.restart.onLog ?? []).map((p) => ({ source: p, re: new RegExp(p) })));
+  }
+
+  /** What a replica runs and how its health is checked, by the cluster as applied now. */
+  #launch(plan: ReplicaPlan): { spec: () => WorkerSpec; health: HealthProbe | undefined } {
+    const cluster = this.#o.cluster;
+    const group = cluster.groups.find((g) => g.name === plan.group)!;
+    const node = cluster.nodes.find((n) => n.name === plan.node)!;
+    const creds = this.#o.credentials;
+    const natsAuth = cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
+    const h = group.health;
+    return {
+      spec: () => buildLaunchSpec(cluster, group, plan, node, natsAuth),
+      health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
+    };
+  }
+
+  #busy: string | undefined;
+
+  /** One apply or rolling restart at a time. */
+  async #exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#busy) throw new DynsupError('E_USAGE', `${this.#busy} is in progress; try again when it is done`);
+    if (this.#stopping) throw new DynsupError('E_NOT_RUNNING', 'the cluster is stopping');
+    this.#busy = what;
+    try {
+      return await fn();
+    } finally {
+      this.#busy = undefined;
+    }
+  }
+
+  /**
+   * `dynsup apply`: plan `next` against what runs (rollout.ts) and, unless `dryRun`, carry it out: removed
+   * replicas stopped, changed groups replaced rolling, new replicas started; kept replicas untouched. A plan
+   * that cannot be done (placement, ports, control plane changes) changes nothing (E_USAGE, exit 2).
+   */
+  async apply(next: ClusterConfig, dryRun: boolean): Promise<{ plan: ApplyPlan; lines: string[]; applied: boolean }> {
+    return this.#exclusive('an apply', async () => {
+      const cur = this.#o.cluster;
+      // What only the supervisor knows stays its own: where its state is, the redaction list.
+      const target: ClusterConfig = { ...next, file: cur.file, stateDir: cur.stateDir, secrets: [...new Set([...cur.secrets, ...next.secrets])], allocation: cur.allocation };
+      const planned = planApply(cur, [...this.#plans.values()], target);
+      if (!planned.ok) throw new DynsupError('E_USAGE', `cannot apply ${next.file}: ${planned.errors.join('; ')}`);
+      const { plan } = planned;
+      const lines = describePlan(plan);
+      if (dryRun) return { plan, lines, applied: false };
+      const log = this.#o.logger;
+      log.info(`applying ${next.file}: ${lines.join(' | ')}`);
+      this.#o = { ...this.#o, cluster: { ...target, replicas: plan.replicas } };
+      // Removed first (their GPUs and ports may go to new replicas), then group by group in start order.
+      const stop = plan.groups.flatMap((g) => g.stop);
+      await Promise.all(stop.map((n) => this.#replicas.get(n)?.remove()));
+      for (const n of stop) {
+        this.#replicas.delete(n);
+        this.#plans.delete(n);
+        this.#fatal.delete(n);
+      }
+      for (const group of target.groups) {
+        const g = plan.groups.find((x) => x.group === group.name)!;
+        for (const name of [...g.keep, ...g.replace]) this.#plans.set(name, plan.replicas.find((r) => r.name === name)!);
+        if (g.start.length) {
+          if (g.change === 'added' || g.recreate) await this.#waitForDependencies(group);
+          for (const p of g.start) await this.#connect(target.nodes.find((x) => x.name === p.node)!);
+          for (const p of g.start) this.#createReplica(p).start();
+          log.info({ group: group.name }, `${group.name}: started ${g.start.map((p) => p.name).join(', ')}`);
+        }
+        if (g.replace.length) {
+          const units = g.replace.map((name) => this.#unit(this.#replicas.get(name)!, () => this.#replace(name, group)));
+          const others = this.select(group.name).filter((r) => !g.replace.includes(r.name)).map((r) => this.#unit(r, async () => undefined));
+          await rollReplicas(units, others, g.maxUnavailable, {
+            readyTimeoutMs: ROLLOUT_READY_TIMEOUT_MS,
+            signal: this.#stop.signal,
+            onReplaced: (name) => log.info({ replica: name, group: group.name }, `${name} replaced and ${this.#replicas.get(name)?.state}`),
+          }).catch((err: unknown) => {
+            throw new DynsupError('E_LAUNCH', `apply of ${next.file}: group ${group.name}: ${errorMessage(err)}`);
+          });
+        }
+      }
+      log.info(`applied ${next.file}`);
+      return { plan, lines, applied: true };
+    });
+  }
+
+  async #replace(name: string, group: WorkerGroup): Promise<void> {
+    const r = this.#replicas.get(name)!;
+    const { spec, health } = this.#launch(this.#plans.get(name)!);
+    this.#setFatal(name, group);
+    await r.replace(spec, health, 'replaced (dynsup apply)');
+  }
+
+  #unit(r: Replica, replace: () => Promise<void>): RollingUnit {
+    return {
+      name: r.name,
+      get up() {
+        return r.up;
+      },
+      get failed() {
+        return r.state === 'failed';
+      },
+      replace,
+    };
+  }
+
+  /** `dynsup restart FILE GROUP --rolling`: every replica of the group replaced as by `apply`, same spec. */
+  async rollingRestart(groupName: string): Promise<string[]> {
+    return this.#exclusive('a rolling restart', async () => {
+      const group = this.#o.cluster.groups.find((g) => g.name === groupName);
+      if (!group) throw new DynsupError('E_USAGE', `--rolling restarts a worker group; no group named '${groupName}' (groups: ${this.#o.cluster.groups.map((g) => g.name).join(', ')})`);
+      const rs = this.select(groupName);
+      this.#o.logger.info({ group: groupName }, `rolling restart of ${groupName}: ${rs.map((r) => r.name).join(', ')}, ${group.rollout?.maxUnavailable ?? 1} at a time`);
+      await rollReplicas(
+        rs.map((r) => this.#unit(r, () => r.restart())),
+        [],
+        group.rollout?.maxUnavailable ?? 1,
+        { readyTimeoutMs: ROLLOUT_READY_TIMEOUT_MS, signal: this.#stop.signal },
+      ).catch((err: unknown) => {
+        throw new DynsupError('E_LAUNCH', `rolling restart of ${groupName}: ${errorMessage(err)}`);
+      });
+      return rs.map((r) => r.name);
+    });
+  }
 
   /** The log of a replica (or control plane service) by name: the latest one if it was scaled away and back. */
   replicaLog(name: string): ReplicaLog | undefined {
@@ -387,6 +520,8 @@ export class Supervisor {
         return log.warn({ replica: name }, `${name} still running ${ev.graceMs / 1000}s after the stop signal: SIGKILL`);
       case 'stopped':
         return log.info({ replica: name }, `${name} stopped: ${ev.reason}`);
+      case 'hook-failed':
+        return log.warn({ replica: name, hook: ev.hook }, `${name}: ${ev.hook} hook ${ev.error}`);
       case 'leftovers':
         return log.warn({ replica: name }, `${name}: ${ev.count} leftover process(es) killed`);
     }

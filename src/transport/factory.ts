@@ -37,7 +37,14 @@ export function createPipe(cluster: ClusterConfig, node: NodeConfig, onNotice?: 
 }
 
 export function createNodeAgent(cluster: ClusterConfig, node: NodeConfig, onNotice?: NoticeSink): NodeAgent {
-  return new NodeAgent({ pipe: createPipe(cluster, node, onNotice), cluster: cluster.name, leaseMs: cluster.leaseMs, onNotice });
+  return new NodeAgent({
+    pipe: createPipe(cluster, node, onNotice),
+    cluster: cluster.name,
+    leaseMs: cluster.leaseMs,
+    // Only where replicas get GPUs: a GPU-less node has nothing to show per replica.
+    gpuIntervalMs: node.gpus > 0 ? cluster.metrics.gpuIntervalMs : 0,
+    onNotice,
+  });
 }
 
 export function controlPlaneNode(cluster: ClusterConfig): NodeConfig {

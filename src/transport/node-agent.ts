@@ -14,6 +14,7 @@ import {
   type AgentEvent,
   type AgentMessage,
   type HeadMessage,
+  type NodeGpuSample,
   type WorkerReport,
   type WorkerSpec,
 } from '../agent/protocol.js';
@@ -48,6 +49,8 @@ export interface NodeAgentOptions {
   readonly pipe: AgentPipe;
   readonly cluster: string;
   readonly leaseMs: number;
+  /** Ask the agent for GPU samples this often (0: none). */
+  readonly gpuIntervalMs?: number | undefined;
   readonly onNotice?: ((level: 'info' | 'warn' | 'error', message: string) => void) | undefined;
 }
 
@@ -72,6 +75,8 @@ export class NodeAgent {
   /** The agent's pid and whether it contains workers in cgroups (status, tests). */
   agentPid = 0;
   cgroup = false;
+  /** The node's latest GPU sample (null: none yet, or no nvidia-smi there). */
+  gpus: NodeGpuSample | null = null;
 
   constructor(o: NodeAgentOptions) {
     this.#o = o;
@@ -140,7 +145,7 @@ export class NodeAgent {
       if (this.#stream === stream) this.#lost();
     });
     stream.output.on('error', () => stream.destroy());
-    stream.output.write(encodeMessage({ t: 'hello', v: PROTOCOL_VERSION, cluster: this.#o.cluster, node: this.node, leaseMs: this.#o.leaseMs }));
+    stream.output.write(encodeMessage({ t: 'hello', v: PROTOCOL_VERSION, cluster: this.#o.cluster, node: this.node, leaseMs: this.#o.leaseMs, gpuIntervalMs: this.#o.gpuIntervalMs ?? 0 }));
     const timeout = setTimeout(() => helloReject(new DynsupError('E_NODE', `node ${this.node}: no hello from the agent within 60s`)), 60_000);
     let h: Extract<AgentMessage, { t: 'hello' }>;
     try {
@@ -241,6 +246,7 @@ export class NodeAgent {
       w.sink.report(m.worker);
       if (m.worker.state === 'stopped' || m.worker.state === 'failed') for (const f of [...w.stopWaiters]) f();
     } else if (m.t === 'event') this.#wanted.get(m.name)?.sink.event(m.event);
+    else if (m.t === 'gpus') this.gpus = m.sample;
   }
 
   #data(name: string, offset: number, bytes: Buffer): void {
