@@ -209,3 +209,21 @@ describe('matchesPattern', () => {
     expect(matchesPattern(name, pattern)).toBe(want);
   });
 });
+
+describe('named ports and hooks', () => {
+  const r = replica({ port: 9301, ports: { system: 9091, kv: 20081 } });
+  const gr = group({ port: 9300, ports: { system: 9090, kv: 20080 }, env: { KV: '{ports.kv}', DYNSUP_PORT_KV: '1' } });
+
+  it('DYNSUP_PORT_<NAME> per named port (a file env cannot override it), {ports.name} in env and argv', () => {
+    const env = workerEnv(cluster(), gr, r);
+    expect(env).toMatchObject({ DYNSUP_PORT: '9301', DYNSUP_PORT_SYSTEM: '9091', DYNSUP_PORT_KV: '20081', KV: '20081' });
+    expect(buildLaunchSpec(cluster(), { ...gr, argv: ['serve', '--system-port={ports.system}', '--x={ports.nope}'] }, r).argv).toEqual(['serve', '--system-port=9091', '--x={ports.nope}']);
+  });
+
+  it('hooks are in the spec, placeholders expanded, only when set (a spec without them hashes as before)', () => {
+    const spec = buildLaunchSpec(cluster(), group({ hooks: { preStart: 'rm -f /dev/shm/moe_{replica}_*', postStop: undefined } }), replica());
+    expect(spec.preStart).toBe('rm -f /dev/shm/moe_decode-1_*');
+    expect('postStop' in spec).toBe(false);
+    expect('preStart' in buildLaunchSpec(cluster(), group(), replica())).toBe(false);
+  });
+});

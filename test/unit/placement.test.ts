@@ -200,3 +200,23 @@ describe('placement through loadCluster', () => {
     expect((err as ConfigError).message).toContain('/tmp/p.yaml:13:11: workers.b.gpus: not enough GPUs');
   });
 });
+
+describe('named ports', () => {
+  it('replica i gets base + i of every named port', () => {
+    const rs = ok(place(nodes(['n1', 0]), [{ ...g('w', 2, 0, { port: 9000 }), ports: { system: 9090, kv: 20080 } }]));
+    expect(rs.map((r) => [r.name, r.port, r.ports])).toEqual([
+      ['w-0', 9000, { system: 9090, kv: 20080 }],
+      ['w-1', 9001, { system: 9091, kv: 20081 }],
+    ]);
+  });
+
+  it('clash across groups and with the one port, naming the field', () => {
+    const r = (name: string, node: string, port: number | undefined, ports: Record<string, number>): ReplicaPlan => ({ name, group: name.split('-')[0]!, index: 0, node, gpuIds: [], port, ports });
+    const clashes = portClashes([r('a-0', 'n1', 9000, { kv: 9100 }), r('b-0', 'n1', undefined, { system: 9100 }), r('c-0', 'n2', 9100, { kv: 9100 }), r('d-0', 'n1', 9090, { x: 70000 })], new Set(), new Map());
+    expect(clashes.map((c) => [c.field, c.message])).toEqual([
+      [['ports', 'system'], 'replica b-0 would use port 9100 (ports.system) on node n1, already used by replica a-0 (ports.kv)'],
+      [['ports', 'kv'], 'replica c-0 would use port 9100 (ports.kv) on node n2, already used by replica c-0'],
+      [['ports', 'x'], 'replica d-0 would get port 70000 (ports.x), above 65535'],
+    ]);
+  });
+});
