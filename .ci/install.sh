@@ -13,6 +13,8 @@
 #   util-linux                    flock, unshare (both scripts)
 #   procps, psmisc                pgrep/pkill/ps, fuser/killall for tests and debugging
 #   curl, ca-certificates         health endpoints in tests
+#   chromium                      the web view's browser test (test/integration/ui.test.ts drives it with
+#                                 puppeteer-core, which downloads no browser of its own)
 set -euo pipefail
 
 PACKAGES=(
@@ -21,6 +23,7 @@ PACKAGES=(
   slurm-wlm munge
   iproute2 util-linux procps psmisc
   curl ca-certificates
+  chromium
 )
 
 missing=()
@@ -52,6 +55,6 @@ fi
 # The binaries the scripts call by path or name, so a broken install fails here
 # rather than deep inside a test.
 for b in /usr/sbin/sshd ssh ssh-keygen ip flock unshare nats-server etcd \
-         /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd sinfo srun sbatch scontrol; do
+         /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd sinfo srun sbatch scontrol chromium; do
   command -v "$b" >/dev/null || { echo ".ci/install.sh: $b missing after install" >&2; exit 1; }
 done

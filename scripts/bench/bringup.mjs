@@ -50,6 +50,7 @@ head: { address: ${lab.head} }
 stateDir: ${stateDir}
 lease: 30s
 metrics: { enabled: false }
+ui: { enabled: false }
 controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
 nodes:
 ${lab.yamlNodes(n, user, per)}

@@ -138,6 +138,7 @@ head: { address: ${lab.head} }
 stateDir: ${stateDir}
 lease: 30s
 metrics: { enabled: false }
+ui: { enabled: false }
 logs: { maxSize: 0 }
 controlPlane: ${controlPlane ? `{ nats: { port: ${np}, monitorPort: ${mp} }, etcd: { port: ${ep}, peerPort: ${pp} } }` : '{ nats: { enabled: false }, etcd: { enabled: false } }'}
 nodes:

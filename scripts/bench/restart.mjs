@@ -132,6 +132,7 @@ head: { address: 10.99.0.1 }
 stateDir: ${stateDir}
 lease: 30s
 metrics: { enabled: false }
+ui: { enabled: false }
 controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
 nodes:
 ${nodesYaml}

@@ -429,7 +429,8 @@ function resolveCluster(
     peerPort: cp.etcd?.peerPort ?? 2380,
   };
   const metrics = { enabled: raw.metrics?.enabled ?? true, port: raw.metrics?.port ?? 9464, gpuIntervalMs: ms(raw.metrics?.gpuInterval, 5000) };
-  const cpPorts: [ConfigPath, number][] = controlPlanePorts({ metrics, nats, etcd });
+  const ui = { enabled: raw.ui?.enabled ?? true };
+  const cpPorts: [ConfigPath, number][] = controlPlanePorts({ metrics, ui, nats, etcd });
   const seen = new Map<number, string>();
   const seenPath = new Map<number, ConfigPath>();
   const written = (path: ConfigPath) => valueAt(source.data, path) !== undefined;
@@ -504,6 +505,7 @@ function resolveCluster(
     nats,
     etcd,
     metrics,
+    ui,
     logs: { maxBytes: raw.logs?.maxSize === undefined ? 100 * 2 ** 20 : parseSize(raw.logs.maxSize), keep: raw.logs?.keep ?? 5 },
     nodes,
     groups: ordered,

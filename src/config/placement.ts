@@ -77,11 +77,13 @@ export function place(nodes: readonly PlacementNode[], groups: readonly Placemen
 /** What the control plane listens on, by config path (`controlPlane.nats.port`...): on the head node(s). */
 export function controlPlanePorts(c: {
   readonly metrics: { readonly enabled: boolean; readonly port: number };
+  /** The web view shares the metrics port: the port is taken when either is on. */
+  readonly ui?: { readonly enabled: boolean } | undefined;
   readonly nats: { readonly enabled: boolean; readonly port: number; readonly monitorPort: number };
   readonly etcd: { readonly enabled: boolean; readonly port: number; readonly peerPort: number };
 }): [path: string[], port: number][] {
   const ports: [string[], number][] = [];
-  if (c.metrics.enabled) ports.push([['metrics', 'port'], c.metrics.port]);
+  if (c.metrics.enabled || c.ui?.enabled) ports.push([['metrics', 'port'], c.metrics.port]);
   if (c.nats.enabled) ports.push([['controlPlane', 'nats', 'port'], c.nats.port], [['controlPlane', 'nats', 'monitorPort'], c.nats.monitorPort]);
   if (c.etcd.enabled) ports.push([['controlPlane', 'etcd', 'port'], c.etcd.port], [['controlPlane', 'etcd', 'peerPort'], c.etcd.peerPort]);
   return ports;

@@ -261,10 +261,15 @@ export const clusterSchema = z
     metrics: z
       .strictObject({
         enabled: z.boolean({ error: 'expected true or false' }).optional(),
-        port: port.optional().meta({ description: 'Prometheus /metrics port on head.address (default 9464).' }),
+        port: port.optional().meta({ description: 'Prometheus /metrics port on head.address (default 9464); the web view (ui) is served on it too.' }),
         gpuInterval: duration.optional().meta({
           description: 'How often the agent of each node with GPUs samples nvidia-smi for status and /metrics (default 5s; 0 = never). One call per node, whatever the number of replicas.',
         }),
+      })
+      .optional(),
+    ui: z
+      .strictObject({
+        enabled: z.boolean({ error: 'expected true or false' }).optional().meta({ description: 'The live web view at http://<head.address>:<metrics.port>/ (default true).' }),
       })
       .optional(),
     nodes: z

@@ -107,6 +107,8 @@ export interface ClusterConfig {
   readonly nats: ServiceConfig & { readonly port: number; readonly monitorPort: number; readonly jetstream: boolean; readonly workerCredentials: boolean };
   /** `gpuIntervalMs`: GPU telemetry sampling on nodes with GPUs (0 = off). */
   readonly metrics: { readonly enabled: boolean; readonly port: number; readonly gpuIntervalMs: number };
+  /** The web view, served on metrics.port (src/ui/). */
+  readonly ui: { readonly enabled: boolean };
   readonly logs: { readonly maxBytes: number; readonly keep: number };
   readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number };
   readonly nodes: readonly NodeConfig[];

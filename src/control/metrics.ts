@@ -1,5 +1,5 @@
 /** Prometheus text exposition of the supervisor's state, served at http://<head.address>:<metrics.port>/metrics. */
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { constants } from 'node:os';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaState, ReplicaStatus } from '../supervise/replica.js';
@@ -60,13 +60,17 @@ function signalNumber(sig: string | null): number {
   return sig ? (constants.signals[sig as NodeJS.Signals] ?? 0) : 0;
 }
 
-export async function serveMetrics(host: string, port: number, render: () => string): Promise<Server> {
+/** A handler for more routes on the same server (the web view): true when it answered the request. */
+export type HttpRoutes = (req: IncomingMessage, res: ServerResponse) => boolean;
+
+/** The supervisor's HTTP server: /metrics (unless `render` is null) and whatever `routes` answer. */
+export async function serveMetrics(host: string, port: number, render: (() => string) | null, routes?: HttpRoutes): Promise<Server> {
   const server = createServer((req, res) => {
-    if (req.url === '/metrics' || req.url?.startsWith('/metrics?')) {
+    if (render && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
       res.end(render());
-    } else {
-      res.writeHead(404).end('see /metrics\n');
+    } else if (!routes?.(req, res)) {
+      res.writeHead(404).end(render ? 'see /metrics\n' : 'not found\n');
     }
   });
   await new Promise<void>((resolve, reject) => {

@@ -3,12 +3,15 @@
  * the Supervisor, and around it what makes it operable: the state file, etcd state and leader key, the NATS
  * control service, /metrics, the local control socket, signals. The CLI only parses arguments and prints.
  */
+import { open } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import type { ClusterConfig } from '../config/types.js';
 import { loadOrCreateCredentials } from '../control/credentials.js';
 import { EtcdState } from '../control/etcd-state.js';
 import { renderMetrics, serveMetrics } from '../control/metrics.js';
+import { authorizeControl, CONTROL_SECRET_HEADER } from '../control/http-auth.js';
 import { NatsControl } from '../control/nats-control.js';
 import { acquireLock, releaseLock, runtimePaths, writeState, type LockInfo } from '../control/runtime-files.js';
 import { serveControl, type ControlRequest } from '../control/socket.js';
@@ -20,6 +23,8 @@ import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
 import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
 import { Supervisor } from '../supervise/supervisor.js';
 import { allNodes, createNodeAgent } from '../transport/factory.js';
+import { WebUi } from '../ui/server.js';
+import { Timeline } from '../ui/timeline.js';
 import { DynsupError, EXIT_RUNTIME, errorMessage } from '../util/errors.js';
 
 /**
@@ -52,7 +57,10 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   const { stale } = await acquireLock(paths, cluster.file);
   const creds = await loadOrCreateCredentials(cluster.stateDir);
   const redact = makeRedactor([...cluster.secrets, creds.natsPassword]);
-  const logger = createEventLogger({ stateDir: cluster.stateDir, redact });
+  // The web view's events timeline: what earlier supervisors of this state dir logged, then every event.
+  const timeline = new Timeline();
+  if (cluster.ui.enabled) timeline.write(await readTail(join(cluster.stateDir, 'logs', 'dynsup.log'), 256 << 10));
+  const logger = createEventLogger({ stateDir: cluster.stateDir, redact, ...(cluster.ui.enabled ? { tap: (s: string) => timeline.write(s) } : {}) });
   // A previous supervisor that died left its agents running (for the lease): the bring-up adopts their workers.
   if (stale) logger.warn(`a previous supervisor (pid ${stale.pid}) died without stopping; adopting whatever its node agents still run`);
   // status/logs/down find the allocation's nodes here (the file has none of its own in Slurm mode).
@@ -84,6 +92,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   let etcdState: EtcdState | undefined;
   let natsControl: NatsControl | undefined;
   let metricsServer: Server | undefined;
+  let ui: WebUi | undefined;
   sup = new Supervisor({
     cluster,
     logger,
@@ -98,6 +107,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
       dirty = true;
       void flushState();
       etcdState?.record(s);
+      ui?.changed();
     },
     onControlPlaneReady: async () => {
       if (cluster.etcd.enabled) {
@@ -108,8 +118,20 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
       if (cluster.nats.enabled) {
         natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown));
       }
-      if (cluster.metrics.enabled) {
-        metricsServer = await serveMetrics(cluster.headAddress, cluster.metrics.port, () => renderMetrics(sup.status(), sup.logStats()));
+      if (cluster.ui.enabled) {
+        ui = new WebUi({
+          cluster,
+          sup,
+          timeline,
+          redact,
+          control: (req) => handle(sup, req, shutdown),
+          authorize: (req) => authorizeControl(req.headers[CONTROL_SECRET_HEADER], creds),
+        });
+      }
+      if (cluster.metrics.enabled || ui) {
+        const render = cluster.metrics.enabled ? () => renderMetrics(sup.status(), sup.logStats()) : null;
+        const web = ui;
+        metricsServer = await serveMetrics(cluster.headAddress, cluster.metrics.port, render, web && ((req, res) => web.handle(req, res)));
       }
     },
   });
@@ -126,7 +148,10 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
       // Bounded: NATS and etcd are stopped by now, or gone with the head's address; a client waiting for
       // them must not keep the supervisor alive after `down`.
       await closeClients();
+      // Open pages hold streams: end them, or the server would wait for them.
+      ui?.close();
       metricsServer?.close();
+      metricsServer?.closeAllConnections();
       logger.info('all stopped');
       resolveDone();
     })();
@@ -216,4 +241,20 @@ async function bounded(p: Promise<unknown> | undefined, ms: number): Promise<voi
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([p.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, ms)))]);
   clearTimeout(timer);
+}
+
+/** The last `max` bytes of a file, from its first whole line; '' when there is none. */
+async function readTail(file: string, max: number): Promise<string> {
+  const fh = await open(file, 'r').catch(() => null);
+  if (!fh) return '';
+  try {
+    const { size } = await fh.stat();
+    const len = Math.min(size, max);
+    const buf = Buffer.alloc(len);
+    await fh.read(buf, 0, len, size - len);
+    const text = buf.toString('utf8');
+    return len < size ? text.slice(text.indexOf('\n') + 1) : text;
+  } finally {
+    await fh.close();
+  }
 }

@@ -18,6 +18,8 @@ export interface EventLoggerOptions {
   readonly level?: string;
   /** Removes secrets from every message before it is written. */
   readonly redact?: (s: string) => string;
+  /** Also gets every event's JSON line (redacted), in process (the web view's timeline). */
+  readonly tap?: (line: string) => void;
 }
 
 export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
@@ -31,6 +33,8 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
     mkdirSync(dir, { recursive: true });
     streams.push({ stream: eventFile(join(dir, 'dynsup.log')), level: 'debug' });
   }
+  const tap = opts.tap;
+  if (tap) streams.push({ stream: { write: (s: string) => tap(s) }, level: 'info' });
   return pino(
     {
       base: undefined,

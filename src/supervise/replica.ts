@@ -119,6 +119,11 @@ export class Replica {
     };
   }
 
+  /** What the agent is told to run (argv, environment: not redacted, callers showing it must redact). */
+  launchSpec(): WorkerSpec {
+    return this.#o.spec();
+  }
+
   /** Begin supervising: the agent runs the replica, or adopts it when the same spec runs there already. */
   start(): void {
     const spec = this.#o.spec();

@@ -495,35 +495,37 @@ export class Supervisor {
 
   #logEvent(name: string, ev: ReplicaEvent): void {
     const log = this.#o.logger;
+    // `kind` lets readers of the event log (the web view's timeline) tell events apart without parsing messages.
+    const k = { replica: name, kind: ev.kind };
     switch (ev.kind) {
       case 'started':
-        return log.info({ replica: name, pid: ev.pid, at: ev.at }, `${name} started (pid ${ev.pid})`);
+        return log.info({ ...k, pid: ev.pid, at: ev.at }, `${name} started (pid ${ev.pid})`);
       case 'adopted':
-        return log.info({ replica: name, pid: ev.pid }, `${name} adopted (pid ${ev.pid}, ${ev.restarts} restarts so far): still running from before`);
+        return log.info({ ...k, pid: ev.pid }, `${name} adopted (pid ${ev.pid}, ${ev.restarts} restarts so far): still running from before`);
       case 'exited': {
         const how = ev.exit.signal ? `killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
-        return log[this.#stopping ? 'info' : 'warn']({ replica: name, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at }, `${name} ${how}`);
+        return log[this.#stopping ? 'info' : 'warn']({ ...k, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at }, `${name} ${how}`);
       }
       case 'launch-failed':
-        return log.error({ replica: name }, `${name} could not be started: ${ev.error}`);
+        return log.error(k, `${name} could not be started: ${ev.error}`);
       case 'restarting':
-        return log.warn({ replica: name, delayMs: ev.delayMs, restarts: ev.restarts }, `${name} restarting in ${(ev.delayMs / 1000).toFixed(1)}s (restart ${ev.restarts})`);
+        return log.warn({ ...k, delayMs: ev.delayMs, restarts: ev.restarts }, `${name} restarting in ${(ev.delayMs / 1000).toFixed(1)}s (restart ${ev.restarts})`);
       case 'failed':
-        return log.error({ replica: name }, `${name} failed: ${ev.reason}`);
+        return log.error(k, `${name} failed: ${ev.reason}`);
       case 'ready':
-        return log.info({ replica: name }, `${name} ready`);
+        return log.info(k, `${name} ready`);
       case 'unhealthy':
-        return log.warn({ replica: name, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
+        return log.warn({ ...k, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
       case 'fatal-log':
-        return log.warn({ replica: name, pattern: ev.pattern }, `${name} printed a fatal line (restart.onLog /${ev.pattern}/), restarting it: ${ev.line.slice(0, 300)}`);
+        return log.warn({ ...k, pattern: ev.pattern }, `${name} printed a fatal line (restart.onLog /${ev.pattern}/), restarting it: ${ev.line.slice(0, 300)}`);
       case 'stop-escalated':
-        return log.warn({ replica: name }, `${name} still running ${ev.graceMs / 1000}s after the stop signal: SIGKILL`);
+        return log.warn(k, `${name} still running ${ev.graceMs / 1000}s after the stop signal: SIGKILL`);
       case 'stopped':
-        return log.info({ replica: name }, `${name} stopped: ${ev.reason}`);
+        return log.info(k, `${name} stopped: ${ev.reason}`);
       case 'hook-failed':
-        return log.warn({ replica: name, hook: ev.hook }, `${name}: ${ev.hook} hook ${ev.error}`);
+        return log.warn({ ...k, hook: ev.hook }, `${name}: ${ev.hook} hook ${ev.error}`);
       case 'leftovers':
-        return log.warn({ replica: name }, `${name}: ${ev.count} leftover process(es) killed`);
+        return log.warn(k, `${name}: ${ev.count} leftover process(es) killed`);
     }
   }
 }

@@ -65,6 +65,7 @@ describe('good cluster files', () => {
       nats: { enabled: true, binary: 'nats-server', args: [], port: 4222, monitorPort: 8222, jetstream: true, workerCredentials: false },
       etcd: { enabled: true, binary: 'etcd', args: [], port: 2379, peerPort: 2380 },
       metrics: { enabled: true, port: 9464, gpuIntervalMs: 5000 },
+      ui: { enabled: true },
       logs: { maxBytes: 100 * 2 ** 20, keep: 5 },
       nodes: [{ name: 'local', transport: 'local', gpus: 0, address: '127.0.0.1', setup: [], runDir: undefined, ssh: undefined }],
       groups: [

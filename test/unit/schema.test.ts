@@ -163,7 +163,7 @@ describe('clusterJsonSchema', () => {
 
   it('mentions every top-level key, requiring name, head, nodes (unless slurm) and workers', () => {
     expect(keysOf(schema)).toEqual(Object.keys(clusterSchema.shape).sort());
-    expect(keysOf(schema)).toEqual(['$schema', 'controlPlane', 'defaults', 'head', 'lease', 'logs', 'metrics', 'name', 'nodes', 'slurm', 'stateDir', 'workers']);
+    expect(keysOf(schema)).toEqual(['$schema', 'controlPlane', 'defaults', 'head', 'lease', 'logs', 'metrics', 'name', 'nodes', 'slurm', 'stateDir', 'ui', 'workers']);
     expect([...(schema['required'] as string[])].sort()).toEqual(['name', 'workers']);
     // head (with its address) and nodes are required unless the file has a slurm: section (the allocation supplies them).
     expect(schema['if']).toEqual({ not: { properties: { slurm: true }, required: ['slurm'] } });
