@@ -79,7 +79,8 @@ const STATUS_BACKLOG = 1 << 20;
 /** A log stream's backlog (in the socket) beyond which lines are dropped, and its queue's bound. */
 const LOG_BACKLOG = 512 << 10;
 const LOG_QUEUE = 256 << 10;
-const STATUS_FLUSH_MS = 250;
+// Short: changes of one moment (a bring-up) go out together, yet a brief state (backoff) is still seen.
+const STATUS_FLUSH_MS = 50;
 const LOG_FLUSH_MS = 100;
 const PING_MS = 15_000;
 const MAX_TAIL = 2000;
