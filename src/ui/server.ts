@@ -29,9 +29,16 @@ import { escapeTerminal } from '../util/terminal-escape.js';
 import { dependencyColumns } from './graph.js';
 import type { Timeline, TimelineEvent } from './timeline.js';
 
-/** Operations the page may ask for (never `down` or `scale`). */
-export const UI_ACTIONS = ['restart', 'stop', 'start'] as const;
+/** Operations the page may ask for (never `down`, `scale` or `apply`); `rolling`: a group's rolling restart. */
+export const UI_ACTIONS = ['restart', 'rolling', 'stop', 'start'] as const;
 export type UiAction = (typeof UI_ACTIONS)[number];
+/** What the page offers on a replica, and on a group. */
+const REPLICA_ACTIONS: readonly UiAction[] = ['restart', 'stop', 'start'];
+const GROUP_ACTIONS: readonly UiAction[] = ['rolling', 'restart', 'stop', 'start'];
+
+function controlRequest(op: UiAction, target: string): ControlRequest {
+  return op === 'rolling' ? { op: 'restart', target, rolling: true } : { op, target };
+}
 
 export interface WebUiOptions {
   readonly cluster: ClusterConfig;
@@ -63,7 +70,7 @@ export interface Snapshot {
   readonly controlPlane: readonly ReplicaStatus[];
   readonly replicas: readonly ReplicaStatus[];
   readonly events: readonly TimelineEvent[];
-  readonly actions: readonly string[];
+  readonly actions: { readonly replica: readonly string[]; readonly group: readonly string[] };
 }
 
 export interface Delta {
@@ -72,6 +79,17 @@ export interface Delta {
   readonly changed: readonly ReplicaStatus[];
   readonly removed: readonly string[];
   readonly events: readonly TimelineEvent[];
+}
+
+function groupInfo(cluster: ClusterConfig): GroupInfo[] {
+  const columns = dependencyColumns(cluster.groups);
+  return cluster.groups.map((g) => ({
+    name: g.name,
+    dependsOn: g.dependsOn,
+    replicas: g.replicas,
+    gpus: g.gpus,
+    column: columns.findIndex((c) => c.includes(g.name)),
+  }));
 }
 
 /** A status stream's backlog beyond which it is skipped until it drains (then gets a snapshot). */
@@ -83,6 +101,8 @@ const LOG_QUEUE = 256 << 10;
 const STATUS_FLUSH_MS = 50;
 const LOG_FLUSH_MS = 100;
 const PING_MS = 15_000;
+/** What changes without a state change (GPU telemetry samples) is looked for this often, while pages are open. */
+const RESCAN_MS = 2000;
 const MAX_TAIL = 2000;
 const EVENTS_IN_SNAPSHOT = 200;
 
@@ -115,26 +135,21 @@ export class WebUi {
   readonly #assets = new Map<string, Promise<Asset | null>>();
   readonly #statusClients = new Set<StatusClient>();
   readonly #closers = new Set<() => void>();
-  readonly #groups: GroupInfo[];
+  /** The groups as last sent: an apply that changes them sends every page a fresh snapshot. */
+  #groupsJson: string;
   /** The last status sent of each replica (JSON), to find what changed. */
   #sent = new Map<string, string>();
   #pendingEvents: TimelineEvent[] = [];
   #dirty = false;
   #flushTimer: NodeJS.Timeout | undefined;
   readonly #ping: NodeJS.Timeout;
+  readonly #rescan: NodeJS.Timeout;
   readonly #unsubscribe: () => void;
 
   constructor(o: WebUiOptions) {
     this.#o = o;
     this.#assetsDir = o.assets ?? fileURLToPath(new URL('./static/', import.meta.url));
-    const columns = dependencyColumns(o.cluster.groups);
-    this.#groups = o.cluster.groups.map((g) => ({
-      name: g.name,
-      dependsOn: g.dependsOn,
-      replicas: g.replicas,
-      gpus: g.gpus,
-      column: columns.findIndex((c) => c.includes(g.name)),
-    }));
+    this.#groupsJson = JSON.stringify(groupInfo(o.sup.cluster));
     this.#unsubscribe = o.timeline.onEvent((e) => {
       if (!this.#statusClients.size) return;
       this.#pendingEvents.push(e);
@@ -144,6 +159,8 @@ export class WebUi {
       for (const c of this.#statusClients) if (c.res.writableLength < STATUS_BACKLOG) c.res.write(': ping\n\n');
     }, PING_MS);
     this.#ping.unref();
+    this.#rescan = setInterval(() => this.changed(), RESCAN_MS);
+    this.#rescan.unref();
   }
 
   /** A replica's status changed (the supervisor's onChange): pushed to the pages, coalesced. */
@@ -156,6 +173,7 @@ export class WebUi {
   /** End every stream (the supervisor stops; the HTTP server can then close). */
   close(): void {
     clearInterval(this.#ping);
+    clearInterval(this.#rescan);
     clearTimeout(this.#flushTimer);
     this.#unsubscribe();
     for (const c of [...this.#closers]) c();
@@ -167,11 +185,11 @@ export class WebUi {
       cluster: st.cluster,
       head: this.#o.cluster.headAddress,
       now: Date.now(),
-      groups: this.#groups,
+      groups: groupInfo(this.#o.sup.cluster),
       controlPlane: st.controlPlane,
       replicas: st.replicas,
       events: this.#o.timeline.recent(EVENTS_IN_SNAPSHOT),
-      actions: UI_ACTIONS,
+      actions: { replica: REPLICA_ACTIONS, group: GROUP_ACTIONS },
     };
   }
 
@@ -301,6 +319,10 @@ export class WebUi {
       this.#sent = now;
     }
     const any = changed.length > 0 || removed.length > 0 || events.length > 0;
+    // The file was applied with other groups (or replica counts): every page redraws from a snapshot.
+    const groupsJson = JSON.stringify(groupInfo(this.#o.sup.cluster));
+    const regroup = groupsJson !== this.#groupsJson;
+    this.#groupsJson = groupsJson;
     const delta: Delta = { now: Date.now(), changed, removed, events };
     let text: string | undefined;
     let stale = false;
@@ -309,7 +331,7 @@ export class WebUi {
         c.stale = stale = true;
         continue;
       }
-      if (c.stale) {
+      if (c.stale || regroup) {
         c.stale = false;
         sse(c.res, 'snapshot', this.snapshot());
         continue;
@@ -436,7 +458,7 @@ export class WebUi {
       return;
     }
     try {
-      const result = await this.#o.control({ op: op as UiAction, target });
+      const result = await this.#o.control(controlRequest(op as UiAction, target));
       json(res, 200, { ok: true, result });
     } catch (err) {
       json(res, 400, { ok: false, error: errorMessage(err) });

@@ -18,6 +18,7 @@ export type TimelineKind =
   | 'launch-failed'
   | 'stop-escalated'
   | 'leftovers'
+  | 'hook-failed'
   | 'partition'
   | 'apply'
   | 'scale'
@@ -39,7 +40,7 @@ export interface TimelineEvent {
   readonly signal?: string | null;
 }
 
-const KINDS = new Set<string>(['started', 'exited', 'restarting', 'failed', 'ready', 'unhealthy', 'fatal-log', 'adopted', 'stopped', 'launch-failed', 'stop-escalated', 'leftovers']);
+const KINDS = new Set<string>(['started', 'exited', 'restarting', 'failed', 'ready', 'unhealthy', 'fatal-log', 'adopted', 'stopped', 'launch-failed', 'stop-escalated', 'leftovers', 'hook-failed']);
 
 /** Kinds of events without a `kind` field, told by their message. First match wins. */
 const BY_MESSAGE: readonly [RegExp, TimelineKind][] = [

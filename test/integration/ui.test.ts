@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dynsup, ROOT, tempCluster, waitFor, type StatusJson } from '../helpers/cluster.js';
+import { installFakeNvidiaSmi } from '../helpers/fake-nvidia-smi.js';
 
 const CHROMIUM = (() => {
   try {
@@ -179,6 +180,16 @@ describe('web view on the demo cluster (chromium)', () => {
     // Kept for the tab's session: a reload stays authorised.
     await page.reload();
     await until(page, 'still authorised', `document.getElementById('auth-state')?.textContent === 'authorised'`);
+
+    // A group's rolling restart (dynsup restart GROUP --rolling): every replica replaced, one at a time.
+    await page.goto(url);
+    await until(page, 'the overview', `document.querySelectorAll('.group .tile[data-state="ready"]').length === 5`);
+    const decode = (await statusNow()).replicas.filter((r) => r.group === 'decode').map((r) => r.pid);
+    await page.click('#group-decode button[data-op="rolling"]');
+    await until(page, 'the rolling restart done', `document.getElementById('notice').textContent === 'rolling restart decode: done (decode-0, decode-1)'`, 120_000);
+    const rolled = (await statusNow()).replicas.filter((r) => r.group === 'decode');
+    for (const [i, r] of rolled.entries()) expect(r.pid).not.toBe(decode[i]);
+    await until(page, 'the events timeline has it', `[...document.querySelectorAll('#recent .ev')].some((e) => e.textContent.includes('rolling restart of decode'))`);
     await page.close();
   });
 
@@ -193,6 +204,51 @@ describe('web view on the demo cluster (chromium)', () => {
     expect(new Set(lefts).size).toBe(1); // stacked
     if (SHOTS) await page.screenshot({ path: join(SHOTS, 'ui-phone.png'), fullPage: true });
     await page.close();
+  });
+});
+
+describe('web view with GPU telemetry (fake nvidia-smi)', () => {
+  it('tiles and the replica view show each replica\'s GPU memory and utilisation', async () => {
+    const c = await tempCluster(`
+nodes: { local: { transport: local, gpus: 2 } }
+workers:
+  g:
+    command: "echo hi; exec sleep 600"
+    replicas: 2
+    gpus: 1
+`);
+    const smi = installFakeNvidiaSmi(join(c.dir, 'smi'));
+    smi.setState({
+      gpus: [
+        { index: 0, uuid: 'GPU-aaaa', memoryUsedMiB: 4096, memoryTotalMiB: 81920, utilizationPct: 50 },
+        { index: 1, uuid: 'GPU-bbbb', memoryUsedMiB: 512, memoryTotalMiB: 81920, utilizationPct: 7 },
+      ],
+      processes: [],
+    });
+    const up = await dynsup(['up', '-d', c.file, '--timeout', '60'], { env: { ...process.env, PATH: `${smi.binDir}:${process.env.PATH}` } });
+    expect(up.code, up.stderr).toBe(0);
+    const browser = await launch();
+    try {
+      const page = await browser.newPage();
+      await page.goto(`http://127.0.0.1:${c.metricsPort}/`);
+      await until(page, 'GPU memory on both tiles', `document.querySelectorAll('.tile .t-gpu').length === 2`);
+      expect(await page.$eval('#tile-g-0 .t-gpu', (e) => e.textContent)).toBe('gpu mem 4.0 GiB / 80.0 GiB · 50%');
+      expect(await page.$eval('#tile-g-1 .t-gpu', (e) => e.textContent)).toBe('gpu mem 512 MiB / 80.0 GiB · 7%');
+      // Live: a new sample reaches the open page.
+      smi.setState({
+        gpus: [
+          { index: 0, uuid: 'GPU-aaaa', memoryUsedMiB: 8192, memoryTotalMiB: 81920, utilizationPct: 99 },
+          { index: 1, uuid: 'GPU-bbbb', memoryUsedMiB: 512, memoryTotalMiB: 81920, utilizationPct: 7 },
+        ],
+        processes: [],
+      });
+      await until(page, 'the new sample', `document.querySelector('#tile-g-0 .t-gpu').textContent === 'gpu mem 8.0 GiB / 80.0 GiB · 99%'`);
+      await page.click('#tile-g-0');
+      await until(page, 'the replica view', `document.querySelector('[data-field="gpu memory"]')?.textContent.startsWith('8.0 GiB / 80.0 GiB · 99%')`);
+    } finally {
+      await browser.close();
+      await dynsup(['down', c.file]);
+    }
   });
 });
 

@@ -27,7 +27,16 @@ interface ReplicaStatus {
   readonly message: string | null;
   readonly adopted?: boolean;
   readonly containment?: string;
-  readonly [more: string]: unknown;
+  /** GPU telemetry (node agents sample nvidia-smi), when the node has it. */
+  readonly gpu?: GpuTelemetry;
+}
+
+interface GpuTelemetry {
+  readonly at: number;
+  readonly memoryUsedMiB: number | null;
+  readonly memoryTotalMiB: number | null;
+  readonly utilizationPct: number | null;
+  readonly others: readonly { readonly pid: number; readonly gpu: number; readonly usedMemoryMiB: number | null; readonly owner: string | null }[];
 }
 
 interface TimelineEvent {
@@ -58,7 +67,7 @@ interface Snapshot {
   readonly controlPlane: readonly ReplicaStatus[];
   readonly replicas: readonly ReplicaStatus[];
   readonly events: readonly TimelineEvent[];
-  readonly actions: readonly string[];
+  readonly actions: { readonly replica: readonly string[]; readonly group: readonly string[] };
 }
 
 interface Delta {
@@ -135,16 +144,11 @@ function exitText(e: ExitInfo | null): string {
   return e.reason ? `${how} (${e.reason})` : how;
 }
 
-/** GPU memory per replica when the supervisor reports it (node agents' telemetry), in MiB. */
-function gpuMemoryMiB(r: ReplicaStatus): number | undefined {
-  const candidates: unknown[] = [
-    r.gpuMemoryMiB,
-    (r.gpuMemory as { usedMiB?: unknown } | undefined)?.usedMiB,
-    (r.telemetry as { gpuMemoryMiB?: unknown } | undefined)?.gpuMemoryMiB,
-    (r.gpu as { memoryUsedMiB?: unknown } | undefined)?.memoryUsedMiB,
-  ];
-  const v = candidates.find((c) => typeof c === 'number' && Number.isFinite(c));
-  return v as number | undefined;
+/** GPU memory and utilisation of a replica, when its node reports telemetry: "5.2 / 80.0 GiB · 93%". */
+function gpuText(r: ReplicaStatus): string | undefined {
+  const g = r.gpu;
+  if (!g || g.memoryUsedMiB === null) return undefined;
+  return `${mib(g.memoryUsedMiB)}${g.memoryTotalMiB !== null ? ` / ${mib(g.memoryTotalMiB)}` : ''}${g.utilizationPct !== null ? ` · ${g.utilizationPct}%` : ''}`;
 }
 
 const mib = (v: number): string => (v >= 1024 ? `${(v / 1024).toFixed(1)} GiB` : `${Math.round(v)} MiB`);
@@ -227,9 +231,9 @@ function renderCreds(): void {
   box.append(h('span', { class: 'badge ro', id: 'auth-state', title: 'actions need the cluster\'s control secret' }, 'read-only'), form);
 }
 
-async function act(op: string, target: string): Promise<void> {
+async function act(op: string, target: string, label = op): Promise<void> {
   const s = secret();
-  notice(`${op} ${target}…`, 'pending');
+  notice(`${label} ${target}…`, 'pending');
   try {
     const r = await fetch('/api/action', {
       method: 'POST',
@@ -237,19 +241,22 @@ async function act(op: string, target: string): Promise<void> {
       body: JSON.stringify({ op, target }),
     });
     const body = (await r.json()) as { ok: boolean; result?: unknown; error?: string };
-    if (body.ok) notice(`${op} ${target}: done${Array.isArray(body.result) ? ` (${body.result.join(', ')})` : ''}`, 'ok');
-    else notice(`${op} ${target}: ${body.error ?? `HTTP ${r.status}`}`, 'error');
+    if (body.ok) notice(`${label} ${target}: done${Array.isArray(body.result) ? ` (${body.result.join(', ')})` : ''}`, 'ok');
+    else notice(`${label} ${target}: ${body.error ?? `HTTP ${r.status}`}`, 'error');
   } catch (err) {
-    notice(`${op} ${target}: ${(err as Error).message}`, 'error');
+    notice(`${label} ${target}: ${(err as Error).message}`, 'error');
   }
 }
 
-function actions(target: string, what: string): HTMLElement {
-  const ops = info?.actions ?? [];
+const LABELS: Readonly<Record<string, string>> = { rolling: 'rolling restart' };
+
+function actions(target: string, what: string, kind: 'replica' | 'group'): HTMLElement {
+  const ops = info?.actions[kind] ?? [];
   const box = h('div', { class: 'actions', role: 'group', 'aria-label': `actions on ${what}` });
   for (const op of ops) {
-    const b = h('button', { type: 'button', 'data-op': op, 'data-target': target, title: secret() ? `${op} ${what}` : `${op} ${what} (needs the control secret)` }, op);
-    b.addEventListener('click', () => void act(op, target));
+    const label = LABELS[op] ?? op;
+    const b = h('button', { type: 'button', 'data-op': op, 'data-target': target, title: secret() ? `${label} ${what}` : `${label} ${what} (needs the control secret)` }, label);
+    b.addEventListener('click', () => void act(op, target, label));
     box.append(b);
   }
   return box;
@@ -259,7 +266,7 @@ function actions(target: string, what: string): HTMLElement {
 // Overview
 
 function tile(r: ReplicaStatus): HTMLAnchorElement {
-  const mem = gpuMemoryMiB(r);
+  const mem = gpuText(r);
   const a = h(
     'a',
     {
@@ -274,7 +281,7 @@ function tile(r: ReplicaStatus): HTMLAnchorElement {
     h('span', { class: 't-row' }, `${r.node}${r.gpus.length ? ` · gpu ${r.gpus.join(',')}` : ''}`),
     h('span', { class: 't-row' }, `restarts ${r.restarts} · up `, uptimeSpan(r)),
     r.lastExit ? h('span', { class: 't-row' }, `last exit ${exitText(r.lastExit)}`) : null,
-    mem !== undefined ? h('span', { class: 't-row' }, `gpu mem ${mib(mem)}`) : null,
+    mem !== undefined ? h('span', { class: 't-row t-gpu' }, `gpu mem ${mem}`) : null,
     r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'stopped') ? h('span', { class: 't-row t-msg' }, r.message) : null,
   );
   return a;
@@ -320,7 +327,7 @@ function renderOverview(main: HTMLElement): void {
           { class: 'group', id: `group-${g.name}`, 'aria-labelledby': `gh-${g.name}` },
           h('h2', { id: `gh-${g.name}` }, g.name, ' ', h('span', { class: 'muted' }, `${ready}/${rs.length} up${g.gpus ? ` · ${g.gpus} gpu each` : ''}`)),
           g.dependsOn.length ? h('p', { class: 'deps muted' }, `depends on ${g.dependsOn.join(', ')}`) : null,
-          actions(g.name, `group ${g.name}`),
+          actions(g.name, `group ${g.name}`, 'group'),
           h('div', { class: 'tiles' }, ...rs.map(tile)),
         ),
       );
@@ -377,7 +384,7 @@ function renderReplica(main: HTMLElement, name: string): void {
   main.replaceChildren(
     h('p', {}, h('a', { href: '#/' }, '← overview')),
     h('h1', {}, name, ' ', h('span', { class: 'badge', id: 'state' })),
-    actions(name, name),
+    actions(name, name, 'replica'),
     dl,
     h('section', { 'aria-labelledby': 'log-h', class: 'logsec' }, h('div', { class: 'log-bar' }, h('h2', { id: 'log-h' }, 'log'), pause, logInfo), logBox),
     h(
@@ -398,7 +405,7 @@ function renderReplica(main: HTMLElement, name: string): void {
     badge.textContent = r.state;
     badge.className = `badge s-${r.state}`;
     badge.setAttribute('data-state', r.state);
-    const mem = gpuMemoryMiB(r);
+    const mem = gpuText(r);
     const rows: [string, Node | string][] = [
       ['group', r.group],
       ['node', r.node],
@@ -409,7 +416,10 @@ function renderReplica(main: HTMLElement, name: string): void {
       ['last exit', r.lastExit ? `${exitText(r.lastExit)} at ${clock(r.lastExit.at)}` : '-'],
       ['in state since', clock(r.since)],
     ];
-    if (mem !== undefined) rows.push(['gpu memory', mib(mem)]);
+    if (mem !== undefined) rows.push(['gpu memory', `${mem} (sampled ${clock(r.gpu!.at)})`]);
+    for (const o of r.gpu?.others ?? []) {
+      rows.push(['not its own', `pid ${o.pid} on gpu ${o.gpu}${o.usedMemoryMiB !== null ? `, ${mib(o.usedMemoryMiB)}` : ''}${o.owner ? ` (${o.owner})` : ' (unknown owner)'}`]);
+    }
     if (r.message) rows.push(['message', r.message]);
     if (r.containment) rows.push(['containment', r.containment]);
     if (r.adopted) rows.push(['adopted', 'yes: taken over from an earlier supervisor']);
