@@ -13,6 +13,10 @@
 #                                 scripts/gpu/gpu_check.py: `dynsup up -d`, nvidia-smi checks, kill -9 of a
 #                                 replica's leader (whose child and setsid grandchild hold GPU memory too),
 #                                 `down`, `up` + kill -9 of the supervisor. Exit 0 = every check passed.
+#                                 GPU telemetry (issue 14): status --json, status and /metrics must show each
+#                                 GPU replica's memory as nvidia-smi does, with no process of another on its
+#                                 GPUs, and a stray CUDA process started on a replica's GPU must be listed
+#                                 under its `others` (checks "telemetry", "telemetry: a stray process ...").
 #                                 Options are gpu_check.py's environment variables (its docstring), e.g.
 #                                 GPU_CHECK_GPUS=1 on a one-GPU machine (decode then runs on the CPU).
 #

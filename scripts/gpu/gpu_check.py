@@ -16,6 +16,9 @@ Brings up clusters/gpu-local.yaml with `dynsup up -d` and checks with nvidia-smi
                 GPU; the other replicas are untouched
   3. down       leaves no compute process of ours, all GPU memory back to what it was before, no process
                 left (workers, their families, agents, NATS, etcd, the supervisor)
+  1b. telemetry  status --json / status / /metrics show per replica its GPUs' memory (as nvidia-smi says) and
+                utilisation, no process of another on them; a stray CUDA process started on a replica's GPU is
+                listed under its `others` (owner none), and gone once killed (issue 14)
   4. kill -9 of the supervisor (after a second `up -d`): the node agents keep the workers for the lease
                 (so a new `up` could adopt them), then stop them by themselves, families included, GPUs
                 freed; `dynsup status` says not running; `down` cleans up
@@ -375,6 +378,89 @@ def pinning_phase(smi: Smi, gpus_by_index: dict, title: str, family: str) -> tup
     return reps, obs, ok_pin and not shared
 
 
+def telemetry_phase(smi: Smi, reps: dict[str, dict]) -> None:
+    """GPU telemetry (issue 14): each node agent samples nvidia-smi (one call pair per node per
+    metrics.gpuInterval, default 5s) and status --json, status and /metrics show per replica its GPUs' memory
+    and utilisation and the compute processes on them that are not its own. Checked against nvidia-smi here;
+    then a stray CUDA process started by this script on a replica's GPU must be listed as not its own, and
+    gone from the list once it exits. FAKE (no nvidia-smi on PATH): no gpu field, no GPU columns."""
+    gpu_reps = {k: x for k, x in reps.items() if x["gpus"]}
+    if FAKE or not gpu_reps:
+        st = status()
+        text = dynsup("status", CLUSTER, timeout=30).stdout
+        check("telemetry absent without nvidia-smi" if FAKE else "telemetry (no GPU replica)",
+              all("gpu" not in r for r in st.get("replicas", [])) and "GPU MEM" not in text,
+              "no `gpu` in status --json and no GPU MEM column" if all("gpu" not in r for r in st.get("replicas", [])) else "telemetry shown without nvidia-smi")
+        return
+    end = time.monotonic() + 30
+    st: dict = {}
+    while time.monotonic() < end:
+        st = status()
+        if all(replicas(st).get(k, {}).get("gpu") for k in gpu_reps):
+            break
+        time.sleep(1)
+    now = {g["index"]: g for g in smi.gpus()}
+    rows, bad = [], []
+    for k, x in gpu_reps.items():
+        g = replicas(st).get(k, {}).get("gpu")
+        smi_used = sum(now[i]["used"] for i in x["gpus"] if i in now)
+        if not g:
+            bad.append(f"{k}: no gpu telemetry in status --json after 30s")
+            rows.append([k, fmt_gpus(x["gpus"]), "-", str(smi_used), "-", "-"])
+            continue
+        # The agent's sample is up to one interval old; a loaded worker's memory is steady.
+        if g.get("memoryUsedMiB") is None or abs(g["memoryUsedMiB"] - smi_used) > max(512, smi_used // 10):
+            bad.append(f"{k}: telemetry says {g.get('memoryUsedMiB')} MiB used on GPU {fmt_gpus(x['gpus'])}, nvidia-smi {smi_used} MiB")
+        # Its family (child, setsid grandchild: same DYNSUP_TOKEN) is its own, not listed.
+        if g.get("others"):
+            bad.append(f"{k}: processes listed as not its own: {g['others']}")
+        rows.append([k, fmt_gpus(x["gpus"]), str(g.get("memoryUsedMiB")), str(smi_used), str(g.get("utilizationPct")), ", ".join(str(o["pid"]) for o in g.get("others", [])) or "-"])
+    table("GPU telemetry in `dynsup status --json` vs nvidia-smi", ["replica", "GPUs", "telemetry MiB", "nvidia-smi MiB", "util %", "others"], rows)
+    text = dynsup("status", CLUSTER, timeout=30).stdout
+    if "GPU MEM" not in text:
+        bad.append("`dynsup status` has no GPU MEM column")
+    try:
+        metrics = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=10).read().decode()
+    except OSError as e:
+        metrics = ""
+        bad.append(f"/metrics: {e}")
+    for k in gpu_reps:
+        if f'dynsup_replica_gpu_memory_used_bytes{{cluster="gpu-local",replica="{k}"' not in metrics:
+            bad.append(f"/metrics: no dynsup_replica_gpu_memory_used_bytes for {k}")
+    check("telemetry", not bad, "; ".join(bad) if bad else f"{len(gpu_reps)} GPU replicas: memory used as nvidia-smi says, no process of another on their GPUs; GPU columns in status, gauges in /metrics")
+
+    # A stray CUDA process on the first GPU replica's GPU (a leak of an earlier run, another user's job).
+    victim = sorted(gpu_reps)[0]
+    gi = gpu_reps[victim]["gpus"][0]
+    stray_env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gi), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    stray_env.pop("DYNSUP_TOKEN", None)
+    stray = subprocess.Popen([sys.executable, "-c", "import torch, time; x = torch.empty(256 * 2**20, dtype=torch.uint8, device='cuda'); print('ok', flush=True); time.sleep(600)"],
+                             env=stray_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        got = stray.stdout.readline().strip() if stray.stdout else ""
+        listed = gone = None
+        t = time.monotonic()
+        while got == "ok" and time.monotonic() - t < 30:
+            g = replicas(status()).get(victim, {}).get("gpu") or {}
+            if any(o["pid"] == stray.pid and o.get("owner") is None for o in g.get("others", [])):
+                listed = round(time.monotonic() - t, 1)
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(stray.pid, signal.SIGKILL)
+        stray.wait()
+    t = time.monotonic()
+    while listed is not None and time.monotonic() - t < 30:
+        g = replicas(status()).get(victim, {}).get("gpu") or {}
+        if not any(o["pid"] == stray.pid for o in g.get("others", [])):
+            gone = round(time.monotonic() - t, 1)
+            break
+        time.sleep(1)
+    check("telemetry: a stray process on a replica's GPU", got == "ok" and listed is not None and gone is not None,
+          f"stray CUDA process pid {stray.pid} on GPU {gi} ({'started' if got == 'ok' else 'did not start: ' + repr(got)}): "
+          f"listed under {victim}'s others after {listed}s, gone {gone}s after it was killed")
+
+
 def main() -> int:
     global DYN_ENV
     os.chdir(REPO)
@@ -476,6 +562,9 @@ def main() -> int:
                 bad.append(f"{k} no fresh NATS heartbeat")
         check("etcd+nats", not bad and "error" not in fw,
               fw.get("error") or ("; ".join(bad) if bad else f"{len(fw.get('registered', {}))} workers registered in etcd" + ("" if FAKE else " with the UUID of their assigned GPU") + ", all heartbeating on NATS (seen by frontend-0)"))
+        # GPU telemetry of the node agents (issue 14)
+        telemetry_phase(smi, reps)
+
         perf = []
         for k in reps:
             line = last_stats_line(k)
