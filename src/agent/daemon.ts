@@ -22,6 +22,7 @@ import {
   socketPath,
   type AgentMessage,
   type HeadMessage,
+  type LauncherMessage,
 } from './protocol.js';
 import { Worker, type WorkerHost, type WorkerRecord } from './worker.js';
 
@@ -33,6 +34,8 @@ export interface DaemonOptions {
   readonly dir: string;
   /** Identifies this agent build (hash of the bundle), reported to the head. */
   readonly build: string;
+  /** Command line of this agent's `rsh` mode (Open MPI's remote launcher for mpirun leaders). */
+  readonly launcherCommand: string;
 }
 
 interface Saved {
@@ -53,6 +56,10 @@ export class AgentDaemon implements WorkerHost {
   /** The GPU sampler (one per node, while a head is connected that asked for it). */
   #gpus: { intervalMs: number; stop: AbortController } | undefined;
   #exiting = false;
+  /** Launch requests of mpirun leaders waiting for the head's answer, by id. */
+  readonly #launches = new Map<number, Socket>();
+  #launchId = 0;
+  readonly launcher: WorkerHost['launcher'];
   readonly #done: Promise<void>;
   #resolveDone!: () => void;
 
@@ -64,6 +71,7 @@ export class AgentDaemon implements WorkerHost {
     const mode = process.env.DYNSUP_AGENT_CGROUP;
     this.cgroupBase = mode === 'off' ? null : cgroupBase(`a-${createHash('sha256').update(o.dir).digest('hex').slice(0, 16)}`, mode === 'inside');
     this.#done = new Promise((r) => (this.#resolveDone = r));
+    this.launcher = { command: o.launcherCommand, socket: socketPath(o.dir) };
   }
 
   /** Serve until shut down or the lease runs out with nothing left to run. */
@@ -109,6 +117,42 @@ export class AgentDaemon implements WorkerHost {
 
   #accept(sock: Socket): void {
     if (this.#exiting) return void sock.destroy();
+    // Right away: a pipe waits for it before its head says hello (everything before it is login noise).
+    sock.write(PREAMBLE);
+    // The first frame says who connected: a head (hello) or an mpirun launcher (launch).
+    const first = new FrameDecoder<HeadMessage | LauncherMessage>({ preamble: false });
+    const seen: Buffer[] = [];
+    const onFirst = (chunk: Buffer): void => {
+      seen.push(chunk);
+      let frames;
+      try {
+        frames = first.push(chunk);
+      } catch {
+        return void sock.destroy();
+      }
+      const f = frames[0];
+      if (!f) return;
+      sock.off('data', onFirst);
+      if (f.kind === 'msg' && f.msg.t === 'launch') return this.#launch(sock, f.msg);
+      this.#acceptHead(sock, Buffer.concat(seen));
+    };
+    sock.on('data', onFirst);
+    sock.on('error', () => undefined);
+  }
+
+  /** Relay a launcher's request to the head; answer it when the head has (or cannot be asked). */
+  #launch(sock: Socket, m: Extract<LauncherMessage, { t: 'launch' }>): void {
+    const reply = (error?: string): void => {
+      if (!sock.destroyed) sock.end(encodeMessage({ t: 'launched', ...(error ? { error } : {}) }));
+    };
+    if (!this.#conn) return reply('no supervisor is connected to this node right now');
+    const id = ++this.#launchId;
+    this.#launches.set(id, sock);
+    sock.on('close', () => this.#launches.delete(id));
+    this.#send({ t: 'launch', id, replica: m.replica, host: m.host, command: m.command });
+  }
+
+  #acceptHead(sock: Socket, firstChunk: Buffer): void {
     // A head that reconnects (after a partition, or a new supervisor) replaces the old link, which may
     // be half-open and never close by itself.
     if (this.#conn) {
@@ -117,10 +161,9 @@ export class AgentDaemon implements WorkerHost {
     }
     this.#conn = sock;
     for (const w of this.#workers.values()) w.unstream();
-    sock.write(PREAMBLE);
     const decoder = new FrameDecoder<HeadMessage>({ preamble: false });
     let hello = false;
-    sock.on('data', (chunk: Buffer) => {
+    const onData = (chunk: Buffer): void => {
       this.#armLease();
       let frames;
       try {
@@ -139,7 +182,9 @@ export class AgentDaemon implements WorkerHost {
         }
         void this.#handle(f.msg);
       }
-    });
+    };
+    sock.on('data', onData);
+    onData(firstChunk);
     sock.on('drain', () => {
       for (const w of this.#workers.values()) w.resumeOutput();
     });
@@ -181,9 +226,11 @@ export class AgentDaemon implements WorkerHost {
         const fresh = !w;
         if (!w) {
           const prev = this.#previous.get(m.name);
-          w = new Worker(m.name, join(this.#o.dir, `${m.name}.out`), m.spec, m.specHash, this, prev);
+          // A gang member's name has a '/' (decode-0/1): one flat file per worker all the same.
+          w = new Worker(m.name, join(this.#o.dir, `${m.name.replace(/\//g, '@')}.out`), m.spec, m.specHash, this, prev);
           this.#workers.set(m.name, w);
         }
+        if (m.restarts !== undefined) w.setRestarts(m.restarts);
         w.stream(m.from < 0 ? w.report().acked : m.from);
         // Running already (adopted), or ended and only re-stated: say so; else starting reports for itself.
         if (!w.active && (m.start || w.interrupted || fresh)) w.start();
@@ -224,6 +271,12 @@ export class AgentDaemon implements WorkerHost {
         this.#previous.delete(m.name);
         rmSync(w.spool, { force: true });
         this.persist();
+        return;
+      }
+      case 'launched': {
+        const sock = this.#launches.get(m.id);
+        this.#launches.delete(m.id);
+        if (sock && !sock.destroyed) sock.end(encodeMessage({ t: 'launched', ...(m.error ? { error: m.error } : {}) }));
         return;
       }
       case 'shutdown':

@@ -7,6 +7,9 @@
  *                                       bridge stdin/stdout to DIR's agent, starting one if none runs
  *                                       (what an ssh channel or an srun step runs); exit 3 when none runs
  *                                       and --no-spawn was given; --lines: output as base64 lines (srun)
+ *   dynsup-agent rsh HOST COMMAND...    Open MPI's remote launcher (plm_rsh_agent) for an mpirun leader: has
+ *                                       the agent of the gang's node HOST start COMMAND (an orted), through
+ *                                       this node's agent and the head; exits once it runs
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,6 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { pidAlive } from '../control/runtime-files.js';
 import { AgentDaemon } from './daemon.js';
 import { dialAgent } from './dial.js';
+import { createConnection } from 'node:net';
+import { encodeMessage, FrameDecoder, type LauncherMessage } from './protocol.js';
 
 declare const DYNSUP_AGENT_BUILD: string | undefined;
 const BUILD = typeof DYNSUP_AGENT_BUILD === 'string' ? DYNSUP_AGENT_BUILD : 'dev';
@@ -27,7 +32,8 @@ async function serve(dir: string): Promise<number> {
   } catch {
     /* none */
   }
-  const daemon = new AgentDaemon({ dir, build: BUILD });
+  const self = fileURLToPath(import.meta.url);
+  const daemon = new AgentDaemon({ dir, build: BUILD, launcherCommand: `${process.execPath} ${self} rsh` });
   writeFileSync(pidFile, String(process.pid), { mode: 0o600 });
   process.on('SIGHUP', () => undefined);
   process.on('SIGPIPE', () => undefined);
@@ -63,9 +69,54 @@ async function bridge(dir: string, spawnAgent: boolean, lines: boolean): Promise
   return 0;
 }
 
+/**
+ * Called by mpirun as `rsh [options] HOST word...` (ssh's shape: the words are one remote shell line). The
+ * request goes to this node's agent, which asks the head, which has HOST's agent run it as a member of the
+ * gang: contained, logged and stopped with the gang. Exit 0 once it runs (mpirun only reads our exit status).
+ */
+async function rsh(args: string[]): Promise<number> {
+  const at = args.findIndex((a) => !a.startsWith('-'));
+  const host = args[at];
+  const command = args.slice(at + 1).join(' ');
+  const socket = process.env.DYNSUP_AGENT_SOCKET;
+  const replica = process.env.DYNSUP_WORKER;
+  if (at < 0 || !host || !command || !socket || !replica) {
+    process.stderr.write('dynsup-agent rsh: usage: rsh HOST COMMAND... (run by mpirun under a dynsup agent)\n');
+    return 2;
+  }
+  const sock = createConnection(socket);
+  const decoder = new FrameDecoder<LauncherMessage>({ preamble: true });
+  const answer = await new Promise<LauncherMessage | Error>((resolve) => {
+    sock.once('connect', () => sock.write(encodeMessage({ t: 'launch', replica, host, command })));
+    sock.on('data', (chunk: Buffer) => {
+      try {
+        const f = decoder.push(chunk).find((x) => x.kind === 'msg');
+        if (f && f.kind === 'msg') resolve(f.msg);
+      } catch (err) {
+        resolve(err as Error);
+      }
+    });
+    sock.once('error', (err) => resolve(err));
+    sock.once('close', () => resolve(new Error('the agent closed the connection without an answer')));
+  });
+  sock.destroy();
+  if (answer instanceof Error || answer.t !== 'launched' || answer.error) {
+    const why = answer instanceof Error ? answer.message : answer.t === 'launched' ? answer.error : 'unexpected answer';
+    process.stderr.write(`dynsup-agent rsh: cannot start on ${host}: ${why}\n`);
+    return 1;
+  }
+  return 0;
+}
+
 const [mode, dir, ...flags] = process.argv.slice(2);
 const run =
-  mode === 'serve' && dir ? serve(dir) : mode === 'connect' && dir ? bridge(dir, !flags.includes('--no-spawn'), flags.includes('--lines')) : Promise.resolve(-1);
+  mode === 'serve' && dir
+    ? serve(dir)
+    : mode === 'connect' && dir
+      ? bridge(dir, !flags.includes('--no-spawn'), flags.includes('--lines'))
+      : mode === 'rsh'
+        ? rsh(process.argv.slice(3))
+        : Promise.resolve(-1);
 run.then(
   (code) => {
     if (code === -1) {

@@ -46,6 +46,14 @@ export interface WorkerSpec {
   /** Hooks: `sh -c` on the node before each start (failing = a failed start) and after each exit; output to the spool. */
   readonly preStart?: string | undefined;
   readonly postStop?: string | undefined;
+  /** Variables kept although an `unsetEnv` pattern matches them (an MPI leader's `srun` needs SLURM_CONF). */
+  readonly keepEnv?: readonly string[] | undefined;
+  /**
+   * An `mpirun` leader: the agent points Open MPI's remote launcher (plm_rsh_agent) at itself, so that the
+   * daemons on the gang's other nodes are started by those nodes' agents, through the head (no ssh
+   * between nodes; every rank contained like any worker).
+   */
+  readonly mpiLauncher?: boolean | undefined;
 }
 
 export type WorkerState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
@@ -113,7 +121,18 @@ export type HeadMessage =
    * false: the head reconnected and re-states what it wants; a replica that ended (failed, stopped by its
    * policy or on request) stays so, one the lease stopped is started again.
    */
-  | { readonly t: 'run'; readonly name: string; readonly spec: WorkerSpec; readonly specHash: string; readonly from: number; readonly start: boolean }
+  | {
+      readonly t: 'run';
+      readonly name: string;
+      readonly spec: WorkerSpec;
+      readonly specHash: string;
+      readonly from: number;
+      readonly start: boolean;
+      /** A gang member: the head counts the gang's restarts (the agent does not restart members) and says so. */
+      readonly restarts?: number | undefined;
+    }
+  /** The answer to an agent's `launch`: started (as `name`), or why not. */
+  | { readonly t: 'launched'; readonly id: number; readonly error?: string | undefined }
   | { readonly t: 'stop'; readonly name: string; readonly reason: string }
   /** Stop and start again; `counted`: as a crash (unhealthy), else not counted against the crash-loop limit. */
   | { readonly t: 'restart'; readonly name: string; readonly counted: boolean; readonly reason: string }
@@ -140,10 +159,17 @@ export type AgentMessage =
   | { readonly t: 'gpus'; readonly sample: NodeGpuSample }
   | { readonly t: 'event'; readonly name: string; readonly event: AgentEvent }
   | { readonly t: 'pong' }
+  /** mpirun on this node asks to start `command` on the gang's node at `host` (relayed from the launcher). */
+  | { readonly t: 'launch'; readonly id: number; readonly replica: string; readonly host: string; readonly command: string }
   | { readonly t: 'bye' }
   | { readonly t: 'error'; readonly message: string };
 
-export function encodeMessage(msg: HeadMessage | AgentMessage): Buffer {
+/** What `dynsup-agent rsh` (Open MPI's remote launcher) sends its node's agent, and what it gets back. */
+export type LauncherMessage =
+  | { readonly t: 'launch'; readonly replica: string; readonly host: string; readonly command: string }
+  | { readonly t: 'launched'; readonly error?: string | undefined };
+
+export function encodeMessage(msg: HeadMessage | AgentMessage | LauncherMessage): Buffer {
   const body = Buffer.from(JSON.stringify(msg));
   const frame = Buffer.allocUnsafe(5 + body.length);
   frame.writeUInt32BE(body.length + 1, 0);

@@ -33,6 +33,8 @@ export interface WorkerHost {
   /** Persist the agent's state (called on every change of a worker). */
   persist(): void;
   readonly cgroupBase: string | null;
+  /** How an mpirun leader on this node reaches its agent (plm_rsh_agent command line, socket). */
+  readonly launcher: { readonly command: string; readonly socket: string };
 }
 
 /** Persisted between agent processes, so a restarted agent can clean up what its predecessor left. */
@@ -138,6 +140,11 @@ export class Worker {
       acked: this.#acked,
       containment: this.#host.cgroupBase ? 'cgroup' : 'pgroup',
     };
+  }
+
+  /** A gang member's restarts are counted by the head (the gang restarts as a whole). */
+  setRestarts(n: number): void {
+    this.#restarts = n;
   }
 
   /** Start supervising (no-op while the loop runs). */
@@ -281,9 +288,22 @@ export class Worker {
 
   #env(): NodeJS.ProcessEnv {
     const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!this.spec.unsetEnv.some((p) => matchesPattern(k, p))) env[k] = v;
+    const keep = this.spec.keepEnv ?? [];
+    for (const [k, v] of Object.entries(process.env)) if (keep.includes(k) || !this.spec.unsetEnv.some((p) => matchesPattern(k, p))) env[k] = v;
     delete env.DYNSUP_AGENT_CGROUP;
-    return { ...env, ...this.spec.env, [TOKEN_VAR]: this.#token };
+    const mpi = this.spec.mpiLauncher
+      ? {
+          OMPI_MCA_plm_rsh_agent: this.#host.launcher.command,
+          // Only mpirun launches daemons (through us); a tree of orteds launching each other would need the
+          // launcher on every node, for no gain at gang sizes.
+          OMPI_MCA_plm_rsh_no_tree_spawn: '1',
+          // Without it the remote orted daemonizes (fine for ssh, whose session may end): it must stay the
+          // member's process, so that its end is the gang's and its children stay in its box.
+          OMPI_MCA_orte_leave_session_attached: '1',
+          DYNSUP_AGENT_SOCKET: this.#host.launcher.socket,
+        }
+      : {};
+    return { ...env, ...this.spec.env, ...mpi, [TOKEN_VAR]: this.#token };
   }
 
   async #launchAndWait(): Promise<ExitInfo> {

@@ -15,16 +15,19 @@ import { control, credentials, target } from './client.js';
 import { followOverNats } from '../control/nats-control.js';
 import type { TailResult } from '../control/tail.js';
 import { natsUrl } from '../supervise/launch-spec.js';
+import { logNamesOf } from '../supervise/gang-launch.js';
 
 export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {
   const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined, slurm: readSavedAllocation, checkLocalPaths: false });
   const { logDir } = runtimePaths(cluster.stateDir);
   const special = ['nats', 'etcd', 'dynsup'];
   let names: string[];
-  if (!target) names = cluster.replicas.map((r) => r.name);
-  else if (special.includes(target) || cluster.replicas.some((r) => r.name === target)) names = [target];
+  const all = cluster.replicas.map((r) => ({ plan: r, logs: logNamesOf(cluster, r) }));
+  if (!target) names = all.flatMap((r) => r.logs);
+  else if (special.includes(target) || all.some((r) => r.logs.includes(target))) names = [target];
+  else if (all.some((r) => r.plan.name === target)) names = all.find((r) => r.plan.name === target)!.logs;
   else {
-    names = cluster.replicas.filter((r) => r.group === target).map((r) => r.name);
+    names = all.filter((r) => r.plan.group === target).flatMap((r) => r.logs);
     if (!names.length) throw new DynsupError('E_USAGE', `no replica or group named '${target}' (groups: ${cluster.groups.map((g) => g.name).join(', ')})`);
   }
   // Checked by flags.ts before anything runs.

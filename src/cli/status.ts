@@ -81,7 +81,9 @@ export function render(shown: Shown): string {
   // GPU telemetry columns only when some node has nvidia-smi (and replicas GPUs).
   const gpu = all.some((r) => r.gpu);
   const header = ['REPLICA', 'NODE', 'STATE', 'PID', 'RESTARTS', 'LAST EXIT', 'GPUS', 'UPTIME', ...(gpu ? ['GPU MEM', 'GPU UTIL', 'OTHER PROCS'] : [])];
-  out += `\n${table(header, all.map((r) => [...row(r), ...(gpu ? gpuCells(r) : [])]))}`;
+  // A gang's row, then one row per member (node, pid, state), indented under it.
+  const rankRows = (r: ReplicaStatus) => (r.ranks ?? []).map((k) => [`  ${k.name}`, k.node, k.state, k.pid ? String(k.pid) : '-', ...header.slice(4).map(() => '')]);
+  out += `\n${table(header, all.flatMap((r) => [[...row(r), ...(gpu ? gpuCells(r) : [])], ...rankRows(r)]))}`;
   return out;
 }
 

@@ -10,10 +10,11 @@ export async function validateCommand([file]: string[], flags: Flags): Promise<n
     );
     return 0;
   }
-  const gpus = cluster.replicas.reduce((n, r) => n + r.gpuIds.length, 0);
+  const nodesOf = (r: (typeof cluster.replicas)[number]) => r.gangNodes ?? [r.node];
+  const gpus = cluster.replicas.reduce((n, r) => n + r.gpuIds.length * nodesOf(r).length, 0);
   process.stdout.write(
     `${file}: ok — cluster ${cluster.name}: ${cluster.groups.length} groups, ${cluster.replicas.length} replicas on ` +
-      `${new Set(cluster.replicas.map((r) => r.node)).size} node(s), ${gpus} GPUs\n\n`,
+      `${new Set(cluster.replicas.flatMap(nodesOf)).size} node(s), ${gpus} GPUs\n\n`,
   );
   const a = cluster.allocation;
   if (a?.preview) {
@@ -25,7 +26,8 @@ export async function validateCommand([file]: string[], flags: Flags): Promise<n
   process.stdout.write(
     table(
       ['REPLICA', 'NODE', 'GPUS', 'PORT'],
-      cluster.replicas.map((r) => [r.name, r.node, r.gpuIds.join(',') || '-', r.port === undefined ? '-' : String(r.port)]),
+      // A gang lists its nodes in rank order (the first is the leader), each with the same GPUs.
+      cluster.replicas.map((r) => [r.name, nodesOf(r).join(','), r.gpuIds.join(',') || '-', r.port === undefined ? '-' : String(r.port)]),
     ),
   );
   return 0;

@@ -59,7 +59,7 @@ export interface LoadOptions {
 }
 
 /** The placeholders commands, env values, cwd and health.url may use (expanded per replica at start). */
-export const PLACEHOLDERS = ['port', 'index', 'replica', 'node', 'host', 'group', 'gpus'] as const;
+export const PLACEHOLDERS = ['port', 'index', 'replica', 'node', 'host', 'group', 'gpus', 'rank', 'nnodes', 'leader'] as const;
 const PLACEHOLDER_RE = /(\$?)\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?)\}/g;
 const SHOWN_PLACEHOLDERS = [...PLACEHOLDERS.map((p) => `{${p}}`), '{ports.<name>}'].join(', ');
 const MIN_LEASE_MS = 1000;
@@ -372,11 +372,21 @@ function resolveCluster(
       else if (w.restart?.initialDelay !== undefined) add(at('restart', 'initialDelay'), `must not be longer than restart.maxDelay (${d.restart?.maxDelay ?? '30s'}${d.restart?.maxDelay !== undefined ? ', from defaults' : ', the default'})`);
       else add(['defaults', 'restart', 'maxDelay'], 'must not be shorter than restart.initialDelay');
     }
+    const nodesPerReplica = w.nodesPerReplica ?? d.nodesPerReplica ?? 1;
+    const launchMode = w.launch ?? d.launch;
+    const gpus = w.gpus ?? d.gpus ?? 0;
+    if (nodesPerReplica > 1 && (w.nodes ?? d.nodes) !== undefined && groupNodes.length < nodesPerReplica && !roleNodes) {
+      add(w.nodes !== undefined ? at('nodes') : ['defaults', 'nodes'], `names ${groupNodes.length} node(s) but each replica of '${name}' spans ${nodesPerReplica} (nodesPerReplica)`);
+    }
     groups.push({
       name,
+      nodesPerReplica,
+      launch: launchMode ?? (nodesPerReplica > 1 ? 'ranks' : 'single'),
+      ranksPerNode: w.ranksPerNode ?? d.ranksPerNode ?? Math.max(1, gpus),
+      mpiArgs: w.mpiArgs ?? d.mpiArgs ?? [],
       argv: command === undefined ? [] : typeof command === 'string' ? ['sh', '-c', command] : command,
       replicas,
-      gpus: w.gpus ?? d.gpus ?? 0,
+      gpus,
       nodes: groupNodes,
       env,
       cwd: cwd === undefined ? undefined : abs(cwd),
@@ -467,7 +477,11 @@ function resolveCluster(
     const where = alloc
       ? ` (Slurm allocation: ${alloc.preview ? `${nodes.length} placeholder nodes` : nodes.map((n) => n.name).join(', ')}, ${gpus} GPUs each${gpus ? '' : ': set slurm.gpusPerNode'})`
       : '';
-    for (const e of placed.errors) add(['workers', e.group, raw.workers[e.group]?.gpus !== undefined ? 'gpus' : 'replicas'], `${e.message}${where}`);
+    for (const e of placed.errors) {
+      const w = raw.workers[e.group];
+      const field = w?.nodesPerReplica !== undefined && e.message.startsWith('not enough whole nodes') ? 'nodesPerReplica' : w?.gpus !== undefined ? 'gpus' : 'replicas';
+      add(['workers', e.group, field], `${e.message}${where}`);
+    }
     return null;
   }
   // The same check as `scale` (placement.ts): replica ports distinct per node and from the control plane's.

@@ -20,6 +20,8 @@ export interface PlacementGroup {
   readonly ports?: Readonly<Record<string, number>> | undefined;
   /** Index of the group's first replica placed here (default 0); `scale` adds after the running ones. */
   readonly firstIndex?: number | undefined;
+  /** Above 1: each replica is a gang taking this many whole nodes (nothing else placed on them). */
+  readonly nodesPerReplica?: number | undefined;
 }
 export interface PlaceOptions {
   /** Replicas already placed (running): their GPUs are taken. Errors then say "not enough free GPUs". */
@@ -35,40 +37,71 @@ export type PlacementResult =
 
 /**
  * Replicas are placed group by group, in the order given; within a group, each replica goes to the first
- * candidate node with enough free GPUs, which packs replicas tightly (fewest nodes busy).
+ * candidate node with enough free GPUs, which packs replicas tightly (fewest nodes busy). A gang replica
+ * (nodesPerReplica > 1) takes the first that many candidate nodes that nothing else uses, whole: a
+ * multi-node engine shares its nodes with nobody (its ranks talk over the node's NICs and NVLink).
  */
 export function place(nodes: readonly PlacementNode[], groups: readonly PlacementGroup[], options: PlaceOptions = {}): PlacementResult {
   const taken = new Map<string, Set<number>>();
-  for (const r of options.existing ?? []) for (const id of r.gpuIds) (taken.get(r.node) ?? taken.set(r.node, new Set()).get(r.node)!).add(id);
-  const free = new Map(nodes.map((n) => [n.name, Array.from({ length: n.gpus }, (_, i) => i).filter((i) => !taken.get(n.name)?.has(i))]));
+  /** Nodes with any replica on them (a gang needs untouched ones), and those a gang holds (nobody else goes there). */
+  const used = new Map<string, string>();
+  const whole = new Map<string, string>();
+  const occupy = (r: ReplicaPlan): void => {
+    for (const n of r.gangNodes ?? [r.node]) {
+      if (!used.has(n)) used.set(n, r.name);
+      if (r.gangNodes) whole.set(n, r.name);
+      for (const id of r.gpuIds) (taken.get(n) ?? taken.set(n, new Set()).get(n)!).add(id);
+    }
+  };
+  for (const r of options.existing ?? []) occupy(r);
+  const freeGpus = (n: PlacementNode): number[] => Array.from({ length: n.gpus }, (_, i) => i).filter((i) => !taken.get(n.name)?.has(i));
+  const byName = new Map(nodes.map((n) => [n.name, n]));
   const replicas: ReplicaPlan[] = [];
   const errors: PlacementError[] = [];
   for (const g of groups) {
     const candidates = g.nodes.length ? g.nodes : nodes.map((n) => n.name);
     const first = g.firstIndex ?? 0;
+    const span = g.nodesPerReplica ?? 1;
     for (let index = first; index < first + g.replicas; index++) {
-      const node = candidates.find((n) => (free.get(n)?.length ?? -1) >= g.gpus);
+      const name = `${g.name}-${index}`;
+      if (span > 1) {
+        const fit = candidates.filter((n) => !used.has(n) && (byName.get(n)?.gpus ?? -1) >= g.gpus).slice(0, span);
+        if (fit.length < span) {
+          const why = candidates.map((n) => `${n}: ${used.has(n) ? `used by ${used.get(n)}` : `${byName.get(n)?.gpus ?? 0} GPUs`}`).join(', ');
+          errors.push({
+            group: g.name,
+            message: `not enough whole nodes: replica ${name} spans ${span} nodes with ${g.gpus} GPUs each and nothing else on them, ${fit.length} left (${why}${g.nodes.length ? '' : ', all nodes'})`,
+          });
+          break;
+        }
+        const gpuIds = Array.from({ length: g.gpus }, (_, i) => i);
+        const plan: ReplicaPlan = { name, group: g.name, index, node: fit[0]!, gpuIds, port: g.port === undefined ? undefined : g.port + index, ...namedPorts(g, index), gangNodes: fit };
+        occupy(plan);
+        replicas.push(plan);
+        continue;
+      }
+      const node = candidates.find((n) => !whole.has(n) && byName.has(n) && freeGpus(byName.get(n)!).length >= g.gpus);
       if (node === undefined) {
-        const have = `${candidates.map((n) => `${n}: ${free.get(n)?.length ?? 0} free`).join(', ')}${g.nodes.length ? '' : ', all nodes'}`;
+        const have = `${candidates.map((n) => `${n}: ${whole.has(n) ? `held whole by ${whole.get(n)}` : `${byName.has(n) ? freeGpus(byName.get(n)!).length : 0} free`}`).join(', ')}${g.nodes.length ? '' : ', all nodes'}`;
         errors.push({
           group: g.name,
           message: options.existing
-            ? `not enough free GPUs for replica ${g.name}-${index} (${g.gpus} per replica; ${have})`
+            ? `not enough free GPUs for replica ${name} (${g.gpus} per replica; ${have})`
             : `not enough GPUs: ${g.replicas} replicas × ${g.gpus} GPUs, replica ${index} does not fit (${have}; earlier groups take theirs first)`,
         });
         break;
       }
-      const pool = free.get(node)!;
-      const gpuIds = pool.splice(0, g.gpus);
-      replicas.push({
-        name: `${g.name}-${index}`,
+      const plan: ReplicaPlan = {
+        name,
         group: g.name,
         index,
         node,
-        gpuIds,
+        gpuIds: freeGpus(byName.get(node)!).slice(0, g.gpus),
         port: g.port === undefined ? undefined : g.port + index,
-        ...(g.ports && Object.keys(g.ports).length ? { ports: Object.fromEntries(Object.entries(g.ports).map(([k, base]) => [k, base + index])) } : {}),
-      });
+        ...namedPorts(g, index),
+      };
+      occupy(plan);
+      replicas.push(plan);
     }
   }
   return errors.length ? { ok: false, errors } : { ok: true, replicas };
@@ -126,12 +159,20 @@ export function portClashes(replicas: readonly ReplicaPlan[], controlNodes: Read
         clashes.push({ replica: r, field, message: `replica ${r.name} would get port ${port}${what}, above 65535` });
         continue;
       }
-      const used = byNode.get(r.node) ?? new Map<number, string>();
-      byNode.set(r.node, used);
-      const clash = used.get(port) ?? (controlNodes.has(r.node) ? reserved.get(port) : undefined);
-      if (clash) clashes.push({ replica: r, field, message: `replica ${r.name} would use port ${port}${what} on node ${r.node}, already used by ${clash}` });
-      else used.set(port, `replica ${r.name}${what}`);
+      // A gang's ports are taken on each of its nodes.
+      for (const node of r.gangNodes ?? [r.node]) {
+        const used = byNode.get(node) ?? new Map<number, string>();
+        byNode.set(node, used);
+        const clash = used.get(port) ?? (controlNodes.has(node) ? reserved.get(port) : undefined);
+        if (clash) clashes.push({ replica: r, field, message: `replica ${r.name} would use port ${port}${what} on node ${node}, already used by ${clash}` });
+        else used.set(port, `replica ${r.name}${what}`);
+      }
     }
   }
   return clashes;
+}
+
+/** A replica's named ports: base + index of each. */
+function namedPorts(g: PlacementGroup, index: number): { ports?: Record<string, number> } {
+  return g.ports && Object.keys(g.ports).length ? { ports: Object.fromEntries(Object.entries(g.ports).map(([k, base]) => [k, base + index])) } : {};
 }

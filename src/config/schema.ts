@@ -109,6 +109,18 @@ const workerFields = {
       maxUnavailable: posInt(1024).optional().meta({ description: 'Replicas replaced at a time by `dynsup apply` and `restart --rolling` (default 1).' }),
     })
     .meta({ description: 'How `dynsup apply` and `dynsup restart --rolling` replace the replicas of a group.' }),
+  nodesPerReplica: posInt(1024).meta({
+    description:
+      'Nodes each replica spans (default 1). Above 1 the replica is a gang: it takes that many whole nodes, runs one process per node (launch: ranks) or one MPI job over them (launch: mpi), and is started, stopped and restarted as a whole.',
+  }),
+  launch: z.enum(['ranks', 'mpi'], { error: "expected one of 'ranks', 'mpi'" }).meta({
+    description:
+      "How a gang's processes start: 'ranks' (default): dynsup starts the command once per node, with DYNSUP_NODE_RANK, DYNSUP_NNODES, DYNSUP_LEADER_HOST and {rank}, {nnodes}, {leader}; 'mpi': one MPI job per replica over its nodes (srun --mpi=pmix in Slurm, mpirun elsewhere, its remote daemons started by dynsup's agents).",
+  }),
+  ranksPerNode: posInt(1024).meta({ description: 'launch: mpi: MPI ranks per node (default: gpus, or 1 without GPUs).' }),
+  mpiArgs: z.array(noNul(z.string()), { error: 'expected a list of strings' }).meta({
+    description: 'launch: mpi: extra arguments for mpirun (ssh and local nodes) or srun (Slurm), e.g. ["--mca", "btl", "self,tcp"].',
+  }),
   restart: restartSchema,
   stop: stopSchema,
   dependsOn: z.array(name('worker group'), { error: 'expected a list of worker group names' }).meta({

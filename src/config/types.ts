@@ -79,7 +79,15 @@ export interface WorkerGroup {
   readonly dependsOn: readonly string[];
   readonly health?: HealthCheck | undefined;
   readonly unsetEnv: readonly string[];
+  /** Nodes each replica spans; above 1 (or with launch 'mpi') a replica is a gang. */
+  readonly nodesPerReplica: number;
+  readonly launch: LaunchMode;
+  /** launch 'mpi': ranks per node. */
+  readonly ranksPerNode: number;
+  readonly mpiArgs: readonly string[];
 }
+
+export type LaunchMode = 'single' | 'ranks' | 'mpi';
 
 export interface ReplicaPlan {
   readonly name: string;
@@ -90,6 +98,8 @@ export interface ReplicaPlan {
   readonly port?: number | undefined;
   /** The group's named ports for this replica (base + index). */
   readonly ports?: Readonly<Record<string, number>> | undefined;
+  /** A gang's nodes in rank order (the first is `node`, the leader); the same GPU indices on each. */
+  readonly gangNodes?: readonly string[] | undefined;
 }
 
 export interface ServiceConfig {

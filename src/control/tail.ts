@@ -17,7 +17,7 @@ export interface TailResult {
 }
 
 export async function tailLogs(sup: Supervisor, target: string | undefined, lines: number): Promise<TailResult[]> {
-  const names = target ? sup.select(target).map((r) => r.name) : sup.replicas.map((r) => r.name);
+  const names = (target ? sup.select(target) : sup.replicas).flatMap((r) => r.logNames);
   const n = Math.min(Math.max(0, lines), MAX_LINES);
   return Promise.all(names.map((replica) => tailOne(sup, replica, n)));
 }

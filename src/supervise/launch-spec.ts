@@ -2,12 +2,20 @@
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
 import type { WorkerSpec } from '../agent/protocol.js';
 
+/** A gang member's place in its replica: node rank, how many nodes, and where the leader (rank 0) is. */
+export interface GangRank {
+  readonly rank: number;
+  readonly nnodes: number;
+  readonly leaderHost: string;
+}
+
 /**
- * `{port}`, `{ports.<name>}`, `{index}`, `{replica}`, `{node}`, `{host}`, `{group}`, `{gpus}` in commands,
+ * `{port}`, `{ports.<name>}`, `{index}`, `{replica}`, `{node}`, `{host}`, `{group}`, `{gpus}`, and for gangs
+ * `{rank}`, `{nnodes}`, `{leader}` (a single-node replica is rank 0 of 1 and its own leader) in commands,
  * env values, cwd, hooks and health URLs.
  */
-export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: string): string {
-  return s.replace(/\{(port|index|replica|node|host|group|gpus|ports\.[A-Za-z0-9_]+)\}/g, (whole, key: string) => {
+export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: string, gang?: GangRank): string {
+  return s.replace(/\{(port|index|replica|node|host|group|gpus|rank|nnodes|leader|ports\.[A-Za-z0-9_]+)\}/g, (whole, key: string) => {
     if (key.startsWith('ports.')) {
       const p = replica.ports?.[key.slice(6)];
       return p === undefined ? whole : String(p);
@@ -25,6 +33,12 @@ export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: strin
         return replica.node;
       case 'group':
         return replica.group;
+      case 'rank':
+        return String(gang?.rank ?? 0);
+      case 'nnodes':
+        return String(gang?.nnodes ?? 1);
+      case 'leader':
+        return gang?.leaderHost ?? host ?? whole;
       default:
         return replica.gpuIds.join(',');
     }
@@ -43,7 +57,18 @@ function hostPort(host: string, port: number): string {
 }
 
 /** Variables dynsup owns: a file's `env` cannot override these (the placement decides them). */
-const OWNED = ['DYNSUP_CLUSTER', 'DYNSUP_WORKER', 'DYNSUP_GROUP', 'DYNSUP_REPLICA_INDEX', 'DYNSUP_NODE', 'DYNSUP_PORT', 'CUDA_VISIBLE_DEVICES'];
+const OWNED = [
+  'DYNSUP_CLUSTER',
+  'DYNSUP_WORKER',
+  'DYNSUP_GROUP',
+  'DYNSUP_REPLICA_INDEX',
+  'DYNSUP_NODE',
+  'DYNSUP_PORT',
+  'DYNSUP_NODE_RANK',
+  'DYNSUP_NNODES',
+  'DYNSUP_LEADER_HOST',
+  'CUDA_VISIBLE_DEVICES',
+];
 
 export function workerEnv(
   cluster: ClusterConfig,
@@ -51,6 +76,7 @@ export function workerEnv(
   replica: ReplicaPlan,
   host?: string,
   natsAuth?: { user: string; password: string },
+  gang?: GangRank,
 ): Record<string, string> {
   const env: Record<string, string> = {
     NATS_SERVER: natsUrl(cluster, natsAuth),
@@ -61,7 +87,7 @@ export function workerEnv(
   };
   if (replica.port !== undefined) env.DYNSUP_PORT = String(replica.port);
   const named = Object.entries(replica.ports ?? {}).map(([name, port]) => [portVar(name), String(port)] as const);
-  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k) && !named.some(([n]) => n === k)) env[k] = expandPlaceholders(v, replica, host);
+  for (const [k, v] of Object.entries(group.env)) if (!OWNED.includes(k) && !named.some(([n]) => n === k)) env[k] = expandPlaceholders(v, replica, host, gang);
   for (const [k, v] of named) env[k] = v;
   Object.assign(env, {
     DYNSUP_CLUSTER: cluster.name,
@@ -72,6 +98,9 @@ export function workerEnv(
     // Empty, not unset: an unset CUDA_VISIBLE_DEVICES means "all GPUs" to CUDA.
     CUDA_VISIBLE_DEVICES: replica.gpuIds.join(','),
   });
+  if (gang) {
+    Object.assign(env, { DYNSUP_NODE_RANK: String(gang.rank), DYNSUP_NNODES: String(gang.nnodes), DYNSUP_LEADER_HOST: gang.leaderHost });
+  }
   return env;
 }
 
@@ -86,13 +115,14 @@ export function buildLaunchSpec(
   replica: ReplicaPlan,
   node?: NodeConfig,
   natsAuth?: { user: string; password: string },
+  gang?: GangRank,
 ): WorkerSpec {
   const host = node?.address;
   return {
-    argv: group.argv.map((a) => expandPlaceholders(a, replica, host)),
-    env: workerEnv(cluster, group, replica, host, natsAuth),
+    argv: group.argv.map((a) => expandPlaceholders(a, replica, host, gang)),
+    env: workerEnv(cluster, group, replica, host, natsAuth, gang),
     unsetEnv: group.unsetEnv,
-    ...(group.cwd === undefined ? {} : { cwd: expandPlaceholders(group.cwd, replica, host) }),
+    ...(group.cwd === undefined ? {} : { cwd: expandPlaceholders(group.cwd, replica, host, gang) }),
     graceMs: group.stop.graceMs,
     stopSignal: group.stop.signal,
     restart: group.restart,

@@ -38,6 +38,40 @@ export interface ReplicaStatus {
   readonly containment?: 'cgroup' | 'pgroup';
   /** GPU memory and utilisation of its GPUs, and others' processes on them (absent without nvidia-smi). */
   readonly gpu?: ReplicaGpuTelemetry;
+  /** A gang's members, one per node (rank 0 on the leader node). */
+  readonly ranks?: readonly RankStatus[];
+}
+
+export interface RankStatus {
+  readonly name: string;
+  readonly rank: number;
+  readonly node: string;
+  readonly state: ReplicaState;
+  readonly pid: number | null;
+}
+
+/**
+ * What the supervisor drives: a replica (one process on one node) or a gang (one replica over several
+ * nodes, started, stopped and restarted as a whole).
+ */
+export interface Supervised {
+  readonly name: string;
+  readonly state: ReplicaState;
+  /** Up means dependents may start. */
+  readonly up: boolean;
+  status(): ReplicaStatus;
+  start(): void;
+  stop(reason?: string): Promise<void>;
+  restart(): Promise<void>;
+  quiesce(): void;
+  remove(): Promise<void>;
+  /** SIGKILL of everything it runs, now (a second Ctrl-C). */
+  kill(): void;
+  /** The names its output is logged under: itself, or a gang's members. */
+  readonly logNames: readonly string[];
+  /** What the agent is told to run (a gang's: its leader's); not redacted, callers showing it must redact. */
+  launchSpec(): WorkerSpec;
+  waitFor(pred: (r: Supervised) => boolean, signal?: AbortSignal): Promise<void>;
 }
 
 export type ReplicaEvent =
@@ -45,6 +79,8 @@ export type ReplicaEvent =
   | { kind: 'ready' }
   | { kind: 'unhealthy'; failures: number }
   | { kind: 'fatal-log'; pattern: string; line: string }
+  /** A gang member ended: the whole gang stops (and restarts by its policy). */
+  | { kind: 'rank-exited'; member: string; node: string; exit: ExitInfo }
   | { kind: 'adopted'; pid: number; restarts: number };
 
 export interface HealthProbe {
@@ -71,7 +107,7 @@ export interface ReplicaOptions {
   readonly onEvent?: ((name: string, event: ReplicaEvent) => void) | undefined;
 }
 
-export class Replica {
+export class Replica implements Supervised {
   readonly name: string;
   /** `spec` and `health` change with `replace` (dynsup apply). */
   #o: ReplicaOptions;
@@ -124,8 +160,19 @@ export class Replica {
     return this.#o.spec();
   }
 
-  /** Begin supervising: the agent runs the replica, or adopts it when the same spec runs there already. */
-  start(): void {
+  get logNames(): readonly string[] {
+    return [this.name];
+  }
+
+  kill(): void {
+    this.#o.agent.signal(this.name, 'SIGKILL');
+  }
+
+  /**
+   * Begin supervising: the agent runs the replica, or adopts it when the same spec runs there already.
+   * `restarts`: a gang member's count, kept by its gang.
+   */
+  start(restarts?: number): void {
     const spec = this.#o.spec();
     const existing = this.#o.agent.adoptable.find((w) => w.name === this.name);
     if (!this.#active && existing && existing.pid && existing.state === 'running' && existing.specHash === specHash(spec)) {
@@ -138,7 +185,7 @@ export class Replica {
       report: (r) => this.#onReport(r),
       event: (ev) => this.#emit(ev),
       data: (bytes) => this.#o.log.append(bytes),
-    });
+    }, restarts);
   }
 
   /** Stop: signal, grace, kill of everything the replica started. Resolves once the agent says so. */
@@ -206,7 +253,7 @@ export class Replica {
   }
 
   /** Resolve when `pred` holds for this replica (checked on every state change). */
-  waitFor(pred: (r: Replica) => boolean, signal?: AbortSignal): Promise<void> {
+  waitFor(pred: (r: this) => boolean, signal?: AbortSignal): Promise<void> {
     if (pred(this)) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const check = (): void => {

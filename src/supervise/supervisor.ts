@@ -19,7 +19,10 @@ import { controlPlaneNodes, controlPlanePorts, place, portClashes } from '../con
 import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
 import { httpProbe } from './http-probe.js';
 import { replicaGpuTelemetry } from './gpu-telemetry.js';
-import { Replica, type HealthProbe, type ReplicaEvent, type ReplicaStatus } from './replica.js';
+import { Replica, type HealthProbe, type ReplicaEvent, type ReplicaStatus, type Supervised } from './replica.js';
+import { Gang } from './gang.js';
+import { gangMembers, isGang, onDemandSpec, rankOfHost } from './gang-launch.js';
+import type { LaunchRequest } from '../transport/node-agent.js';
 import { describePlan, planApply, rollReplicas, type ApplyPlan, type RollingUnit } from './rollout.js';
 
 export type AgentFactory = (node: NodeConfig) => NodeAgent;
@@ -60,7 +63,7 @@ export class Supervisor {
   #o: SupervisorOptions;
   readonly #agents = new Map<string, NodeAgent>();
   readonly #services: { spec: ServiceSpec; replica: Replica }[] = [];
-  readonly #replicas = new Map<string, Replica>();
+  readonly #replicas = new Map<string, Supervised>();
   readonly #logs: ReplicaLog[] = [];
   #stopping = false;
   readonly #stop = sharedAbort();
@@ -74,7 +77,7 @@ export class Supervisor {
     return this.#o.cluster;
   }
 
-  get replicas(): readonly Replica[] {
+  get replicas(): readonly Supervised[] {
     return [...this.#replicas.values()];
   }
 
@@ -95,7 +98,7 @@ export class Supervisor {
   }
 
   /** Find replicas by replica name or group name. */
-  select(target: string): Replica[] {
+  select(target: string): Supervised[] {
     const one = this.#replicas.get(target) ?? this.#services.find((s) => s.spec.name === target)?.replica;
     if (one) return [one];
     const group = this.replicas.filter((r) => r.status().group === target);
@@ -118,7 +121,7 @@ export class Supervisor {
     try {
       await this.#startControlPlane();
       await this.#o.onControlPlaneReady?.();
-      const used = [...new Set(cluster.replicas.map((r) => r.node))];
+      const used = [...new Set(cluster.replicas.flatMap((r) => r.gangNodes ?? [r.node]))];
       const nodes = cluster.nodes.filter((n) => used.includes(n.name));
       // Every node is reached in parallel, and all of them must answer before any worker starts.
       const results = await Promise.allSettled(nodes.map((n) => this.#connect(n)));
@@ -151,6 +154,7 @@ export class Supervisor {
     if (existing) return existing;
     const a = this.#o.agents(n);
     this.#agents.set(n.name, a);
+    a.onLaunch((req) => this.#launchRequest(req));
     await a.connect(this.#stop.signal);
     if (a.adoptable.some((w) => w.state === 'running')) {
       this.#o.logger.info({ node: n.name }, `node ${n.name}: agent pid ${a.agentPid} still runs ${a.adoptable.filter((w) => w.state === 'running').map((w) => w.name).join(', ')}: adopting`);
@@ -205,7 +209,7 @@ export class Supervisor {
 
   /** SIGKILL every worker now, on every node (a second Ctrl-C): the agents kill each replica's group or cgroup. */
   killAll(): void {
-    for (const r of this.replicas) this.#agents.get(r.status().node)?.signal(r.name, 'SIGKILL');
+    for (const r of this.replicas) r.kill();
   }
 
   /** Leave without stopping anything (tests: a supervisor that dies); the agents keep workers for the lease. */
@@ -275,46 +279,108 @@ export class Supervisor {
     logger.info(`control plane ready: nats://${cluster.headAddress}:${cluster.nats.port}, http://${cluster.headAddress}:${cluster.etcd.port}`);
   }
 
-  #createReplica(plan: ReplicaPlan): Replica {
+  #createReplica(plan: ReplicaPlan): Supervised {
     const { cluster } = this.#o;
     const group = cluster.groups.find((g) => g.name === plan.group)!;
-    const log = new ReplicaLog(plan.name, join(cluster.stateDir, 'logs', `${plan.name}.log`), {
+    const { spec, health } = this.#launch(plan);
+    // A stop asked for while the node is unreachable: past the lease and the grace its agent has stopped it.
+    const unreachableMs = (): number => (this.#stopping ? DOWN_UNREACHABLE_MS : this.#o.cluster.leaseMs + group.stop.graceMs + 5000);
+    this.#setFatal(plan.name, group);
+    let replica: Supervised;
+    if (isGang(group)) {
+      const gang = new Gang({
+        name: plan.name,
+        group: group.name,
+        gpus: plan.gpuIds,
+        restart: group.restart,
+        members: gangMembers(cluster, group, plan, this.#natsAuth()).map((m) => ({
+          rank: m.rank,
+          spec: m.spec,
+          options: {
+            name: m.name,
+            group: group.name,
+            node: m.node,
+            gpus: plan.gpuIds,
+            agent: this.#agents.get(m.node)!,
+            log: this.#newLog(m.name),
+            // The engine's HTTP endpoint is the leader's.
+            health: m.rank === 0 ? health : undefined,
+            unreachableMs,
+          },
+        })),
+        onChange: this.#o.onChange,
+        onEvent: (name, ev) => this.#logEvent(name, ev),
+      });
+      for (const m of gang.members) this.#watchFatalLines(plan.name, m);
+      replica = gang;
+    } else {
+      const r = new Replica({
+        name: plan.name,
+        group: group.name,
+        node: plan.node,
+        gpus: plan.gpuIds,
+        agent: this.#agents.get(plan.node)!,
+        spec,
+        health,
+        log: this.#newLog(plan.name),
+        unreachableMs,
+        onChange: this.#o.onChange,
+        onEvent: (name, ev) => this.#logEvent(name, ev),
+      });
+      this.#watchFatalLines(plan.name, r);
+      replica = r;
+    }
+    this.#replicas.set(plan.name, replica);
+    this.#plans.set(plan.name, plan);
+    return replica;
+  }
+
+  #newLog(name: string): ReplicaLog {
+    const { cluster } = this.#o;
+    const log = new ReplicaLog(name, join(cluster.stateDir, 'logs', `${name}.log`), {
       maxBytes: cluster.logs.maxBytes,
       keep: cluster.logs.keep,
       onError: (replica, message) => this.#o.logger.warn({ replica }, `${replica}: ${message}`),
     });
     if (this.#o.onLine) log.onLine(this.#o.onLine);
     this.#logs.push(log);
-    const { spec, health } = this.#launch(plan);
-    const replica = new Replica({
-      name: plan.name,
-      group: group.name,
-      node: plan.node,
-      gpus: plan.gpuIds,
-      agent: this.#agents.get(plan.node)!,
-      spec,
-      health,
-      log,
-      // A stop asked for while the node is unreachable: past the lease and the grace its agent has stopped it.
-      unreachableMs: () => (this.#stopping ? DOWN_UNREACHABLE_MS : cluster.leaseMs + group.stop.graceMs + 5000),
-      onChange: this.#o.onChange,
-      onEvent: (name, ev) => this.#logEvent(name, ev),
-    });
-    this.#setFatal(plan.name, group);
-    log.onLine((_r, line) => {
-      const fatal = this.#fatal.get(plan.name);
+    return log;
+  }
+
+  /** restart.onLog of the replica `owner` (as now applied): a matching line replaces the process (a gang member's: the whole gang). */
+  #watchFatalLines(owner: string, replica: Replica): void {
+    this.replicaLog(replica.name)!.onLine((_r, line) => {
+      const fatal = this.#fatal.get(owner);
       if (!fatal?.length || (replica.state !== 'running' && replica.state !== 'ready')) return;
       const text = line.toString('utf8');
       const hit = fatal.find((f) => f.re.test(text));
       if (hit) replica.fatalLog(hit.source, text);
     });
-    this.#replicas.set(plan.name, replica);
-    this.#plans.set(plan.name, plan);
-    return replica;
+  }
+
+  #natsAuth(): { user: string; password: string } | undefined {
+    const creds = this.#o.credentials;
+    return this.#o.cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
+  }
+
+  /** An mpirun leader asks for its daemon on another node of its gang (relayed by the leader's agent). */
+  async #launchRequest(req: LaunchRequest): Promise<string | undefined> {
+    const gang = this.#replicas.get(req.replica);
+    const plan = this.#plans.get(req.replica);
+    if (!(gang instanceof Gang) || !plan) return `no gang replica named '${req.replica}'`;
+    if (plan.node !== req.from) return `${req.replica}'s leader runs on ${plan.node}, not ${req.from}`;
+    const rank = rankOfHost(this.cluster, plan, req.host);
+    if (rank < 1) return `host '${req.host}' is not one of ${req.replica}'s other nodes (${(plan.gangNodes ?? []).slice(1).join(', ')})`;
+    const group = this.cluster.groups.find((g) => g.name === plan.group)!;
+    try {
+      await gang.launch(rank, onDemandSpec(this.cluster, group, plan, rank, req.command, this.#natsAuth()));
+      return undefined;
+    } catch (err) {
+      return errorMessage(err);
+    }
   }
 
   readonly #plans = new Map<string, ReplicaPlan>();
-  /** Fatal log patterns per replica (restart.onLog of its group, as applied now). */
   readonly #fatal = new Map<string, { source: string; re: RegExp }[]>();
 
   #setFatal(name: string, group: WorkerGroup): void {
@@ -326,8 +392,7 @@ export class Supervisor {
     const cluster = this.#o.cluster;
     const group = cluster.groups.find((g) => g.name === plan.group)!;
     const node = cluster.nodes.find((n) => n.name === plan.node)!;
-    const creds = this.#o.credentials;
-    const natsAuth = cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
+    const natsAuth = this.#natsAuth();
     const h = group.health;
     return {
       spec: () => buildLaunchSpec(cluster, group, plan, node, natsAuth),
@@ -380,7 +445,7 @@ export class Supervisor {
         for (const name of [...g.keep, ...g.replace]) this.#plans.set(name, plan.replicas.find((r) => r.name === name)!);
         if (g.start.length) {
           if (g.change === 'added' || g.recreate) await this.#waitForDependencies(group);
-          for (const p of g.start) await this.#connect(target.nodes.find((x) => x.name === p.node)!);
+          for (const p of g.start) for (const n of p.gangNodes ?? [p.node]) await this.#connect(target.nodes.find((x) => x.name === n)!);
           for (const p of g.start) this.#createReplica(p).start();
           log.info({ group: group.name }, `${group.name}: started ${g.start.map((p) => p.name).join(', ')}`);
         }
@@ -403,12 +468,18 @@ export class Supervisor {
 
   async #replace(name: string, group: WorkerGroup): Promise<void> {
     const r = this.#replicas.get(name)!;
+    if (!(r instanceof Replica)) {
+      // A gang is replaced whole: its members' nodes and commands may all have changed.
+      await r.remove();
+      this.#createReplica(this.#plans.get(name)!).start();
+      return;
+    }
     const { spec, health } = this.#launch(this.#plans.get(name)!);
     this.#setFatal(name, group);
     await r.replace(spec, health, 'replaced (dynsup apply)');
   }
 
-  #unit(r: Replica, replace: () => Promise<void>): RollingUnit {
+  #unit(r: Supervised, replace: () => Promise<void>): RollingUnit {
     return {
       name: r.name,
       get up() {
@@ -479,7 +550,7 @@ export class Supervisor {
     const plans = placed.replicas;
     const clashes = portClashes([...existing, ...plans], controlPlaneNodes(cluster.nodes, !!cluster.allocation), new Map(controlPlanePorts(cluster).map(([path, port]) => [port, path.join('.')])));
     if (clashes.length) throw new DynsupError('E_USAGE', `cannot scale ${groupName} to ${count}: ${clashes.map((c) => c.message).join('; ')}`);
-    for (const p of plans) await this.#connect(cluster.nodes.find((x) => x.name === p.node)!);
+    for (const p of plans) for (const n of p.gangNodes ?? [p.node]) await this.#connect(cluster.nodes.find((x) => x.name === n)!);
     for (const p of plans) this.#createReplica(p).start();
     return { added: plans.map((p) => p.name), removed: [] };
   }
@@ -516,6 +587,10 @@ export class Supervisor {
         return log.info(k, `${name} ready`);
       case 'unhealthy':
         return log.warn({ ...k, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
+      case 'rank-exited': {
+        const how = ev.exit.signal ? `was killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
+        return log[this.#stopping ? 'info' : 'warn']({ ...k, member: ev.member, node: ev.node }, `${name}: ${ev.member} on ${ev.node} ${how}: stopping the whole gang`);
+      }
       case 'fatal-log':
         return log.warn({ ...k, pattern: ev.pattern }, `${name} printed a fatal line (restart.onLog /${ev.pattern}/), restarting it: ${ev.line.slice(0, 300)}`);
       case 'stop-escalated':

@@ -45,6 +45,15 @@ interface Wanted {
   stopped: boolean;
 }
 
+/** An mpirun leader's request (relayed by its node's agent) to start `command` on its gang's node `host`. */
+export interface LaunchRequest {
+  readonly replica: string;
+  readonly host: string;
+  readonly command: string;
+  /** The node the request came from. */
+  readonly from: string;
+}
+
 export interface NodeAgentOptions {
   readonly pipe: AgentPipe;
   readonly cluster: string;
@@ -70,6 +79,8 @@ export class NodeAgent {
   #quiesced = false;
   /** Stopping, and the agent could not be reached again: every wait gives up at once. */
   #gone = false;
+  /** Starts what an mpirun leader on this node asks for on another node of its gang; resolves to an error or undefined. */
+  #launchHandler: ((req: LaunchRequest) => Promise<string | undefined>) | undefined;
   /** What the agent ran when this head first reached it (adoption). */
   adoptable: readonly WorkerReport[] = [];
   /** The agent's pid and whether it contains workers in cgroups (status, tests). */
@@ -234,8 +245,8 @@ export class NodeAgent {
     return true;
   }
 
-  #sendRun(name: string, w: Wanted, start: boolean): void {
-    this.#send({ t: 'run', name, spec: w.spec, specHash: w.hash, from: w.received, start });
+  #sendRun(name: string, w: Wanted, start: boolean, restarts?: number): void {
+    this.#send({ t: 'run', name, spec: w.spec, specHash: w.hash, from: w.received, start, ...(restarts === undefined ? {} : { restarts }) });
   }
 
   #message(m: AgentMessage): void {
@@ -247,6 +258,18 @@ export class NodeAgent {
       if (m.worker.state === 'stopped' || m.worker.state === 'failed') for (const f of [...w.stopWaiters]) f();
     } else if (m.t === 'event') this.#wanted.get(m.name)?.sink.event(m.event);
     else if (m.t === 'gpus') this.gpus = m.sample;
+    else if (m.t === 'launch') {
+      const { id, ...req } = m;
+      const handler = this.#launchHandler;
+      void (handler ? handler({ ...req, from: this.node }) : Promise.resolve('this supervisor takes no launch requests'))
+        .catch((err: unknown) => errorMessage(err))
+        .then((error) => this.#send({ t: 'launched', id, ...(error ? { error } : {}) }));
+    }
+  }
+
+  /** Who answers launch requests of mpirun leaders on this node (the supervisor's gangs). */
+  onLaunch(handler: (req: LaunchRequest) => Promise<string | undefined>): void {
+    this.#launchHandler = handler;
   }
 
   #data(name: string, offset: number, bytes: Buffer): void {
@@ -283,8 +306,11 @@ export class NodeAgent {
     }
   }
 
-  /** Ask the agent to run (or adopt) a replica; its reports and output go to `sink`. */
-  run(name: string, spec: WorkerSpec, sink: ReplicaSink): void {
+  /**
+   * Ask the agent to run (or adopt) a replica; its reports and output go to `sink`. `restarts`: a gang
+   * member's count, kept by the head.
+   */
+  run(name: string, spec: WorkerSpec, sink: ReplicaSink, restarts?: number): void {
     const hash = specHash(spec);
     const prev = this.#wanted.get(name);
     const w: Wanted = {
@@ -300,7 +326,7 @@ export class NodeAgent {
       stopped: false,
     };
     this.#wanted.set(name, w);
-    this.#sendRun(name, w, true);
+    this.#sendRun(name, w, true, restarts);
   }
 
   /** The agent's last report of a replica this head asked for. */

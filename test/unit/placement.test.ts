@@ -220,3 +220,78 @@ describe('named ports', () => {
     ]);
   });
 });
+
+describe('place: gangs take whole nodes', () => {
+  const gang = (name: string, replicas: number, gpus: number, span: number, nodesList: string[] = []): PlacementGroup => ({
+    name,
+    replicas,
+    gpus,
+    nodes: nodesList,
+    nodesPerReplica: span,
+  });
+  const gangs = (r: ReturnType<typeof place>) => ok(r).map((x) => `${x.name}@${(x.gangNodes ?? [x.node]).join('+')}[${x.gpuIds.join(',')}]`);
+  const cases: { what: string; nodes: PlacementNode[]; groups: PlacementGroup[]; want: string[] | RegExp }[] = [
+    {
+      what: 'two 2-node decode gangs on four 8-GPU nodes, every GPU of each',
+      nodes: nodes(['n1', 8], ['n2', 8], ['n3', 8], ['n4', 8]),
+      groups: [gang('decode', 2, 8, 2)],
+      want: ['decode-0@n1+n2[0,1,2,3,4,5,6,7]', 'decode-1@n3+n4[0,1,2,3,4,5,6,7]'],
+    },
+    {
+      what: 'a node with a single-node replica on it is not whole any more',
+      nodes: nodes(['n1', 8], ['n2', 8], ['n3', 8]),
+      groups: [g('frontend', 1, 0), gang('decode', 1, 8, 2)],
+      want: ['frontend-0@n1[]', 'decode-0@n2+n3[0,1,2,3,4,5,6,7]'],
+    },
+    {
+      what: 'nothing else lands on a gang node afterwards, not even a replica without GPUs',
+      nodes: nodes(['n1', 8], ['n2', 8], ['n3', 0]),
+      groups: [gang('decode', 1, 8, 2), g('frontend', 1, 0)],
+      want: ['decode-0@n1+n2[0,1,2,3,4,5,6,7]', 'frontend-0@n3[]'],
+    },
+    {
+      what: 'only candidate nodes, in their order',
+      nodes: nodes(['n1', 8], ['n2', 8], ['n3', 8]),
+      groups: [gang('prefill', 1, 4, 2, ['n3', 'n1'])],
+      want: ['prefill-0@n3+n1[0,1,2,3]'],
+    },
+    {
+      what: 'too few whole nodes: the error names each node and why',
+      nodes: nodes(['n1', 8], ['n2', 8], ['n3', 8]),
+      groups: [gang('decode', 2, 8, 2)],
+      want: /not enough whole nodes: replica decode-1 spans 2 nodes with 8 GPUs each and nothing else on them, 1 left \(n1: used by decode-0, n2: used by decode-0, n3: 8 GPUs, all nodes\)/,
+    },
+    {
+      what: 'nodes with fewer GPUs than the gang wants per node do not count',
+      nodes: nodes(['n1', 8], ['n2', 4]),
+      groups: [gang('decode', 1, 8, 2)],
+      want: /1 left \(n1: 8 GPUs, n2: 4 GPUs/,
+    },
+  ];
+  for (const c of cases) {
+    it(c.what, () => {
+      const r = place(c.nodes, c.groups);
+      if (c.want instanceof RegExp) {
+        expect(r.ok).toBe(false);
+        expect(r.ok ? '' : r.errors.map((e) => e.message).join('\n')).toMatch(c.want);
+      } else expect(gangs(r)).toEqual(c.want);
+    });
+  }
+
+  it('a gang port is taken on each of its nodes', () => {
+    const plans: ReplicaPlan[] = [
+      { name: 'decode-0', group: 'decode', index: 0, node: 'n1', gpuIds: [], port: 9000, gangNodes: ['n1', 'n2'] },
+      { name: 'other-0', group: 'other', index: 0, node: 'n2', gpuIds: [], port: 9000 },
+    ];
+    expect(portClashes(plans, new Set(), new Map()).map((c) => c.message)).toEqual([
+      'replica other-0 would use port 9000 on node n2, already used by replica decode-0',
+    ]);
+  });
+
+  it('scale places new gangs next to running ones (existing gang nodes are taken)', () => {
+    const existing: ReplicaPlan[] = [{ name: 'decode-0', group: 'decode', index: 0, node: 'n1', gpuIds: [0, 1], gangNodes: ['n1', 'n2'] }];
+    expect(gangs(place(nodes(['n1', 2], ['n2', 2], ['n3', 2], ['n4', 2]), [{ ...gang('decode', 1, 2, 2), firstIndex: 1 }], { existing }))).toEqual([
+      'decode-1@n3+n4[0,1]',
+    ]);
+  });
+});
