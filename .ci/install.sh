@@ -15,6 +15,7 @@
 #   curl, ca-certificates         health endpoints in tests
 #   chromium                      the web view's browser test (test/integration/ui.test.ts drives it with
 #                                 puppeteer-core, which downloads no browser of its own)
+#   openmpi-bin, python3-mpi4py   real Open MPI for gangs (launch: mpi) and the MPI_ERR_SPAWN test
 set -euo pipefail
 
 PACKAGES=(
@@ -24,6 +25,7 @@ PACKAGES=(
   iproute2 util-linux procps psmisc
   curl ca-certificates
   chromium
+  openmpi-bin python3-mpi4py
 )
 
 missing=()
@@ -55,6 +57,6 @@ fi
 # The binaries the scripts call by path or name, so a broken install fails here
 # rather than deep inside a test.
 for b in /usr/sbin/sshd ssh ssh-keygen ip flock unshare nats-server etcd \
-         /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd sinfo srun sbatch scontrol chromium; do
+         /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd sinfo srun sbatch scontrol chromium mpirun; do
   command -v "$b" >/dev/null || { echo ".ci/install.sh: $b missing after install" >&2; exit 1; }
 done
