@@ -283,7 +283,9 @@ export class Worker {
       this.#host.event(this.name, { kind: 'restarting', delayMs: decision.delayMs, restarts: this.#restarts });
       await sleep(decision.delayMs, undefined, { signal: this.#wake.signal }).catch(() => undefined);
     }
-    this.#set('stopped', this.#message ?? 'stopped by request');
+    // Left because stop() was asked: it reports `stopped` itself once this loop is over. Reporting it here
+    // too made two `stopped` reports; the head, already starting the replica anew on the first (apply's
+    // stop-then-start), took the second for a stop of the new run.
   }
 
   #env(): NodeJS.ProcessEnv {

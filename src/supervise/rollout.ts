@@ -92,8 +92,10 @@ export function groupFieldChanges(a: WorkerGroup, b: WorkerGroup): string[] {
 /**
  * The plan for `next` given what runs (`cur`, and the replicas placed now: `running`). Fails, changing
  * nothing, when the control plane changed or the new replicas cannot be placed next to the kept ones.
+ * `runningSpec` gives the hash of the spec a replica actually runs, where known: after a rollout that
+ * stopped half-way, the replicas it did not reach still run the old spec, and a new apply replaces them.
  */
-export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], next: ClusterConfig): PlanResult {
+export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], next: ClusterConfig, runningSpec?: (name: string) => string | undefined): PlanResult {
   const used = new Set(running.map((r) => r.node));
   const cp = controlPlaneChanges(cur, next, used);
   if (cp.length) return { ok: false, errors: [`${cp.join(', ')} changed: the control plane and how nodes are reached change only with 'dynsup down' and 'dynsup up'`] };
@@ -130,7 +132,8 @@ export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], n
     for (const r of stays) {
       const moved = withPorts(r, g);
       const node = nodeOf(r.node) ?? cur.nodes.find((n) => n.name === r.node);
-      const same = specHash(buildLaunchSpec(cur, old, r, node)) === specHash(buildLaunchSpec(next, g, moved, node)) && json(old.health) === json(g.health);
+      const now = runningSpec?.(r.name) ?? specHash(buildLaunchSpec(cur, old, r, node));
+      const same = now === specHash(buildLaunchSpec(next, g, moved, node)) && json(old.health) === json(g.health);
       (same ? keep : replace).push(moved);
     }
     const change: GroupChange = fields.length ? 'changed' : 'unchanged';
@@ -205,6 +208,7 @@ export function describePlan(plan: ApplyPlan): string[] {
       const fields = g.fields.filter((f) => f !== 'replicas');
       if (g.from !== g.to) parts.push(`${g.from} → ${g.to} replicas`);
       if (fields.length) parts.push(`changed (${fields.join(', ')})`);
+      else if (g.replace.length) parts.push('some replicas still run an earlier spec');
       else if (g.from === g.to) parts.push('unchanged');
       if (g.recreate) parts.push(`placed afresh (GPUs or nodes changed): stop ${names(g.stop)}, then start ${names(g.start.map((r) => r.name))}`);
       else {

@@ -424,7 +424,11 @@ export class Supervisor {
       const cur = this.#o.cluster;
       // What only the supervisor knows stays its own: where its state is, the redaction list.
       const target: ClusterConfig = { ...next, file: cur.file, stateDir: cur.stateDir, secrets: [...new Set([...cur.secrets, ...next.secrets])], allocation: cur.allocation };
-      const planned = planApply(cur, [...this.#plans.values()], target);
+      const runningSpec = (name: string): string | undefined => {
+        const r = this.#replicas.get(name);
+        return r instanceof Replica ? specHash(r.launchSpec()) : undefined;
+      };
+      const planned = planApply(cur, [...this.#plans.values()], target, runningSpec);
       if (!planned.ok) throw new DynsupError('E_USAGE', `cannot apply ${next.file}: ${planned.errors.join('; ')}`);
       const { plan } = planned;
       const lines = describePlan(plan);

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { loadCluster } from '../../src/config/load.js';
 import type { ClusterConfig, ReplicaPlan } from '../../src/config/types.js';
+import { specHash } from '../../src/agent/protocol.js';
+import { buildLaunchSpec } from '../../src/supervise/launch-spec.js';
 import { describePlan, planApply, rollReplicas, type RollingUnit } from '../../src/supervise/rollout.js';
 
 const ENV = { HOME: '/home/t', PATH: '/usr/bin:/bin' };
@@ -65,6 +67,14 @@ describe('planApply', () => {
     const running = cur.replicas.map((r) => (r.name === 'prefill-0' ? { ...r, gpuIds: [3] } : r)).filter((r) => r.name !== 'prefill-1');
     const p = plan(cur, cluster(base), running);
     expect(p.groups[0]!.start.map((r) => [r.name, r.gpuIds])).toEqual([['prefill-1', [0]]]);
+  });
+
+  it('after a rollout stopped half-way, applying the file again replaces the replicas still on the old spec', () => {
+    const next = cluster(base.replace('command: [d]', 'command: [d, --v2]'));
+    const newHash = specHash(buildLaunchSpec(next, next.groups.find((g) => g.name === 'decode')!, next.replicas.find((r) => r.name === 'decode-0')!, next.nodes[0]));
+    // The supervisor already holds `next`; decode-0 was replaced, decode-1 still runs the old command.
+    const r = planApply(next, next.replicas, next, (name) => (name === 'decode-1' ? 'old-spec-hash' : name === 'decode-0' ? newHash : undefined));
+    expect(r.ok && describePlan(r.plan)[1]).toBe('decode: some replicas still run an earlier spec; replace decode-1 rolling, 1 at a time; keep decode-0');
   });
 
   it('unplaceable next to the running replicas: refused, with the reason', () => {
