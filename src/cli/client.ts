@@ -6,12 +6,12 @@
 import { loadCluster } from '../config/load.js';
 import type { ClusterConfig } from '../config/types.js';
 import { credentialsPath, readCredentials, type Credentials } from '../control/credentials.js';
-import type { LeaderInfo } from '../control/etcd-state.js';
+import { connect } from 'node:net';
+import type { ClusterSnapshot } from '../control/etcd-state.js';
 import { liveSupervisor, runtimePaths, type LockInfo } from '../control/runtime-files.js';
 import { requestControl, type ControlRequest } from '../control/socket.js';
 import { readSavedAllocation } from '../slurm/saved.js';
-import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
-import type { ReplicaStatus } from '../supervise/replica.js';
+import { natsUrl } from '../supervise/launch-spec.js';
 import { DynsupError } from '../util/errors.js';
 import type { Flags } from './flags.js';
 
@@ -36,14 +36,33 @@ export async function credentials(t: Target, flags: Flags): Promise<Credentials>
 export async function control(t: Target, flags: Flags, req: ControlRequest, timeoutMs = 10 * 60_000): Promise<unknown> {
   if (t.local) return requestControl(runtimePaths(t.cluster.stateDir).socket, req, timeoutMs);
   if (!t.cluster.nats.enabled) throw new DynsupError('E_NOT_RUNNING', `cluster ${t.cluster.name} is not running on this machine (and NATS is disabled, so it cannot be reached remotely)`);
+  const creds = await credentials(t, flags);
   // Loaded only when used: nats and etcd3 (with grpc) cost a local `status` a third of its time.
   const { requestOverNats } = await import('../control/nats-control.js');
-  return requestOverNats(natsUrl(t.cluster), t.cluster.name, await credentials(t, flags), req, timeoutMs);
+  return requestOverNats(natsUrl(t.cluster), t.cluster.name, creds, req, timeoutMs);
 }
 
-/** What etcd remembers of the cluster (when the supervisor does not answer). */
-export async function etcdSnapshot(t: Target): Promise<{ leader: LeaderInfo | null; replicas: ReplicaStatus[] } | null> {
-  if (!t.cluster.etcd.enabled) return null;
-  const { readClusterState } = await import('../control/etcd-state.js');
-  return readClusterState(etcdUrl(t.cluster), t.cluster.name);
+/**
+ * What etcd remembers of the cluster (when the supervisor does not answer); null when etcd is off, does not
+ * listen (checked first, cheaply: no etcd client is loaded for a cluster that is down) or refuses to answer.
+ */
+export async function etcdSnapshot(t: Target, flags: Flags): Promise<ClusterSnapshot | null> {
+  if (!t.cluster.etcd.enabled || !(await listening(t.cluster.headAddress, t.cluster.etcd.port))) return null;
+  const creds = await readCredentials(typeof flags.creds === 'string' ? flags.creds : credentialsPath(t.cluster.stateDir), { partial: true }).catch(() => null);
+  const [{ readClusterState }, { etcdAccess }] = await Promise.all([import('../control/etcd-state.js'), import('../controlplane/etcd-auth.js')]);
+  return readClusterState(etcdAccess(t.cluster, creds), t.cluster.name);
+}
+
+/** Whether something accepts TCP connections at host:port (within `ms`). */
+export function listening(host: string, port: number, ms = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect({ host, port });
+    const done = (ok: boolean) => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(ms, () => done(false));
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+  });
 }

@@ -12,7 +12,6 @@ import { DynsupError } from '../util/errors.js';
 import { escapeLine } from '../util/terminal-escape.js';
 import type { Flags } from './flags.js';
 import { control, credentials, target } from './client.js';
-import { followOverNats } from '../control/nats-control.js';
 import type { TailResult } from '../control/tail.js';
 import { natsUrl } from '../supervise/launch-spec.js';
 import { logNamesOf } from '../supervise/gang-launch.js';
@@ -147,12 +146,14 @@ async function remoteLogs(
     if (seq !== undefined && seq <= (seen.get(replica) ?? 0)) return;
     emit(replica, line);
   };
-  const following = flags.follow
+  // Loaded only when following from another machine: nats is not a local `logs`'s business.
+  const { followOverNats } = flags.follow ? await import('../control/nats-control.js') : { followOverNats: undefined };
+  const following = followOverNats
     ? followOverNats(natsUrl(t.cluster), t.cluster.name, creds, what ? names : null, (replica, chunk, firstSeq) => {
         const ls = chunk.toString('utf8').split('\n');
         if (ls.at(-1) === '') ls.pop();
         ls.forEach((l, i) => {
-          const seq = firstSeq === undefined ? undefined : firstSeq + i;
+          const seq = firstSeq + i;
           if (live) show(replica, Buffer.from(l), seq);
           else pending.push([replica, Buffer.from(l), seq]);
         });

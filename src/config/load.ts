@@ -437,6 +437,7 @@ function resolveCluster(
     args: cp.etcd?.args ?? [],
     port: cp.etcd?.port ?? 2379,
     peerPort: cp.etcd?.peerPort ?? 2380,
+    auth: cp.etcd?.auth ?? false,
   };
   const metrics = { enabled: raw.metrics?.enabled ?? true, port: raw.metrics?.port ?? 9464, gpuIntervalMs: ms(raw.metrics?.gpuInterval, 5000) };
   const ui = { enabled: raw.ui?.enabled ?? true };

@@ -255,6 +255,10 @@ export const clusterSchema = z
             ...serviceFields,
             port: port.optional().meta({ description: 'Client port (default 2379).' }),
             peerPort: port.optional().meta({ description: 'Peer port (default 2380), bound to 127.0.0.1.' }),
+            auth: z.boolean({ error: 'expected true or false' }).optional().meta({
+              description:
+                "Turn on etcd's authentication (default false: whoever reaches the port can read and write). dynsup then uses etcd's root user, and workers get the user `workers` (ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD), which may read and write every key except dynsup's own (dynsup/...); anonymous clients are refused.",
+            }),
           })
           .optional(),
       })

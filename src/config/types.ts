@@ -120,7 +120,8 @@ export interface ClusterConfig {
   /** The web view, served on metrics.port (src/ui/). */
   readonly ui: { readonly enabled: boolean };
   readonly logs: { readonly maxBytes: number; readonly keep: number };
-  readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number };
+  /** `auth`: etcd's authentication on (users root and workers, passwords in the credentials file). */
+  readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number; readonly auth: boolean };
   readonly nodes: readonly NodeConfig[];
   /** Groups in start order (dependencies first). */
   readonly groups: readonly WorkerGroup[];

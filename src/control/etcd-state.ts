@@ -2,12 +2,13 @@
  * Cluster state in etcd, under dynsup/<cluster>/: every replica's status, updated on each transition,
  * and a leader key held with a lease, so a second supervisor for the same cluster is refused and a dead
  * one's claim expires by itself. A leader key counts only while its lease is alive: one put without a
- * lease (by hand, or by anyone on the network: etcd has no auth here) or with a lease that is gone is
- * stale and taken over. While supervising, the key is watched: someone overwriting or deleting it is
- * logged as an error and the claim put back.
+ * lease (by hand, or by anyone on the network when etcd runs without controlPlane.etcd.auth) or with a
+ * lease that is gone is stale and taken over. While supervising, the key is watched: someone overwriting
+ * or deleting it is logged as an error and the claim put back.
  */
 import { hostname } from 'node:os';
 import { Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
+import type { EtcdAccess } from '../controlplane/etcd-auth.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
@@ -30,6 +31,7 @@ export const keys = (cluster: string) => ({
 export class EtcdState {
   readonly #client: Etcd3;
   readonly #cluster: string;
+  readonly #authenticated: boolean;
   #lease: Lease | undefined;
   /** The id of the lease our leader key is put with ('' while none). */
   #leaseId = '';
@@ -40,8 +42,9 @@ export class EtcdState {
   #closed = false;
   #onError: (msg: string) => void;
 
-  constructor(endpoint: string, cluster: string, onError: (msg: string) => void = () => undefined) {
-    this.#client = new Etcd3({ hosts: endpoint, dialTimeout: 3000 });
+  constructor(access: EtcdAccess, cluster: string, onError: (msg: string) => void = () => undefined) {
+    this.#client = etcdClient(access, 3000);
+    this.#authenticated = Boolean(access.auth);
     this.#cluster = cluster;
     this.#onError = onError;
   }
@@ -115,7 +118,8 @@ export class EtcdState {
     this.#watcher = w;
     const foreign = (what: string) => {
       if (this.#closed || !this.#leaseId || !this.#me) return;
-      this.#onError(`etcd: the leader key ${k} was ${what}, not by this supervisor (etcd has no auth: anyone who can reach it can write): putting the claim back`);
+      const who = this.#authenticated ? 'by a holder of the root password' : '(etcd runs without controlPlane.etcd.auth: anyone who can reach it can write)';
+      this.#onError(`etcd: the leader key ${k} was ${what}, not by this supervisor ${who}: putting the claim back`);
       void this.#client
         .put(k)
         .value(JSON.stringify(this.#me))
@@ -211,15 +215,28 @@ function describeLeader(l: LeaderInfo | null): string {
   return l ? `pid ${l.pid} on ${escapeTerminal(l.host)}` : 'a value that is no supervisor\'s';
 }
 
-/** Read what etcd knows about a cluster (for `status` when the supervisor is gone). */
-export async function readClusterState(endpoint: string, cluster: string, timeoutMs = 3000): Promise<{ leader: LeaderInfo | null; replicas: ReplicaStatus[] } | null> {
-  const client = new Etcd3({ hosts: endpoint, dialTimeout: timeoutMs });
+function etcdClient(access: EtcdAccess, dialTimeout: number): Etcd3 {
+  return new Etcd3({ hosts: access.endpoint, dialTimeout, ...(access.auth ? { auth: access.auth } : {}) });
+}
+
+/** What etcd knows of a cluster (for `status` when the supervisor does not answer). */
+export interface ClusterSnapshot {
+  /** The leader key's value, and whether its lease is alive (a supervisor's live claim). */
+  readonly leader: (LeaderInfo & { readonly leased: boolean }) | null;
+  readonly replicas: ReplicaStatus[];
+}
+
+/** Read what etcd knows about a cluster; null when etcd cannot be read (down, or refusing these credentials). */
+export async function readClusterState(access: EtcdAccess, cluster: string, timeoutMs = 3000): Promise<ClusterSnapshot | null> {
+  const client = etcdClient(access, timeoutMs);
   try {
-    const work = (async () => {
-      const leader = await client.get(keys(cluster).leader).string();
+    const work = (async (): Promise<ClusterSnapshot> => {
+      const kv = (await client.get(keys(cluster).leader).exec()).kvs[0];
       const all = await client.getAll().prefix(keys(cluster).replicas).strings();
+      const held = kv ? parseLeader(kv.value) : null;
+      const leased = kv && kv.lease && kv.lease !== '0' ? Number((await client.leaseClient.leaseTimeToLive({ ID: kv.lease })).TTL) > 0 : false;
       return {
-        leader: leader ? (JSON.parse(leader) as LeaderInfo) : null,
+        leader: held ? { ...held, leased } : null,
         replicas: Object.values(all).map((v) => JSON.parse(v) as ReplicaStatus),
       };
     })();

@@ -1,10 +1,12 @@
 /**
  * Control over NATS: the supervisor answers requests on dynsup.<cluster>.control and publishes every
  * worker line on dynsup.<cluster>.log.<replica>, so `status`, `restart`, `scale`, `logs -f`... work from
- * any machine that reaches the head and holds the cluster's credentials.
+ * any machine that reaches the head and holds the cluster's credentials. Requests, answers and line
+ * batches carry proof of the credentials' control key (control-auth.ts).
  */
-import { connect, headers, type NatsConnection } from 'nats';
+import { connect, createInbox, headers, type NatsConnection } from 'nats';
 import { DynsupError, errorMessage } from '../util/errors.js';
+import { ControlAuthError, NonceLog, signControlRequest, signLogBatch, signReply, verifyControlRequest, verifyLogBatch, verifyReply } from './control-auth.js';
 import { subjects, type Credentials } from './credentials.js';
 import type { ControlRequest, ControlResponse } from './socket.js';
 
@@ -15,16 +17,30 @@ const FLUSH_MS = 25;
 export class NatsControl {
   readonly #nc: NatsConnection;
   readonly #cluster: string;
+  readonly #key: string;
   readonly #pending = new Map<string, { parts: Buffer[]; bytes: number; firstSeq: number }>();
   #timer: NodeJS.Timeout | undefined;
   dropped = 0;
 
-  private constructor(nc: NatsConnection, cluster: string) {
+  private constructor(nc: NatsConnection, cluster: string, key: string) {
     this.#nc = nc;
     this.#cluster = cluster;
+    this.#key = key;
   }
 
-  static async start(url: string, cluster: string, creds: Credentials, handler: (req: ControlRequest) => Promise<unknown>): Promise<NatsControl> {
+  /**
+   * Answer control requests on dynsup.<cluster>.control: only those verifyControlRequest accepts (signed
+   * with the credentials' control key, fresh, not seen before, `seen` being the supervisor's one NonceLog)
+   * reach `handler`. A verified request is acknowledged at once (signed), then answered (signed); refusals
+   * are logged through `onRefused`.
+   */
+  static async start(
+    url: string,
+    cluster: string,
+    creds: Credentials,
+    handler: (req: ControlRequest) => Promise<unknown>,
+    opts: { seen?: NonceLog; onRefused?: (why: string) => void } = {},
+  ): Promise<NatsControl> {
     const nc = await connect({
       servers: url,
       user: creds.natsUser,
@@ -35,20 +51,31 @@ export class NatsControl {
       reconnectTimeWait: 250,
       timeout: 5000,
     });
-    const ctl = new NatsControl(nc, cluster);
+    const ctl = new NatsControl(nc, cluster, creds.controlKey);
+    const seen = opts.seen ?? new NonceLog();
+    const refused = rateLimited(opts.onRefused ?? (() => undefined));
+    const key = creds.controlKey;
     nc.subscribe(subjects(cluster).control, {
       callback: (err, msg) => {
         if (err) return;
-        let req: ControlRequest;
+        // A request nobody waits for (a JetStream republish, a bare publish) is no client's.
+        if (!msg.reply) return refused('a control request without a reply subject (not sent by a dynsup client)');
+        let v: ReturnType<typeof verifyControlRequest>;
         try {
-          req = JSON.parse(msg.string()) as ControlRequest;
-        } catch {
-          msg.respond(JSON.stringify({ ok: false, error: 'bad request' } satisfies ControlResponse));
+          v = verifyControlRequest(msg.string(), key, { cluster, seen });
+        } catch (e) {
+          if (!(e instanceof ControlAuthError)) throw e;
+          refused(e.message);
+          const res: ControlResponse = { ok: false, error: `refused: ${e.message}`, code: 'E_AUTH' };
+          if (e.answer === 'signed' && e.nonce) msg.respond(JSON.stringify(signReply(key, cluster, e.nonce, 'result', res)));
+          else if (e.answer === 'unsigned') msg.respond(JSON.stringify(res));
           return;
         }
-        handler(req).then(
-          (result) => msg.respond(JSON.stringify({ ok: true, result } satisfies ControlResponse)),
-          (e) => msg.respond(JSON.stringify({ ok: false, error: errorMessage(e), code: (e as DynsupError).code } satisfies ControlResponse)),
+        const answer = (res: ControlResponse) => msg.respond(JSON.stringify(signReply(key, cluster, v.nonce, 'result', res)));
+        msg.respond(JSON.stringify(signReply(key, cluster, v.nonce, 'ack', null)));
+        handler(v.req).then(
+          (result) => answer({ ok: true, result }),
+          (e) => answer({ ok: false, error: errorMessage(e), code: (e as DynsupError).code }),
         );
       },
     });
@@ -80,9 +107,12 @@ export class NatsControl {
     if (this.#nc.isClosed()) return;
     for (const [replica, p] of this.#pending) {
       if (!p.bytes) continue;
+      const subject = subjects(this.#cluster).log(replica);
+      const body = Buffer.concat(p.parts, p.bytes);
       const h = headers();
       h.set(SEQ_HEADER, String(p.firstSeq));
-      this.#nc.publish(subjects(this.#cluster).log(replica), Buffer.concat(p.parts, p.bytes), { headers: h });
+      h.set(SIG_HEADER, signLogBatch(this.#key, subject, p.firstSeq, body));
+      this.#nc.publish(subject, body, { headers: h });
     }
     this.#pending.clear();
   }
@@ -96,26 +126,99 @@ export class NatsControl {
 
 const NL = Buffer.from('\n');
 const SEQ_HEADER = 'Dynsup-Seq';
+const SIG_HEADER = 'Dynsup-Sig';
 
-/** Client side: one request to a running supervisor over NATS. */
+/** `fn`, called at most once per 10 s; what was held back is counted in the next call. */
+function rateLimited(fn: (why: string) => void): (why: string) => void {
+  let last = 0;
+  let held = 0;
+  return (why) => {
+    const now = Date.now();
+    if (now - last < 10_000) {
+      held++;
+      return;
+    }
+    fn(held ? `${why} (and ${held} more refused since the last report)` : why);
+    last = now;
+    held = 0;
+  };
+}
+
+/** How long a client waits for a signed acknowledgement after a refusal it cannot verify (or no responders). */
+const UNVERIFIED_GRACE_MS = 1500;
+
+/**
+ * Client side: one request to a running supervisor over NATS, signed with the credentials' control key.
+ * Only a signed answer to this very request counts: anything else arriving on the inbox (from another
+ * client of the account) is ignored. An unsigned refusal (a supervisor that holds another key) or "no
+ * responders" ends the wait when no signed acknowledgement follows within UNVERIFIED_GRACE_MS.
+ */
 export async function requestOverNats(url: string, cluster: string, creds: Credentials, req: ControlRequest, timeoutMs = 30_000): Promise<unknown> {
   let nc: NatsConnection;
   try {
     nc = await connect({ servers: url, user: creds.natsUser, pass: creds.natsPassword, timeout: 3000, reconnect: false });
   } catch (err) {
+    if (/authorization|permission/i.test(errorMessage(err))) throw new DynsupError('E_AUTH', `not allowed into the control plane at ${url}: ${errorMessage(err)} (wrong credentials?)`);
     throw new DynsupError('E_NOT_RUNNING', `cannot reach the control plane at ${url}: ${errorMessage(err)}`);
   }
+  const signed = signControlRequest(creds.controlKey, cluster, req);
+  const inbox = createInbox();
+  const sub = nc.subscribe(inbox);
+  const timers: NodeJS.Timeout[] = [];
   try {
-    const msg = await nc.request(subjects(cluster).control, JSON.stringify(req), { timeout: timeoutMs }).catch((err: Error & { code?: string }) => {
-      if (err.code === '503') throw new DynsupError('E_NOT_RUNNING', `no supervisor is answering for cluster ${cluster} at ${url}`);
-      if (/authorization|permission/i.test(err.message)) throw new DynsupError('E_USAGE', `not allowed: ${err.message} (wrong credentials?)`);
-      throw new DynsupError('E_TIMEOUT', `no answer from the supervisor of ${cluster}: ${err.message}`);
+    return await new Promise<unknown>((resolve, reject) => {
+      let acked = false;
+      let unverified: DynsupError | undefined;
+      timers.push(setTimeout(() => reject(unverified ?? new DynsupError('E_TIMEOUT', `no answer from the supervisor of ${cluster} within ${timeoutMs / 1000}s`)), timeoutMs));
+      const unconfirmed = (err: DynsupError) => {
+        if (acked || unverified) return;
+        unverified = err;
+        timers.push(setTimeout(() => !acked && reject(err), UNVERIFIED_GRACE_MS));
+      };
+      void (async () => {
+        for await (const m of sub) {
+          if (m.data.length === 0 && m.headers?.code === 503) {
+            unconfirmed(new DynsupError('E_NOT_RUNNING', `no supervisor is answering for cluster ${cluster} at ${url}`));
+            continue;
+          }
+          const v = verifyReply(m.string(), creds.controlKey, cluster, signed.nonce);
+          if (!v) {
+            const refusal = unsignedRefusal(m.string());
+            // A ControlAuthError: the supervisor runs (status says so) but refuses these credentials.
+            if (refusal) unconfirmed(new ControlAuthError(`the supervisor of ${cluster} ${refusal} (is ${url} this cluster's head, and the credentials file its current one?)`, 'unsigned'));
+            continue;
+          }
+          if (v.kind === 'ack') {
+            acked = true;
+            continue;
+          }
+          const res = v.res;
+          if (!res) continue;
+          if (res.ok) resolve(res.result);
+          else reject(new DynsupError((res.code as never) ?? 'E_INTERNAL', res.error));
+          return;
+        }
+      })().catch(reject);
+      nc.publish(subjects(cluster).control, JSON.stringify(signed), { reply: inbox });
     });
-    const res = JSON.parse(msg.string()) as ControlResponse;
-    if (!res.ok) throw new DynsupError((res.code as never) ?? 'E_INTERNAL', res.error);
-    return res.result;
+  } catch (err) {
+    if (err instanceof DynsupError) throw err;
+    if (/authorization|permission/i.test(errorMessage(err))) throw new DynsupError('E_AUTH', `not allowed: ${errorMessage(err)} (wrong credentials?)`);
+    throw new DynsupError('E_TIMEOUT', `no answer from the supervisor of ${cluster}: ${errorMessage(err)}`);
   } finally {
+    for (const t of timers) clearTimeout(t);
+    sub.unsubscribe();
     await nc.close();
+  }
+}
+
+/** The words of an unsigned refusal ({ok: false, code: 'E_AUTH'}), or null. */
+function unsignedRefusal(text: string): string | null {
+  try {
+    const r = JSON.parse(text) as Partial<ControlResponse & { ok: false }> | null;
+    return r && r.ok === false && r.code === 'E_AUTH' && typeof r.error === 'string' ? r.error : null;
+  } catch {
+    return null;
   }
 }
 
@@ -125,9 +228,11 @@ export async function followOverNats(
   cluster: string,
   creds: Credentials,
   replicas: readonly string[] | null,
-  /** `firstSeq`: the number of the chunk's first line (undefined from a supervisor that does not say). */
-  onLines: (replica: string, chunk: Buffer, firstSeq: number | undefined) => void,
+  /** `firstSeq`: the number of the chunk's first line. */
+  onLines: (replica: string, chunk: Buffer, firstSeq: number) => void,
   signal: AbortSignal,
+  /** Called for each batch that is not signed with the control key (not the supervisor's: dropped). */
+  onForged: () => void = () => undefined,
 ): Promise<void> {
   const nc = await connect({ servers: url, user: creds.natsUser, pass: creds.natsPassword, timeout: 3000, maxReconnectAttempts: -1 });
   const subs = (replicas ?? [null]).map((r) =>
@@ -135,7 +240,8 @@ export async function followOverNats(
       callback: (err, msg) => {
         if (err) return;
         const seq = Number(msg.headers?.get(SEQ_HEADER));
-        onLines(msg.subject.slice(subjects(cluster).log('').length), Buffer.from(msg.data), Number.isSafeInteger(seq) && seq > 0 ? seq : undefined);
+        if (!Number.isSafeInteger(seq) || !verifyLogBatch(creds.controlKey, msg.subject, seq, msg.data, msg.headers?.get(SIG_HEADER))) return onForged();
+        onLines(msg.subject.slice(subjects(cluster).log('').length), Buffer.from(msg.data), seq);
       },
     }),
   );

@@ -8,6 +8,7 @@ import type { Server } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { ClusterConfig } from '../config/types.js';
+import { NonceLog } from '../control/control-auth.js';
 import { loadOrCreateCredentials } from '../control/credentials.js';
 import { EtcdState } from '../control/etcd-state.js';
 import { renderMetrics, serveMetrics } from '../control/metrics.js';
@@ -20,7 +21,8 @@ import { createEventLogger, makeRedactor, type EventLogger } from '../logs/event
 import { TerminalMux } from '../logs/terminal.js';
 import type { AddressCandidate } from '../slurm/allocation.js';
 import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
-import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
+import { natsUrl } from '../supervise/launch-spec.js';
+import { ensureEtcdAuth, etcdAccess } from '../controlplane/etcd-auth.js';
 import { Supervisor } from '../supervise/supervisor.js';
 import { allNodes, createNodeAgent } from '../transport/factory.js';
 import { WebUi } from '../ui/server.js';
@@ -55,8 +57,10 @@ export async function cleanupLeftovers(cluster: ClusterConfig, logger?: EventLog
 export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: boolean; head?: AddressCandidate | undefined }): Promise<number> {
   const paths = runtimePaths(cluster.stateDir);
   const { stale } = await acquireLock(paths, cluster.file);
-  const creds = await loadOrCreateCredentials(cluster.stateDir);
-  const redact = makeRedactor([...cluster.secrets, creds.natsPassword]);
+  const creds = await loadOrCreateCredentials(cluster.stateDir, { etcdAuth: cluster.etcd.enabled && cluster.etcd.auth });
+  const redact = makeRedactor([...cluster.secrets, creds.natsPassword, creds.controlKey, creds.etcdRootPassword ?? '', creds.etcdWorkerPassword ?? '']);
+  // Every way a signed control request arrives checks its nonce against this one log (no replay across them).
+  const controlNonces = new NonceLog();
   // The web view's events timeline: what earlier supervisors of this state dir logged, then every event.
   const timeline = new Timeline();
   if (cluster.ui.enabled) timeline.write(await readTail(join(cluster.stateDir, 'logs', 'dynsup.log'), 256 << 10));
@@ -111,12 +115,18 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
     },
     onControlPlaneReady: async () => {
       if (cluster.etcd.enabled) {
-        etcdState = new EtcdState(etcdUrl(cluster), cluster.name, (m) => logger.warn(m));
+        // Before anything uses etcd: its users and roles (controlPlane.etcd.auth), or auth off.
+        const done = await ensureEtcdAuth(cluster, creds);
+        if (done) logger.info(done);
+        etcdState = new EtcdState(etcdAccess(cluster, creds), cluster.name, (m) => logger.warn(m));
         await etcdState.acquireLeader();
         for (const s of [...sup.status().controlPlane, ...sup.status().replicas]) etcdState.record(s);
       }
       if (cluster.nats.enabled) {
-        natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown));
+        natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown), {
+          seen: controlNonces,
+          onRefused: (why) => logger.warn(`refused a control request over NATS: ${why}`),
+        });
       }
       if (cluster.ui.enabled) {
         ui = new WebUi({

@@ -12,7 +12,7 @@
 import type { RestartPolicy } from '../config/types.js';
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
 import type { WorkerSpec } from '../agent/protocol.js';
-import { buildLaunchSpec, type GangRank } from './launch-spec.js';
+import { buildLaunchSpec, type GangRank, type WorkerAuth } from './launch-spec.js';
 
 export interface GangMemberPlan {
   readonly name: string;
@@ -34,14 +34,14 @@ export function memberName(replica: string, rank: number): string {
 /** Members restart only as a gang: the head decides, so the agents must not restart one on its own. */
 const MEMBER_RESTART: RestartPolicy = { policy: 'never', initialDelayMs: 0, factor: 1, maxDelayMs: 0, jitter: 0, maxRestarts: 0, windowMs: 0, resetAfterMs: 0 };
 
-type Auth = { user: string; password: string } | undefined;
+type Auth = WorkerAuth | undefined;
 
-export function gangMembers(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, natsAuth?: Auth): GangMemberPlan[] {
+export function gangMembers(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, auth?: Auth): GangMemberPlan[] {
   const nodes = gangNodes(cluster, plan);
   const leaderHost = nodes[0]!.address;
   const rankOf = (rank: number): GangRank => ({ rank, nnodes: nodes.length, leaderHost });
   const memberSpec = (rank: number): WorkerSpec => {
-    const spec = buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], natsAuth, rankOf(rank));
+    const spec = buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], auth, rankOf(rank));
     return { ...spec, restart: MEMBER_RESTART };
   };
   if (group.launch !== 'mpi') return nodes.map((n, rank) => ({ name: memberName(plan.name, rank), rank, node: n.name, spec: memberSpec(rank) }));
@@ -90,9 +90,9 @@ export function gangMembers(cluster: ClusterConfig, group: WorkerGroup, plan: Re
  * The spec of an on-demand member: the daemon command line mpirun asked for, run by `sh -c` like ssh
  * would, in the member's environment (its GPUs, rank, NATS and etcd: the ranks it starts inherit it).
  */
-export function onDemandSpec(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, rank: number, command: string, natsAuth?: Auth): WorkerSpec {
+export function onDemandSpec(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, rank: number, command: string, auth?: Auth): WorkerSpec {
   const nodes = gangNodes(cluster, plan);
-  const spec = buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], natsAuth, {
+  const spec = buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], auth, {
     rank,
     nnodes: nodes.length,
     leaderHost: nodes[0]!.address,

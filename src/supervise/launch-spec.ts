@@ -70,16 +70,25 @@ const OWNED = [
   'CUDA_VISIBLE_DEVICES',
 ];
 
+/**
+ * Credentials workers are given: NATS's (with controlPlane.nats.workerCredentials, in NATS_SERVER) and
+ * etcd's `workers` user (with controlPlane.etcd.auth: ETCD_AUTH_USERNAME / ETCD_AUTH_PASSWORD, as Dynamo reads them).
+ */
+export interface WorkerAuth {
+  readonly nats?: { readonly user: string; readonly password: string } | undefined;
+  readonly etcd?: { readonly user: string; readonly password: string } | undefined;
+}
+
 export function workerEnv(
   cluster: ClusterConfig,
   group: WorkerGroup,
   replica: ReplicaPlan,
   host?: string,
-  natsAuth?: { user: string; password: string },
+  auth?: WorkerAuth,
   gang?: GangRank,
 ): Record<string, string> {
   const env: Record<string, string> = {
-    NATS_SERVER: natsUrl(cluster, natsAuth),
+    NATS_SERVER: natsUrl(cluster, auth?.nats),
     // CUDA numbers GPUs fastest-first by default; PCI order matches nvidia-smi's indices, which is what
     // placement assigns. A file's env may still override it.
     CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
@@ -98,6 +107,7 @@ export function workerEnv(
     // Empty, not unset: an unset CUDA_VISIBLE_DEVICES means "all GPUs" to CUDA.
     CUDA_VISIBLE_DEVICES: replica.gpuIds.join(','),
   });
+  if (auth?.etcd) Object.assign(env, { ETCD_AUTH_USERNAME: auth.etcd.user, ETCD_AUTH_PASSWORD: auth.etcd.password });
   if (gang) {
     Object.assign(env, { DYNSUP_NODE_RANK: String(gang.rank), DYNSUP_NNODES: String(gang.nnodes), DYNSUP_LEADER_HOST: gang.leaderHost });
   }
@@ -114,13 +124,13 @@ export function buildLaunchSpec(
   group: WorkerGroup,
   replica: ReplicaPlan,
   node?: NodeConfig,
-  natsAuth?: { user: string; password: string },
+  auth?: WorkerAuth,
   gang?: GangRank,
 ): WorkerSpec {
   const host = node?.address;
   return {
     argv: group.argv.map((a) => expandPlaceholders(a, replica, host, gang)),
-    env: workerEnv(cluster, group, replica, host, natsAuth, gang),
+    env: workerEnv(cluster, group, replica, host, auth, gang),
     unsetEnv: group.unsetEnv,
     ...(group.cwd === undefined ? {} : { cwd: expandPlaceholders(group.cwd, replica, host, gang) }),
     graceMs: group.stop.graceMs,

@@ -16,7 +16,8 @@ import type { Credentials } from '../control/credentials.js';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaPlan } from '../config/types.js';
 import { controlPlaneNodes, controlPlanePorts, place, portClashes } from '../config/placement.js';
-import { buildLaunchSpec, expandPlaceholders } from './launch-spec.js';
+import { buildLaunchSpec, expandPlaceholders, type WorkerAuth } from './launch-spec.js';
+import { etcdWorkerAuth } from '../controlplane/etcd-auth.js';
 import { httpProbe } from './http-probe.js';
 import { replicaGpuTelemetry } from './gpu-telemetry.js';
 import { Replica, type HealthProbe, type ReplicaEvent, type ReplicaStatus, type Supervised } from './replica.js';
@@ -221,7 +222,7 @@ export class Supervisor {
 
   async #startControlPlane(): Promise<void> {
     const { cluster, logger } = this.#o;
-    const creds = this.#o.credentials ?? { natsUser: 'dynsup', natsPassword: 'unset' };
+    const creds = this.#o.credentials ?? { natsUser: 'dynsup', natsPassword: 'unset', controlKey: '' };
     const specs = [cluster.nats.enabled ? natsService(cluster, creds) : null, cluster.etcd.enabled ? etcdService(cluster) : null].filter(
       (s): s is ServiceSpec => s !== null,
     );
@@ -293,7 +294,7 @@ export class Supervisor {
         group: group.name,
         gpus: plan.gpuIds,
         restart: group.restart,
-        members: gangMembers(cluster, group, plan, this.#natsAuth()).map((m) => ({
+        members: gangMembers(cluster, group, plan, this.#workerAuth()).map((m) => ({
           rank: m.rank,
           spec: m.spec,
           options: {
@@ -358,9 +359,11 @@ export class Supervisor {
     });
   }
 
-  #natsAuth(): { user: string; password: string } | undefined {
+  /** What workers are given to reach NATS (nats.workerCredentials) and etcd (etcd.auth). */
+  #workerAuth(): WorkerAuth {
     const creds = this.#o.credentials;
-    return this.#o.cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
+    const nats = this.#o.cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
+    return { nats, etcd: etcdWorkerAuth(this.#o.cluster, creds) ?? undefined };
   }
 
   /** An mpirun leader asks for its daemon on another node of its gang (relayed by the leader's agent). */
@@ -373,7 +376,7 @@ export class Supervisor {
     if (rank < 1) return `host '${req.host}' is not one of ${req.replica}'s other nodes (${(plan.gangNodes ?? []).slice(1).join(', ')})`;
     const group = this.cluster.groups.find((g) => g.name === plan.group)!;
     try {
-      await gang.launch(rank, onDemandSpec(this.cluster, group, plan, rank, req.command, this.#natsAuth()));
+      await gang.launch(rank, onDemandSpec(this.cluster, group, plan, rank, req.command, this.#workerAuth()));
       return undefined;
     } catch (err) {
       return errorMessage(err);
@@ -392,10 +395,10 @@ export class Supervisor {
     const cluster = this.#o.cluster;
     const group = cluster.groups.find((g) => g.name === plan.group)!;
     const node = cluster.nodes.find((n) => n.name === plan.node)!;
-    const natsAuth = this.#natsAuth();
+    const auth = this.#workerAuth();
     const h = group.health;
     return {
-      spec: () => buildLaunchSpec(cluster, group, plan, node, natsAuth),
+      spec: () => buildLaunchSpec(cluster, group, plan, node, auth),
       health: h && { ...h, probe: httpProbe(expandPlaceholders(h.url, plan, node.address)) },
     };
   }

@@ -9,6 +9,7 @@
 export type ErrorCode =
   | 'E_CONFIG' // the cluster file is invalid (ConfigError: every problem at FILE:LINE:COLUMN)
   | 'E_USAGE' // bad command-line input, or a request that cannot be done as asked
+  | 'E_AUTH' // a control request without valid proof of the cluster's credentials (refused), or credentials the supervisor refuses
   | 'E_INTERPOLATION' // a `${VAR}` in the cluster file that cannot be expanded (InterpolationError)
   | 'E_HOSTLIST' // a malformed Slurm hostlist expression (HostlistError)
   | 'E_PORT_IN_USE'
@@ -37,7 +38,7 @@ export const EXIT_RUNTIME = 1;
 export const EXIT_USAGE = 2;
 
 /** Codes that mean "fix your input" (exit 2). */
-const USAGE_CODES: ReadonlySet<string> = new Set<ErrorCode>(['E_CONFIG', 'E_USAGE', 'E_INTERPOLATION', 'E_HOSTLIST']);
+const USAGE_CODES: ReadonlySet<string> = new Set<ErrorCode>(['E_CONFIG', 'E_USAGE', 'E_AUTH', 'E_INTERPOLATION', 'E_HOSTLIST']);
 
 export class DynsupError<C extends ErrorCode = ErrorCode> extends Error {
   readonly code: C;

@@ -77,7 +77,11 @@ export interface TempCluster {
  * Write a cluster file in a fresh temp dir. `body` is the YAML after the header; it may use
  * NATS_PORT / ETCD_PORT / DIR tokens, replaced here.
  */
-export async function tempCluster(body: string, opts: { name?: string; controlPlane?: boolean; address?: string } = {}): Promise<TempCluster> {
+export async function tempCluster(
+  body: string,
+  /** `nats`, `etcd`: more fields of controlPlane.nats / .etcd, e.g. 'workerCredentials: true'. */
+  opts: { name?: string; controlPlane?: boolean; address?: string; nats?: string; etcd?: string } = {},
+): Promise<TempCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'dynsup-test-'));
   const [natsPort, monitorPort, etcdPort, peerPort, metricsPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
   const cp = opts.controlPlane ?? false;
@@ -87,8 +91,8 @@ stateDir: ./state
 lease: 10s
 metrics: { port: ${metricsPort} }
 controlPlane:
-  nats: { enabled: ${cp}, port: ${natsPort}, monitorPort: ${monitorPort} }
-  etcd: { enabled: ${cp}, port: ${etcdPort}, peerPort: ${peerPort} }
+  nats: { enabled: ${cp}, port: ${natsPort}, monitorPort: ${monitorPort}${opts.nats ? `, ${opts.nats}` : ''} }
+  etcd: { enabled: ${cp}, port: ${etcdPort}, peerPort: ${peerPort}${opts.etcd ? `, ${opts.etcd}` : ''} }
 ${body.replaceAll('DIR', dir).replaceAll('NATS_PORT', String(natsPort)).replaceAll('ETCD_PORT', String(etcdPort))}
 `;
   const file = join(dir, 'cluster.yaml');

@@ -103,10 +103,15 @@ describe('operating a cluster over NATS and etcd', () => {
 
   it('rejects control requests with wrong or missing credentials, and anonymous NATS clients', async () => {
     const bad = join(c.dir, 'bad-creds.json');
-    writeFileSync(bad, JSON.stringify({ natsUser: 'dynsup', natsPassword: 'guess' }));
+    writeFileSync(bad, JSON.stringify({ natsUser: 'dynsup', natsPassword: 'guess', controlKey: 'a2V5' }));
     let r = await dynsup(['restart', c.file, 'w-0', '--head', '127.0.0.1', '--creds', bad]);
-    expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/cannot reach the control plane.*(Authorization|AUTHORIZATION)/i);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/not allowed into the control plane.*(Authorization|AUTHORIZATION)/i);
+    // A credentials file of an older dynsup (no control key) is named as such.
+    writeFileSync(bad, JSON.stringify({ natsUser: 'dynsup', natsPassword: 'guess' }));
+    r = await dynsup(['restart', c.file, 'w-0', '--head', '127.0.0.1', '--creds', bad]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/has no control key \(written by an older dynsup\)/);
     r = await dynsup(['restart', c.file, 'w-0', '--head', '127.0.0.1', '--creds', join(c.dir, 'nope.json')]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/no control credentials/);

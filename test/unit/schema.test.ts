@@ -176,7 +176,7 @@ describe('clusterJsonSchema', () => {
     expect(keysOf(prop(schema, 'defaults'))).toEqual(Object.keys(defaultsSchema.shape).sort());
     expect(keysOf(prop(schema, 'controlPlane'))).toEqual(['etcd', 'nats']);
     expect(keysOf(prop(schema, 'controlPlane', 'nats'))).toEqual(['args', 'binary', 'enabled', 'jetstream', 'monitorPort', 'port', 'workerCredentials']);
-    expect(keysOf(prop(schema, 'controlPlane', 'etcd'))).toEqual(['args', 'binary', 'enabled', 'peerPort', 'port']);
+    expect(keysOf(prop(schema, 'controlPlane', 'etcd'))).toEqual(['args', 'auth', 'binary', 'enabled', 'peerPort', 'port']);
     for (const p of [['head'], ['nodes', '*'], ['workers', '*'], ['defaults'], ['workers', '*', 'restart'], ['workers', '*', 'stop'], ['workers', '*', 'health']]) {
       expect((prop(schema, ...p) as Obj)['additionalProperties'], p.join('.')).toBe(false);
     }
