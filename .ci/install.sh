@@ -16,6 +16,7 @@
 #   chromium                      the web view's browser test (test/integration/ui.test.ts drives it with
 #                                 puppeteer-core, which downloads no browser of its own)
 #   openmpi-bin, python3-mpi4py   real Open MPI for gangs (launch: mpi) and the MPI_ERR_SPAWN test
+#   libpmix-dev                   libpmix.so, which Slurm's mpi/pmix plugin dlopens (srun --mpi=pmix)
 set -euo pipefail
 
 PACKAGES=(
@@ -25,7 +26,7 @@ PACKAGES=(
   iproute2 util-linux procps psmisc
   curl ca-certificates
   chromium
-  openmpi-bin python3-mpi4py
+  openmpi-bin python3-mpi4py libpmix-dev
 )
 
 missing=()

@@ -120,6 +120,8 @@ do_down() {
 write_config() {
   local n=$1 host=$2
   mkdir -p "$DIR"/{state,spool,log,run,munge}
+  local k
+  for ((k = 1; k <= n; k++)); do mkdir -p "$DIR/tmp/node$k"; done
   # Empty plugstack: SPANK plugins configured on the host must not leak in.
   : >"$DIR/plugstack.conf"
   cat >"$DIR/slurm.conf" <<EOF
@@ -145,6 +147,9 @@ JobCompType=jobcomp/none
 PlugStackConfig=$DIR/plugstack.conf
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
+# Per node (%n): srun --mpi=pmix makes TmpFS/spmix_appdir_UID_JOB.STEP on every node of a step, and with
+# all nodes on one host a shared /tmp makes the second node's step launch fail (File exists).
+TmpFS=$DIR/tmp/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
@@ -211,7 +216,7 @@ do_up() {
   host=$(hostname -s)
 
   do_down  # idempotence: a previous testbed (even half-started) goes first
-  rm -rf "$DIR/state" "$DIR/spool" "$DIR/log"
+  rm -rf "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/tmp"
   write_config "$n" "$host"
   export SLURM_CONF=$DIR/slurm.conf
 
