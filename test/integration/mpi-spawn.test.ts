@@ -47,7 +47,8 @@ if '--stay' in sys.argv:
         signal.pause()
 `;
 
-// Running as root (the test bed needs it) and on few cores.
+// Root (the test bed needs it; only mpirun itself refuses root without these) and few cores; TCP between
+// ranks rather than shared memory, as on the rest of the test bed.
 const OMPI_ENV: Record<string, string> = {
   OMPI_ALLOW_RUN_AS_ROOT: '1',
   OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1',
