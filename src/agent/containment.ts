@@ -20,6 +20,8 @@ export interface Box {
   signal(pgid: number | null, sig: NodeJS.Signals): void;
   /** Kill everything in the box at once. */
   kill(pgid: number | null): void;
+  /** The pids now in the box (the leader's group or cgroup, and token holders). */
+  pids(pgid: number | null): number[];
   /** Whether anything of the box is still alive (zombies do not count). */
   alive(pgid: number | null): boolean;
   /** Remove the box itself (once empty). */
@@ -110,6 +112,7 @@ function cgroupBox(dir: string, token: string): Box {
         return fallback.alive(pgid);
       }
     },
+    pids: (pgid) => [...new Set([...procs(), ...fallback.pids(pgid)])],
     dispose() {
       try {
         rmdirSync(dir);
@@ -183,6 +186,7 @@ function pgroupBox(token: string): Box {
       }
     },
     alive: (pgid) => sweep(pgid, token).length > 0,
+    pids: (pgid) => sweep(pgid, token),
     dispose() {},
   };
 }

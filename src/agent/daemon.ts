@@ -13,6 +13,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { cgroupBase, makeBox } from './containment.js';
 import { sampleGpus } from './gpu-sampler.js';
+import { queryGpus, type GpuSnapshot } from './nvidia-smi.js';
 import {
   encodeData,
   encodeMessage,
@@ -362,6 +363,18 @@ export class AgentDaemon implements WorkerHost {
   }
 
   // WorkerHost
+
+  queryGpus(): Promise<GpuSnapshot | null> {
+    return queryGpus({ timeoutMs: 10_000 });
+  }
+
+  readonly #said = new Set<string>();
+
+  firstTime(key: string): boolean {
+    if (this.#said.has(key)) return false;
+    this.#said.add(key);
+    return true;
+  }
 
   sendData(name: string, offset: number, bytes: Buffer): boolean {
     const c = this.#conn;

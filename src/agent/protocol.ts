@@ -54,9 +54,15 @@ export interface WorkerSpec {
    * between nodes; every rank contained like any worker).
    */
   readonly mpiLauncher?: boolean | undefined;
+  /**
+   * GPUs the worker is given: before it starts again, the agent waits (up to `timeoutMs`) until nvidia-smi
+   * shows none of its previous run's processes on them, rather than start it into an out-of-memory.
+   */
+  readonly gpuRelease?: { readonly gpus: readonly number[]; readonly timeoutMs: number } | undefined;
 }
 
-export type WorkerState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
+/** `blocked`: not started, its GPUs still held by its previous run's processes past restart.gpuReleaseTimeout. */
+export type WorkerState = 'starting' | 'running' | 'backoff' | 'blocked' | 'stopping' | 'stopped' | 'failed';
 
 /** What the agent knows of one replica; sent on every change and in the hello. */
 export interface WorkerReport {
@@ -110,6 +116,12 @@ export type AgentEvent =
   | { readonly kind: 'stop-escalated'; readonly graceMs: number }
   | { readonly kind: 'stopped'; readonly reason: string }
   | { readonly kind: 'leftovers'; readonly count: number }
+  /** The GPU release gate: waiting for, given up on (blocked), or seen the release of the previous run's GPUs. */
+  | { readonly kind: 'gpu-wait'; readonly gpu: number; readonly pid: number }
+  | { readonly kind: 'gpu-blocked'; readonly gpu: number; readonly pid: number; readonly waitedMs: number }
+  | { readonly kind: 'gpu-released'; readonly waitedMs: number }
+  /** Said once per node: no nvidia-smi there, so GPU release is not checked. */
+  | { readonly kind: 'gpu-unchecked'; readonly reason: string }
   /** A postStop hook failed (a failing preStart is a `launch-failed`: the start failed). */
   | { readonly kind: 'hook-failed'; readonly hook: 'preStart' | 'postStop'; readonly error: string };
 

@@ -16,6 +16,10 @@ import { matchesPattern } from '../supervise/launch-spec.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../supervise/restart-policy.js';
 import { makeBox, TOKEN_VAR, type Box } from './containment.js';
 import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec, WorkerState } from './protocol.js';
+import type { GpuSnapshot } from './nvidia-smi.js';
+
+/** How often the GPU release gate asks nvidia-smi. */
+const GPU_POLL_MS = 1000;
 
 const READ_CHUNK = 256 * 1024;
 /** Release acknowledged spool in steps this big (a hole keeps offsets valid). */
@@ -33,6 +37,10 @@ export interface WorkerHost {
   /** Persist the agent's state (called on every change of a worker). */
   persist(): void;
   readonly cgroupBase: string | null;
+  /** nvidia-smi's view of the node (null: no nvidia-smi), for the GPU release gate. */
+  queryGpus(): Promise<GpuSnapshot | null>;
+  /** True the first time it is called with `key` on this node (things said once per node). */
+  firstTime(key: string): boolean;
   /** How an mpirun leader on this node reaches its agent (plm_rsh_agent command line, socket). */
   readonly launcher: { readonly command: string; readonly socket: string };
 }
@@ -82,6 +90,8 @@ export class Worker {
   #poll: NodeJS.Timeout | undefined;
   #paused = false;
   #interrupted = false;
+  /** Processes of the last run (leader and what was left in its box when it ended): the GPU release gate waits for them. */
+  #lastRunPids = new Set<number>();
 
   constructor(name: string, spool: string, spec: WorkerSpec, specHash: string, host: WorkerHost, previous?: WorkerRecord) {
     this.name = name;
@@ -249,6 +259,7 @@ export class Worker {
     while (!this.#stopping) {
       this.#wake = new AbortController();
       this.#set('starting');
+      if (!(await this.#gpuGate())) break;
       const launchedAt = Date.now();
       let exit: ExitInfo;
       let failedStart: string | undefined;
@@ -349,6 +360,7 @@ export class Worker {
     });
     // The leader is gone: whatever it left behind (children holding GPUs, a setsid grandchild holding
     // the spool) goes too, then the spool is read to its end.
+    this.#lastRunPids = new Set([child.pid, ...box.pids(child.pid)]);
     if (box.alive(child.pid)) {
       box.kill(child.pid);
       await waitGone(box, child.pid, 5000);
@@ -390,6 +402,57 @@ export class Worker {
     this.pump();
     if (result !== null && which === 'postStop') this.#host.event(this.name, { kind: 'hook-failed', hook: which, error: result });
     return result;
+  }
+
+  /**
+   * Before the worker starts again on its GPUs: wait until nvidia-smi shows none of the last run's
+   * processes on them (a driver can take a while to free a dead process's memory, and a child that
+   * escaped holds it for good), up to gpuRelease.timeoutMs; past it, report `blocked` (naming the GPU and
+   * pid) and keep waiting rather than start into an out-of-memory. False when asked to stop meanwhile.
+   */
+  async #gpuGate(): Promise<boolean> {
+    const gate = this.spec.gpuRelease;
+    const ours = this.#lastRunPids;
+    if (!gate || !gate.gpus.length || !ours.size) return true;
+    const started = Date.now();
+    let said = '';
+    for (;;) {
+      let snap: GpuSnapshot | null;
+      try {
+        snap = await this.#host.queryGpus();
+      } catch (err) {
+        snap = null;
+        if (this.#host.firstTime(`gpu-error:${(err as Error).message}`)) {
+          this.#host.event(this.name, { kind: 'gpu-unchecked', reason: `nvidia-smi failed: ${(err as Error).message}` });
+        }
+      }
+      if (snap === null) {
+        if (this.#host.firstTime('gpu-unchecked')) this.#host.event(this.name, { kind: 'gpu-unchecked', reason: 'no nvidia-smi on the node' });
+        this.#lastRunPids = new Set();
+        return true;
+      }
+      const held = snap.processes.find((p) => gate.gpus.includes(p.gpuIndex) && ours.has(p.pid));
+      if (!held) {
+        if (said) this.#host.event(this.name, { kind: 'gpu-released', waitedMs: Date.now() - started });
+        this.#lastRunPids = new Set();
+        return true;
+      }
+      const waited = Date.now() - started;
+      if (waited >= gate.timeoutMs) {
+        if (said !== 'blocked') {
+          said = 'blocked';
+          this.#set('blocked', `blocked: GPU ${held.gpuIndex} still held by pid ${held.pid} (waited ${Math.round(waited / 1000)}s, restart.gpuReleaseTimeout)`);
+          this.#host.event(this.name, { kind: 'gpu-blocked', gpu: held.gpuIndex, pid: held.pid, waitedMs: waited });
+        }
+      } else if (!said) {
+        said = 'waiting';
+        this.#set('starting', `waiting for GPU ${held.gpuIndex} to be released by pid ${held.pid} (the last run's)`);
+        this.#host.event(this.name, { kind: 'gpu-wait', gpu: held.gpuIndex, pid: held.pid });
+      }
+      await sleep(GPU_POLL_MS, undefined, { signal: this.#wake.signal }).catch(() => undefined);
+      if (this.#stopping) return false;
+      if (this.#wake.signal.aborted) this.#wake = new AbortController();
+    }
   }
 
   /** A worker killed mid-line must not have the next run's first line glued to its last one. */

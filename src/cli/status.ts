@@ -112,7 +112,7 @@ export function render(shown: Shown): string {
   const row = (r: ReplicaStatus) => [
     r.name,
     r.node,
-    r.state + (r.message && (r.state === 'backoff' || r.state === 'failed') ? ` (${r.message})` : r.adopted ? ' (adopted)' : ''),
+    r.state + (r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'blocked' || r.state === 'starting') ? ` (${r.message})` : r.adopted ? ' (adopted)' : ''),
     r.pid ? String(r.pid) : '-',
     String(r.restarts),
     r.lastExit ? `${r.lastExit.signal ?? `code ${r.lastExit.code}`}${r.lastExit.reason ? ` (${r.lastExit.reason})` : ''}` : '-',

@@ -403,6 +403,7 @@ function resolveCluster(
         maxRestarts: restart.maxRestarts ?? 5,
         windowMs: ms(restart.window, 60_000),
         resetAfterMs: ms(restart.resetAfter, 30_000),
+        gpuReleaseTimeoutMs: ms(restart.gpuReleaseTimeout, 60_000),
         ...(restart.onLog?.length ? { onLog: restart.onLog } : {}),
       },
       stop: { signal: normalizeSignal(stop.signal ?? 'SIGTERM'), graceMs: ms(stop.grace, 10_000) },

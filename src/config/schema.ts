@@ -53,6 +53,10 @@ const restartSchema = z
     maxRestarts: count(1_000_000).optional().meta({ description: 'Crash-loop limit: restarts allowed within `window` (default 5; 0 = unlimited).' }),
     window: duration.optional().meta({ description: 'Crash-loop window (default 60s).' }),
     resetAfter: duration.optional().meta({ description: 'Uptime after which the backoff starts again from initialDelay (default 30s).' }),
+    gpuReleaseTimeout: duration.optional().meta({
+      description:
+        "Before a GPU replica starts again, wait until nvidia-smi shows none of its last run's processes on its GPUs, this long at most (default 60s); past it the replica is `blocked` (GPU and pid named) until they are gone. Skipped where there is no nvidia-smi.",
+    }),
     onLog: z
       .array(nonEmpty, { error: 'expected a list of regular expressions' })
       .optional()

@@ -17,6 +17,8 @@ export interface RestartPolicy {
   readonly windowMs: number;
   /** After this much uptime the backoff starts over from initialDelayMs. */
   readonly resetAfterMs: number;
+  /** How long a GPU replica waits for its last run's processes to leave its GPUs before it is `blocked`. */
+  readonly gpuReleaseTimeoutMs?: number;
   /** Fatal log patterns (regular expressions): a matching output line restarts the replica, as a crash. */
   readonly onLog?: readonly string[];
 }

@@ -5,7 +5,7 @@ import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaState, ReplicaStatus } from '../supervise/replica.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
 
-const STATES: readonly ReplicaState[] = ['pending', 'starting', 'running', 'ready', 'backoff', 'stopping', 'stopped', 'failed'];
+const STATES: readonly ReplicaState[] = ['pending', 'starting', 'running', 'ready', 'backoff', 'blocked', 'stopping', 'stopped', 'failed'];
 
 function label(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');

@@ -136,6 +136,7 @@ export function buildLaunchSpec(
     graceMs: group.stop.graceMs,
     stopSignal: group.stop.signal,
     restart: group.restart,
+    ...(replica.gpuIds.length ? { gpuRelease: { gpus: replica.gpuIds, timeoutMs: group.restart.gpuReleaseTimeoutMs ?? 60_000 } } : {}),
     // Only when set: a spec without hooks hashes as before (workers of an older supervisor stay adoptable).
     ...(group.hooks?.preStart !== undefined ? { preStart: expandPlaceholders(group.hooks.preStart, replica, host) } : {}),
     ...(group.hooks?.postStop !== undefined ? { postStop: expandPlaceholders(group.hooks.postStop, replica, host) } : {}),

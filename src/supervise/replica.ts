@@ -15,7 +15,7 @@ import type { ReplicaLog } from '../logs/replica-log.js';
 import type { NodeAgent } from '../transport/node-agent.js';
 import type { ReplicaGpuTelemetry } from './gpu-telemetry.js';
 
-export type ReplicaState = 'pending' | 'starting' | 'running' | 'ready' | 'backoff' | 'stopping' | 'stopped' | 'failed';
+export type ReplicaState = 'pending' | 'starting' | 'running' | 'ready' | 'backoff' | 'blocked' | 'stopping' | 'stopped' | 'failed';
 
 export interface ReplicaStatus {
   readonly name: string;

@@ -594,6 +594,14 @@ export class Supervisor {
         return log.info(k, `${name} ready`);
       case 'unhealthy':
         return log.warn({ ...k, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
+      case 'gpu-wait':
+        return log.info({ ...k, gpu: ev.gpu, pid: ev.pid }, `${name} waits for GPU ${ev.gpu} to be released by pid ${ev.pid} (its last run's) before it starts again`);
+      case 'gpu-blocked':
+        return log.error({ ...k, gpu: ev.gpu, pid: ev.pid }, `${name} blocked: GPU ${ev.gpu} still held by pid ${ev.pid} after ${Math.round(ev.waitedMs / 1000)}s (restart.gpuReleaseTimeout); it starts once the GPU is free`);
+      case 'gpu-released':
+        return log.info({ ...k, waitedMs: ev.waitedMs }, `${name}: its GPUs are free after ${(ev.waitedMs / 1000).toFixed(1)}s: starting`);
+      case 'gpu-unchecked':
+        return log.info({ ...k }, `GPU release before restarts not checked on ${name}'s node: ${ev.reason}`);
       case 'rank-exited': {
         const how = ev.exit.signal ? `was killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
         return log[this.#stopping ? 'info' : 'warn']({ ...k, member: ev.member, node: ev.node }, `${name}: ${ev.member} on ${ev.node} ${how}: stopping the whole gang`);

@@ -282,7 +282,7 @@ function tile(r: ReplicaStatus): HTMLAnchorElement {
     h('span', { class: 't-row' }, `restarts ${r.restarts} · up `, uptimeSpan(r)),
     r.lastExit ? h('span', { class: 't-row' }, `last exit ${exitText(r.lastExit)}`) : null,
     mem !== undefined ? h('span', { class: 't-row t-gpu' }, `gpu mem ${mem}`) : null,
-    r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'stopped') ? h('span', { class: 't-row t-msg' }, r.message) : null,
+    r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'stopped' || r.state === 'blocked' || r.state === 'starting') ? h('span', { class: 't-row t-msg' }, r.message) : null,
   );
   return a;
 }
