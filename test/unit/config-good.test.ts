@@ -44,6 +44,7 @@ const DEFAULT_RESTART = {
   maxRestarts: 5,
   windowMs: 60_000,
   resetAfterMs: 30_000,
+  gpuReleaseTimeoutMs: 60_000,
 };
 
 const tmp = mkdtempSync(join(tmpdir(), 'dynsup-good-'));
@@ -254,6 +255,7 @@ describe('good cluster files', () => {
         maxRestarts: 3,
         windowMs: 120_000,
         resetAfterMs: 90_000,
+        gpuReleaseTimeoutMs: 60_000,
       });
       expect(group(c, 'a-group').stop).toEqual({ signal: 'SIGTERM', graceMs: 20_000 });
       expect(group(c, 'b-group').stop).toEqual({ signal: 'SIGINT', graceMs: 20_000 });

@@ -171,6 +171,8 @@ describe('buildLaunchSpec', () => {
       graceMs: 1500,
       stopSignal: 'SIGINT',
       restart: g.restart,
+      // A GPU replica: its agent waits for the last run's processes to leave these GPUs before a restart.
+      gpuRelease: { gpus: [2, 3], timeoutMs: 60_000 },
     });
   });
 
