@@ -64,7 +64,7 @@ workers:
 }
 
 describe('apply over ssh', () => {
-  it('the unchanged group keeps its pids, the changed one is replaced one at a time while completions keep working, the scaled one grows', async () => {
+  it('dry run and an unplaceable plan change nothing; then the unchanged group keeps its pids, the changed one is replaced one at a time while completions keep working, the scaled one grows', async () => {
     dir = await lab.userDir('dynsup-apply-ssh-');
     v1 = await write('v1.yaml');
     // The control plane ports are fixed by v1; v2 takes them from it.
@@ -86,6 +86,14 @@ describe('apply over ssh', () => {
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toContain('decode: changed (command); replace decode-0, decode-1 rolling, 1 at a time');
     expect(dry.stdout).toContain('prefill: 2 → 3 replicas; start prefill-2; keep prefill-0, prefill-1');
+    expect(pids(await st())).toEqual(pids(before));
+
+    // GPUs short (prefill wants one per replica, lab1 has none): exit 2, nothing changed.
+    const short = join(dir, 'short.yaml');
+    writeFileSync(short, v1Text.replace('command: [node, scripts/demo/prefill.mjs]', 'command: [node, scripts/demo/prefill.mjs]\n    gpus: 1'));
+    const big = await dynsup(['apply', short]);
+    expect(big.code).toBe(2);
+    expect(big.stderr).toMatch(/not enough GPUs/);
     expect(pids(await st())).toEqual(pids(before));
 
     const frontend = `http://${lab.node('lab3').address}:8000/v1/completions`;

@@ -96,6 +96,10 @@ describe('apply and rolling restarts on the demo cluster', () => {
     expect(dry.stdout).toContain('frontend: unchanged; keep frontend-0');
     expect(dry.stdout).toContain('dry run: nothing changed');
     expect(pids(await statusOf())).toEqual(pids(before));
+    // From another machine: over NATS with --head and --creds (the file is read and checked there).
+    const remote = await dynsup(['apply', v2, '--dry-run', '--head', '127.0.0.1', '--creds', join(stateDir, 'run/credentials.json')]);
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(remote.stdout).toBe(dry.stdout);
 
     // GPUs short: exit 2, the reason, nothing changed.
     const big = await dynsup(['apply', tooBig, ...args]);
