@@ -52,10 +52,10 @@ head is the node dynsup runs on.`,
   },
   down: {
     summary: 'stop every worker and the control plane; nothing is left running',
-    usage: `Usage: dynsup down FILE [--state-dir DIR]
+    usage: `Usage: dynsup down FILE [--head ADDR] [--creds FILE] [--state-dir DIR]
 
 Asks the running supervisor to stop everything (workers in reverse dependency order, then etcd and NATS).
-If the supervisor is gone, kills whatever it left behind from its runtime files.`,
+If the supervisor is gone, kills whatever it left behind from its runtime files.${REMOTE}`,
     options: { ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 1,
@@ -66,8 +66,10 @@ If the supervisor is gone, kills whatever it left behind from its runtime files.
     usage: `Usage: dynsup status FILE [--json] [--watch] [--head ADDR] [--creds FILE] [--state-dir DIR]
 
 Asks the supervisor; when it does not answer, shows the last known state from etcd (or the local state
-file) and says so. Exit code 0 when the supervisor is running, 1 when it is not. --watch redraws every
-second.${REMOTE}`,
+file) and says so, telling a cluster that was stopped from one never started here. Exit code 0 when the
+supervisor is running, 2 when it runs but these credentials may not ask it (or there are none), 1 when it
+does not run. --watch redraws every second on a terminal (elsewhere: one report after the other; with
+--json one JSON object per line).${REMOTE}`,
     options: { json: { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 1,
@@ -75,9 +77,11 @@ second.${REMOTE}`,
   },
   logs: {
     summary: 'print worker logs; -f follows',
-    usage: `Usage: dynsup logs FILE [REPLICA|GROUP|nats|etcd|dynsup] [-f|--follow] [-n|--lines N] [--state-dir DIR]
+    usage: `Usage: dynsup logs FILE [REPLICA|GROUP|nats|etcd|dynsup] [-f|--follow] [-n|--lines N] [--head ADDR] [--creds FILE] [--state-dir DIR]
 
-Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixed with its name.`,
+Prints <stateDir>/logs/<replica>.log. With several replicas each line is prefixed with its name; with
+-n, the last N lines of each, interleaved by when they were printed. 'dynsup' is the supervisor's own
+event log. Without -f a last line the worker has not ended yet is shown too.${REMOTE}`,
     options: { follow: { type: 'boolean', short: 'f' }, lines: { type: 'string', short: 'n' }, ...CLIENT_OPTIONS },
     minArgs: 1,
     maxArgs: 2,

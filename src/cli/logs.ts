@@ -10,6 +10,8 @@ import { LineSplitter } from '../logs/line-splitter.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { DynsupError } from '../util/errors.js';
 import { escapeLine } from '../util/terminal-escape.js';
+import { formatEvent } from '../logs/event-format.js';
+import { timesAt } from '../logs/log-times.js';
 import type { Flags } from './flags.js';
 import { control, credentials, target } from './client.js';
 import type { TailResult } from '../control/tail.js';
@@ -36,14 +38,36 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
   // pipe often ends at a terminal too); their colours are kept on a colour TTY. The files keep every byte.
   const keepSgr = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
   const emit = (name: string, line: Buffer) => {
-    if (mux) mux.line(name, line);
+    // dynsup's own event log is JSON: shown as readable lines (with the date: it spans runs).
+    if (name === 'dynsup') process.stdout.write(`${formatEvent(line.toString('utf8'), { date: true, colour: keepSgr })}\n`);
+    else if (mux) mux.line(name, line);
     else process.stdout.write(Buffer.concat([escapeLine(line, { keepSgr }), Buffer.from('\n')]));
   };
   if (typeof flags.head === 'string') return remoteLogs(file!, target, names, lines, flags, emit);
   const files = names.map((n) => ({ name: n, path: join(logDir, `${n}.log`), offset: 0 }));
-  for (const f of files) {
-    if (!existsSync(f.path)) continue;
-    f.offset = await printFrom(f.path, lines, (l) => emit(f.name, l));
+  // Without -f, a last line the worker has not ended yet is shown too (with -f it comes once ended).
+  const partial = !flags.follow;
+  if (lines !== undefined && files.length > 1) {
+    // The last N lines of each, interleaved by when they arrived (the .times marks beside each log).
+    const shown: { name: string; line: Buffer; at: number; order: number }[] = [];
+    for (const [order, f] of files.entries()) {
+      if (!existsSync(f.path)) continue;
+      const size = (await stat(f.path)).size;
+      const got: { line: Buffer; offset: number }[] = [];
+      f.offset = await readRange(f.path, await startOfLast(f.path, lines, size), size, (line, offset) => got.push({ line: Buffer.from(line), offset }), partial); // copied: the read buffer is reused
+      const times = await timesAt(f.path, got.map((g) => g.offset));
+      let at = 0;
+      got.forEach((g, i) => shown.push({ name: f.name, line: g.line, at: (at = times[i] ?? at), order }));
+    }
+    // Stable: lines of one replica keep their order; equal times keep the replicas' order.
+    shown.sort((x, y) => x.at - y.at || x.order - y.order);
+    for (const l of shown) emit(l.name, l.line);
+  } else {
+    for (const f of files) {
+      if (!existsSync(f.path)) continue;
+      const size = (await stat(f.path)).size;
+      f.offset = await readRange(f.path, lines === undefined ? 0 : await startOfLast(f.path, lines, size), size, (l) => emit(f.name, l), partial);
+    }
   }
   if (!flags.follow) return 0;
   // Follow: poll sizes (cheap, works for files written by another process and across rotation).
@@ -58,45 +82,44 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
   }
 }
 
-/** Print the last `n` lines (all when undefined); returns the offset reached (end of the last full line). */
-async function printFrom(path: string, n: number | undefined, emit: (line: Buffer) => void): Promise<number> {
-  const size = (await stat(path)).size;
-  if (n === undefined) return readRange(path, 0, size, emit);
-  // Scan backwards for the start of the last n lines, without reading a huge file whole.
+/** Where the last `n` lines of the file's first `size` bytes begin (an unended last line counts as one). */
+async function startOfLast(path: string, n: number, size: number): Promise<number> {
+  if (n === 0) return size;
+  // Scan backwards, without reading a huge file whole.
   const fh = await open(path, 'r');
   try {
     let pos = size;
     let count = 0;
-    let start = 0;
     const buf = Buffer.alloc(64 * 1024);
-    outer: while (pos > 0) {
+    while (pos > 0) {
       const len = Math.min(buf.length, pos);
       pos -= len;
       await fh.read(buf, 0, len, pos);
       for (let i = len - 1; i >= 0; i--) {
-        if (buf[i] === 10 && pos + i !== size - 1) {
-          if (++count >= n) {
-            start = pos + i + 1;
-            break outer;
-          }
-        }
+        if (buf[i] === 10 && pos + i !== size - 1 && ++count >= n) return pos + i + 1;
       }
     }
-    if (n === 0) start = size;
-    return readRange(path, start, size, emit);
+    return 0;
   } finally {
     await fh.close();
   }
 }
 
-/** Emit complete lines in [from, to); returns the offset after the last complete line. */
-async function readRange(path: string, from: number, to: number, emit: (line: Buffer) => void): Promise<number> {
+/**
+ * Emit the complete lines in [from, to), each with its offset; returns the offset after the last complete
+ * line. `partial`: emit an unended last line too (it is then included in the offset returned).
+ */
+async function readRange(path: string, from: number, to: number, emit: (line: Buffer, offset: number) => void, partial = false): Promise<number> {
   const fh = await open(path, 'r');
   try {
     let offset = from;
     let consumed = from;
+    let at = from;
     const buf = Buffer.alloc(256 * 1024);
-    const splitter = new LineSplitter(1 << 20, (line) => emit(line));
+    const splitter = new LineSplitter(1 << 20, (line, truncated) => {
+      emit(line, at);
+      at += line.length + truncated + 1;
+    });
     let pending = 0;
     while (offset < to) {
       const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, to - offset), offset);
@@ -117,6 +140,13 @@ async function readRange(path: string, from: number, to: number, emit: (line: Bu
           consumed = offset;
         }
       }
+    }
+    if (partial && consumed < to) {
+      const rest = Buffer.alloc(Math.min(to - consumed, 1 << 20));
+      const { bytesRead } = await fh.read(rest, 0, rest.length, consumed);
+      splitter.push(rest.subarray(0, bytesRead));
+      splitter.flush();
+      consumed = to;
     }
     return consumed;
   } finally {

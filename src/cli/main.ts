@@ -3,6 +3,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../config/load.js';
 import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage, isSystemError } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
+import { closest } from '../config/suggest.js';
 import { COMMANDS, type Command } from './commands.js';
 import { checkFlags, type Flags } from './flags.js';
 
@@ -34,7 +35,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   const cmd: Command | undefined = COMMANDS[name];
   if (!cmd) {
-    say(`dynsup: unknown command '${name}'\n\n${USAGE}`);
+    const guess = closest(name, Object.keys(COMMANDS));
+    say(`dynsup: unknown command '${name}'${guess ? ` (did you mean '${guess}'?)` : ''}\n\n${USAGE}`);
     return EXIT_USAGE;
   }
   let parsed: ReturnType<typeof parseArgs>;

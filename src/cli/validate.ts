@@ -1,9 +1,24 @@
-import { loadCluster } from '../config/load.js';
+import { ConfigError, loadCluster } from '../config/load.js';
+import type { ClusterConfig } from '../config/types.js';
+import { DynsupError } from '../util/errors.js';
 import type { Flags } from './flags.js';
 import { table } from './table.js';
 
 export async function validateCommand([file]: string[], flags: Flags): Promise<number> {
-  const cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  let cluster: ClusterConfig;
+  try {
+    cluster = loadCluster(file!, { stateDir: flags['state-dir'] as string | undefined });
+  } catch (err) {
+    // With --json, a bad file is answered in JSON too (on stdout, exit code as without --json): one entry
+    // per problem, where it is and what is wrong.
+    if (!flags.json || !(err instanceof DynsupError)) throw err;
+    const errors =
+      err instanceof ConfigError
+        ? err.issues.map((i) => ({ file: i.file, line: i.line, column: i.column, path: i.path, message: i.message }))
+        : [{ file: file!, line: 0, column: 0, path: '', message: err.message }];
+    process.stdout.write(`${JSON.stringify({ ok: false, file: file!, code: err.code, errors }, null, 2)}\n`);
+    return err.exitCode;
+  }
   if (flags.json) {
     process.stdout.write(
       `${JSON.stringify({ ok: true, name: cluster.name, replicas: cluster.replicas, ...(cluster.allocation ? { slurmAllocation: cluster.allocation } : {}) }, null, 2)}\n`,

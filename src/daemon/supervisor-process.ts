@@ -149,7 +149,9 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   let shuttingDown: Promise<void> | undefined;
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
+  const upWait = new AbortController();
   const shutdown = (why: string): Promise<void> => {
+    upWait.abort();
     shuttingDown ??= (async () => {
       logger.info(`stopping cluster ${cluster.name} (${why})`);
       await sup.down();
@@ -197,7 +199,12 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   try {
     logger.info(`bringing up cluster ${cluster.name} from ${cluster.file} (state dir ${cluster.stateDir})`);
     await sup.up();
-    if (!shuttingDown) logger.info(`cluster ${cluster.name} is up: ${cluster.replicas.length} replica${cluster.replicas.length === 1 ? '' : 's'} (dynsup status ${cluster.file})`);
+    // "is up" once the last replica is (ready, for groups with a health check), not when the last group was
+    // started; a replica that fails first keeps it from being said (its failure is).
+    void Promise.all(sup.replicas.map((r) => r.waitFor((x) => x.up || x.state === 'failed', upWait.signal))).then(() => {
+      const n = sup.replicas.length;
+      if (!shuttingDown && sup.replicas.every((r) => r.up)) logger.info(`cluster ${cluster.name} is up: ${n} replica${n === 1 ? '' : 's'} (dynsup status ${cluster.file})`);
+    }, () => undefined);
   } catch (err) {
     logger.error(errorMessage(err));
     code = err instanceof DynsupError ? err.exitCode : EXIT_RUNTIME;

@@ -1,13 +1,13 @@
 /**
- * dynsup's own events (started, exited, restarting, failed...): pino; on a terminal one line each, the way
- * `docker compose` prints (time, `dynsup |`, the message, coloured by level), JSON otherwise, and always
- * JSON to <stateDir>/logs/dynsup.log.
+ * dynsup's own events (started, exited, restarting, failed...): pino; one readable line each on the
+ * supervisor's output, the way `docker compose` prints (time, `dynsup |`, the message; coloured by level on
+ * a terminal), and JSON to <stateDir>/logs/dynsup.log.
  */
 import { mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
-import { escapeTerminal } from '../util/terminal-escape.js';
+import { formatEvent } from './event-format.js';
 
 export type EventLogger = Logger;
 
@@ -26,7 +26,7 @@ export function createEventLogger(opts: EventLoggerOptions = {}): EventLogger {
   const out = opts.stream ?? process.stderr;
   const redact = opts.redact ?? ((s: string) => s);
   const streams: pino.StreamEntry[] = [];
-  const console = out.isTTY ? terminalLines(out, !process.env.NO_COLOR) : (out as NodeJS.WritableStream);
+  const console = terminalLines(out, Boolean(out.isTTY) && !process.env.NO_COLOR);
   streams.push({ stream: console, level: (opts.level ?? 'info') as pino.Level });
   if (opts.stateDir) {
     const dir = join(opts.stateDir, 'logs');
@@ -66,29 +66,15 @@ function eventFile(path: string): { write(s: string): void } {
   };
 }
 
-const LEVEL_COLOUR: Record<number, string> = { 40: '33', 50: '31', 60: '31' };
-
 /**
- * The terminal view: one line per event. Messages may quote workers and files, so control characters and
- * escape sequences are escaped on the way to the terminal. (The JSON views need nothing: JSON escapes them.)
+ * The readable view of events (event-format.ts): one line per event. The supervisor's output is for
+ * people (a terminal, or supervisor.out behind `up -d`, whose last lines `up` shows when it fails): JSON
+ * only goes to the event log file.
  */
 function terminalLines(out: NodeJS.WritableStream, colour: boolean): NodeJS.WritableStream {
   return new Writable({
     write(chunk: Buffer | string, _enc, done) {
-      for (const line of chunk.toString().split('\n')) {
-        if (!line) continue;
-        let e: { level?: number; time?: number; msg?: string };
-        try {
-          e = JSON.parse(line) as typeof e;
-        } catch {
-          e = { msg: line };
-        }
-        const time = new Date(e.time ?? Date.now()).toTimeString().slice(0, 8);
-        const tag = (e.level ?? 30) >= 50 ? 'error: ' : (e.level ?? 30) >= 40 ? 'warning: ' : '';
-        const text = `${time} dynsup | ${tag}${escapeTerminal(e.msg ?? '')}`;
-        const c = colour ? LEVEL_COLOUR[e.level ?? 30] : undefined;
-        out.write(c ? `\x1b[${c}m${text}\x1b[0m\n` : `${text}\n`);
-      }
+      for (const line of chunk.toString().split('\n')) if (line) out.write(`${formatEvent(line, { colour })}\n`);
       done();
     },
   });

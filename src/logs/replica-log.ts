@@ -5,12 +5,15 @@
  * blocks) rather than buffering without bound in the supervisor.
  * Rotation by size happens only at a line boundary (file.log → file.log.1 → ...), so no line is split
  * across files. A failing disk (ENOSPC...) is reported and retried; the worker keeps running.
+ * Beside each file, <file>.times notes when its bytes arrived (log-times.ts), so that `dynsup logs -n`
+ * can interleave several replicas' last lines by time; the log file itself keeps the worker's exact bytes.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, rename, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { LineSplitter } from './line-splitter.js';
+import { TimeMarks } from './log-times.js';
 
 /** `seq`: the line's number in this log since the supervisor started (1, 2, ...), as in `snapshot()`. */
 export type LineListener = (replica: string, line: Buffer, truncatedBytes: number, seq: number) => void;
@@ -59,11 +62,13 @@ export class ReplicaLog {
   /** Whether the file's last byte is a line end (a rotation there splits nothing). */
   #endsLine = true;
   #failedAt = 0;
+  readonly #times: TimeMarks;
 
   constructor(replica: string, file: string, options: ReplicaLogOptions = {}) {
     this.replica = replica;
     this.file = file;
     this.#o = options;
+    this.#times = new TimeMarks(file);
   }
 
   onLine(listener: LineListener): () => void {
@@ -105,6 +110,7 @@ export class ReplicaLog {
       this.#failedAt = 0;
       this.#o.onError?.(this.replica, `writing ${this.file} works again (${this.stats.bytesLost} bytes were lost)`);
     }
+    this.#times.mark(this.#size);
     this.#size += chunk.length;
     this.#endsLine = chunk[chunk.length - 1] === 10;
     // Resolved once the OS has the bytes: the caller acknowledges them to the node only then.
@@ -147,6 +153,7 @@ export class ReplicaLog {
     const keep = Math.max(1, this.#o.keep ?? 3);
     for (let i = keep - 1; i >= 1; i--) await rename(`${this.file}.${i}`, `${this.file}.${i + 1}`).catch(() => undefined);
     await rename(this.file, `${this.file}.1`).catch((err: Error) => this.#fail(err));
+    await this.#times.restart();
     this.#size = 0;
     this.stats.rotations++;
     await this.#stream(); // the current file always exists (followers and `dynsup logs` read it)
@@ -215,6 +222,7 @@ export class ReplicaLog {
 
   /** Wait until everything written so far is handed to the OS, then close. */
   async close(): Promise<void> {
+    await this.#times.close();
     const out = this.#out;
     this.#out = undefined;
     if (!out || out.destroyed) return;

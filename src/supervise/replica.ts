@@ -76,6 +76,8 @@ export interface Supervised {
 
 export type ReplicaEvent =
   | AgentEvent
+  /** An exit the head asked for (a stop, a requested restart, a scale-down): `asked` says which. */
+  | (Extract<AgentEvent, { kind: 'exited' }> & { readonly asked: string })
   | { kind: 'ready' }
   | { kind: 'unhealthy'; failures: number }
   | { kind: 'fatal-log'; pattern: string; line: string }
@@ -183,7 +185,13 @@ export class Replica implements Supervised {
     if (this.#state === 'pending' || this.#state === 'stopped' || this.#state === 'failed') this.#set('starting');
     this.#o.agent.run(this.name, spec, {
       report: (r) => this.#onReport(r),
-      event: (ev) => this.#emit(ev),
+      event: (ev) => {
+        if (ev.kind === 'started') this.#asked = null; // what was asked of the last process is done
+        if (ev.kind !== 'exited' || this.#asked === null) return this.#emit(ev);
+        const asked = this.#asked;
+        this.#asked = null;
+        this.#emit({ ...ev, asked });
+      },
       data: (bytes) => this.#o.log.append(bytes),
     }, restarts);
   }
@@ -196,6 +204,7 @@ export class Replica implements Supervised {
     }
     this.#active = false;
     this.#stopHealth();
+    this.#asked = reason;
     const ok = await this.#o.agent.stop(this.name, reason, this.#o.unreachableMs());
     if (!ok) this.#set('stopped', `${reason} (node ${this.#o.node} unreachable: its agent stops the worker within the lease)`);
   }
@@ -219,6 +228,7 @@ export class Replica implements Supervised {
       return;
     }
     const pid = this.#report?.pid;
+    this.#asked = 'restart requested';
     this.#o.agent.restart(this.name, false, 'restart requested');
     // Resolve once the replacement runs (or the replica ended up elsewhere).
     await this.waitFor((r) => r.#report?.pid !== pid || r.#state === 'failed' || r.#state === 'stopped').catch(() => undefined);
@@ -237,6 +247,8 @@ export class Replica implements Supervised {
   }
 
   #fatalFor: number | null = null;
+  /** Why the head asked the running process to end (its next exit is expected, not a crash), or null. */
+  #asked: string | null = null;
 
   /** The cluster is stopping: no more health checks (a failing one would restart the replica). */
   quiesce(): void {
@@ -248,6 +260,7 @@ export class Replica implements Supervised {
   async remove(): Promise<void> {
     this.#active = false;
     this.#stopHealth();
+    this.#asked = 'scaled down';
     await this.#o.agent.forget(this.name, this.#o.unreachableMs());
     if (this.#state !== 'stopped') this.#set('stopped', 'scaled down');
   }

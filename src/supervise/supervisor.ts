@@ -582,7 +582,11 @@ export class Supervisor {
         return log.info({ ...k, pid: ev.pid }, `${name} adopted (pid ${ev.pid}, ${ev.restarts} restarts so far): still running from before`);
       case 'exited': {
         const how = ev.exit.signal ? `killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
-        return log[this.#stopping ? 'info' : 'warn']({ ...k, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at }, `${name} ${how}`);
+        // A warning only for an exit nobody asked for that is no clean one: a stop, a requested restart, a
+        // cluster going down or a worker ending with code 0 is news, not trouble.
+        const asked = 'asked' in ev ? ev.asked : undefined;
+        const expected = this.#stopping || asked !== undefined || (ev.exit.code === 0 && !ev.exit.signal);
+        return log[expected ? 'info' : 'warn']({ ...k, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at }, `${name} ${how}${asked ? ` (${asked})` : ''}`);
       }
       case 'launch-failed':
         return log.error(k, `${name} could not be started: ${ev.error}`);

@@ -40,3 +40,25 @@ describe('events on a terminal', () => {
     }
   });
 });
+
+describe('events elsewhere (a pipe, supervisor.out behind up -d)', () => {
+  it('are the same readable lines, without colour; dynsup logs FILE dynsup shows the JSON log file so, with the date', async () => {
+    const { formatEvent } = await import('../../src/logs/event-format.js');
+    let out = '';
+    const stream = new Writable({
+      write(chunk: Buffer | string, _enc, done) {
+        out += chunk.toString();
+        done();
+      },
+    });
+    const log = createEventLogger({ stream });
+    log.warn({ replica: 'w-0' }, 'w-0 exited with code 3');
+    log.flush();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(out).toMatch(/^\d\d:\d\d:\d\d dynsup \| warning: w-0 exited with code 3\n$/);
+    expect(out).not.toMatch(/[{}\u001b]/);
+    const t = new Date(2026, 11, 1, 4, 5, 6).getTime();
+    expect(formatEvent(JSON.stringify({ level: 50, time: t, msg: 'boom \u001b[2J' }), { date: true })).toBe('2026-12-01 04:05:06 dynsup | error: boom \\e[2J');
+    expect(formatEvent('not json: a stack line')).toMatch(/dynsup \| not json: a stack line$/);
+  });
+});
