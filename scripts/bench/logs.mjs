@@ -13,7 +13,7 @@
 //
 //   node scripts/bench/logs.mjs [--lines N]     (default 10,000,000 lines = 1.0 GB; BENCH_LAB_ATTACH=1)
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';

@@ -101,7 +101,7 @@ async function measure(name, logFile, kills, supervisorPid, agentPids = []) {
     try {
       process.kill(cur.pid, 'SIGKILL');
     } catch (err) {
-      throw new Error(`${name}: cannot kill worker pid ${cur.pid}: ${err.message}`);
+      throw new Error(`${name}: cannot kill worker pid ${cur.pid}: ${err.message}`, { cause: err });
     }
     const { line, seenAt } = await f.next(cur.pid, 15_000);
     seen.push(seenAt - killedAt);
@@ -203,7 +203,7 @@ killasgroup=true
     const r = await measure('supervisord', join(d, 'w.log'), kills, child.pid);
     return r;
   } catch (e) {
-    throw new Error(`${e.message}\n${err}`);
+    throw new Error(`${e.message}\n${err}`, { cause: e });
   } finally {
     await done();
   }

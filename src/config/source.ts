@@ -38,7 +38,6 @@ export function formatPath(path: ConfigPath): string {
 /** A key as JSON when it holds a character a terminal would act on (JSON leaves C1 and bidi controls: \u-escaped too). */
 function shownKey(k: string): string {
   if (escapeTerminal(k) === k) return k;
-  // eslint-disable-next-line no-control-regex
   return JSON.stringify(k).replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 

@@ -77,6 +77,7 @@ async function script(file: string, args: string[], timeoutMs: number): Promise<
     const e = err as Error & { stderr?: string; stdout?: string; code?: unknown };
     throw new Error(
       `${file} ${args.join(' ')} failed (${String(e.code ?? e.message)}):\n${e.stderr ?? ''}${e.stdout ?? ''}`,
+      { cause: err },
     );
   }
 }

@@ -132,13 +132,13 @@ describe('gangs on two ssh nodes', () => {
     const sup = spawnUp(c.file);
     const ready = (log: string) => (log.match(/rank \d world 4 sum 6 nodes lab1,lab2 hosts lab1,lab2/g) ?? []).length;
     await waitFor('4 ranks on 2 nodes', () => ready(logOf(c.dir, 'engine-0/0')) === 4, 120_000, 200);
-    let g = await waitFor('gang running', async () => ((await gang(c.file)).state === 'running' ? gang(c.file) : null), 30_000, 200);
+    const g = await waitFor('gang running', async () => ((await gang(c.file)).state === 'running' ? gang(c.file) : null), 30_000, 200);
     expect(g.ranks!.map((r) => `${r.name}@${r.node}:${r.state}`)).toEqual(['engine-0/0@lab1:running', 'engine-0/1@lab2:running']);
     const before = await ranksOn(c.name, 'mpi_allreduce.py');
     expect(before.map((r) => r.node).sort()).toEqual(['lab1', 'lab1', 'lab2', 'lab2']);
 
     process.kill(before.find((r) => r.node === 'lab2')!.pid, 'SIGKILL');
-    g = await waitFor('gang restarted', async () => {
+    await waitFor('gang restarted', async () => {
       const s = await gang(c.file);
       return s.restarts === 1 && s.state === 'running' ? s : null;
     }, 90_000, 200);

@@ -65,7 +65,7 @@ workers:
   stubborn:
     # Ignores SIGTERM and has a child (also ignoring it): only a SIGKILL of the group ends both.
     command: |
-      trap '' TERM; sh -c "trap '' TERM; echo child \$$\$$ > DIR/child.pid; exec sleep 600" & wait; wait
+      trap '' TERM; sh -c "trap '' TERM; echo child $$$$ > DIR/child.pid; exec sleep 600" & wait; wait
     restart: { initialDelay: 100ms, jitter: 0 }
     stop: { grace: 1s }
 `);

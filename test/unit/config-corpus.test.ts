@@ -46,7 +46,7 @@ function configError(file: string, content?: Buffer): ConfigError {
     loadCluster(file, { env: ENV, content });
   } catch (err) {
     if (err instanceof ConfigError) return err;
-    throw new Error(`${file}: expected a ConfigError, got ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    throw new Error(`${file}: expected a ConfigError, got ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`, { cause: err });
   }
   throw new Error(`${file}: expected a ConfigError, but the file was accepted`);
 }
@@ -301,6 +301,7 @@ describe('a file that is not a cluster file (the real CLI)', () => {
     const r = spawnSync(process.execPath, [bin, 'validate', name], { env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, encoding: 'utf8', timeout: 30_000 });
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toContain('evil\\e]0;pwned\\a\\e[2J.yaml');
+    // eslint-disable-next-line no-control-regex -- BEL and ESC are what must not reach the terminal
     expect(r.stderr).not.toMatch(/[\u0007\u001b]/);
   });
 });
