@@ -11,7 +11,7 @@ import type { ClusterSnapshot } from '../control/etcd-state.js';
 import { liveSupervisor, runtimePaths, type LockInfo } from '../control/runtime-files.js';
 import { requestControl, type ControlRequest } from '../control/socket.js';
 import { readSavedAllocation } from '../slurm/saved.js';
-import { natsUrl } from '../supervise/launch-spec.js';
+import { natsUrl } from '../controlplane/urls.js';
 import { DynsupError } from '../util/errors.js';
 import type { Flags } from './flags.js';
 

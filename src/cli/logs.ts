@@ -15,7 +15,7 @@ import { timesAt } from '../logs/log-times.js';
 import type { Flags } from './flags.js';
 import { control, credentials, target } from './client.js';
 import type { TailResult } from '../control/tail.js';
-import { natsUrl } from '../supervise/launch-spec.js';
+import { natsUrl } from '../controlplane/urls.js';
 import { logNamesOf } from '../supervise/gang-launch.js';
 
 export async function logsCommand([file, target]: string[], flags: Flags): Promise<number> {

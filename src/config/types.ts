@@ -1,5 +1,4 @@
 /** The resolved cluster: defaults applied, durations in ms, paths absolute, replicas placed. */
-import type { TransportKind } from '../transport/types.js';
 import type { RoleSpec } from '../slurm/roles.js';
 import type { SlurmSettings } from '../slurm/sbatch.js';
 
@@ -46,6 +45,9 @@ export interface SshNodeOptions {
   /** The node's sshd MaxSessions: accepted for older files, unused (one channel per node, whatever the workers). */
   readonly maxSessions: number;
 }
+
+/** How a transport reaches a node. `local` runs on the head itself. */
+export type TransportKind = 'local' | 'ssh' | 'srun';
 
 export interface NodeConfig {
   readonly name: string;

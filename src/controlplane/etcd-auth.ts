@@ -13,7 +13,7 @@
 import { Etcd3, Range } from 'etcd3';
 import type { ClusterConfig } from '../config/types.js';
 import type { Credentials } from '../control/credentials.js';
-import { etcdUrl } from '../supervise/launch-spec.js';
+import { etcdUrl } from './urls.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 
 /** How dynsup reaches its etcd: the endpoint, and root's password when authentication is on. */

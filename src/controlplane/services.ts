@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { connect } from 'nats';
 import type { ClusterConfig } from '../config/types.js';
-import { etcdUrl, natsUrl } from '../supervise/launch-spec.js';
+import { etcdUrl, natsUrl } from './urls.js';
 import { which } from '../util/which.js';
 import type { Credentials } from '../control/credentials.js';
 

@@ -21,7 +21,7 @@ import { createEventLogger, makeRedactor, type EventLogger } from '../logs/event
 import { TerminalMux } from '../logs/terminal.js';
 import type { AddressCandidate } from '../slurm/allocation.js';
 import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
-import { natsUrl } from '../supervise/launch-spec.js';
+import { natsUrl } from '../controlplane/urls.js';
 import { ensureEtcdAuth, etcdAccess } from '../controlplane/etcd-auth.js';
 import { Supervisor } from '../supervise/supervisor.js';
 import { allNodes, createNodeAgent } from '../transport/factory.js';
@@ -79,7 +79,6 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   const lock: LockInfo = { pid: process.pid, host: hostname(), startedAt: Date.now(), file: cluster.file };
   const mux = opts.terminal ? new TerminalMux(process.stdout, cluster.replicas.map((r) => r.name), redact) : undefined;
 
-  let sup: Supervisor;
   let dirty = false;
   let writing = false;
   const flushState = async () => {
@@ -97,7 +96,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   let natsControl: NatsControl | undefined;
   let metricsServer: Server | undefined;
   let ui: WebUi | undefined;
-  sup = new Supervisor({
+  const sup = new Supervisor({
     cluster,
     logger,
     credentials: creds,

@@ -6,14 +6,24 @@
 import { readFileSync } from 'node:fs';
 import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ClusterConfig } from '../config/types.js';
 import type { SlurmAllocation } from './allocation.js';
+
+/**
+ * What saveAllocation reads of a resolved cluster (ClusterConfig has these): described here rather than
+ * imported, so that slurm/ stays below config/ (config/load.ts resolves allocations with slurm/).
+ */
+export interface AllocatedCluster {
+  readonly allocation?: { readonly jobId?: string | undefined; readonly nodes: readonly string[] } | undefined;
+  readonly stateDir: string;
+  readonly headAddress: string;
+  readonly nodes: readonly { readonly name: string; readonly address: string; readonly gpus: number }[];
+}
 
 export function savedAllocationPath(stateDir: string): string {
   return join(stateDir, 'run', 'slurm.json');
 }
 
-export async function saveAllocation(cluster: ClusterConfig): Promise<void> {
+export async function saveAllocation(cluster: AllocatedCluster): Promise<void> {
   const a = cluster.allocation;
   if (!a) return;
   const file = savedAllocationPath(cluster.stateDir);

@@ -2,7 +2,7 @@
  * `dynsup sbatch`: the batch script for a cluster file, the settings it is made from (the file's `slurm:`
  * section, overridden by command-line flags), and reading sbatch's answer. Pure.
  */
-import { shellJoin } from '../transport/ssh/shell-quote.js';
+import { shellJoin } from '../util/shell-quote.js';
 
 /** Resolved `slurm:` section of a cluster file (see schema.ts). Paths are absolute. */
 export interface SlurmSettings {

@@ -12,7 +12,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ExitInfo, WorkerSpec } from '../agent/protocol.js';
 import type { RestartPolicy } from '../config/types.js';
-import { decideRestart, EMPTY_HISTORY, type RestartHistory } from './restart-policy.js';
+import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../agent/restart-policy.js';
 import { Replica, type ReplicaEvent, type ReplicaOptions, type ReplicaState, type ReplicaStatus, type Supervised } from './replica.js';
 
 export interface GangMember {

@@ -1,6 +1,7 @@
 /** What a replica is started with: argv, cwd and the environment contract. Pure. */
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
 import type { WorkerSpec } from '../agent/protocol.js';
+import { etcdUrl, natsUrl } from '../controlplane/urls.js';
 
 /** A gang member's place in its replica: node rank, how many nodes, and where the leader (rank 0) is. */
 export interface GangRank {
@@ -43,17 +44,6 @@ export function expandPlaceholders(s: string, replica: ReplicaPlan, host?: strin
         return replica.gpuIds.join(',');
     }
   });
-}
-
-export function natsUrl(cluster: ClusterConfig, auth?: { user: string; password: string }): string {
-  const who = auth ? `${encodeURIComponent(auth.user)}:${encodeURIComponent(auth.password)}@` : '';
-  return `nats://${who}${hostPort(cluster.headAddress, cluster.nats.port)}`;
-}
-export function etcdUrl(cluster: ClusterConfig): string {
-  return `http://${hostPort(cluster.headAddress, cluster.etcd.port)}`;
-}
-function hostPort(host: string, port: number): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** Variables dynsup owns: a file's `env` cannot override these (the placement decides them). */
@@ -141,10 +131,4 @@ export function buildLaunchSpec(
     ...(group.hooks?.preStart !== undefined ? { preStart: expandPlaceholders(group.hooks.preStart, replica, host) } : {}),
     ...(group.hooks?.postStop !== undefined ? { postStop: expandPlaceholders(group.hooks.postStop, replica, host) } : {}),
   };
-}
-
-/** Glob match for unsetEnv patterns (`*` and `?`). */
-export function matchesPattern(name: string, pattern: string): boolean {
-  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
-  return re.test(name);
 }

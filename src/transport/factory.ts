@@ -4,7 +4,7 @@ import type { ClusterConfig, NodeConfig } from '../config/types.js';
 import { DynsupError } from '../util/errors.js';
 import { LocalPipe } from './local.js';
 import { NodeAgent } from './node-agent.js';
-import { SshPipe } from './ssh/ssh-pipe.js';
+import { SshPipe } from './ssh-pipe.js';
 import { SrunPipe } from './srun.js';
 import type { AgentPipe } from './types.js';
 

@@ -1,8 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
+import type { TransportKind } from '../config/types.js';
 export type { ExitInfo } from '../agent/protocol.js';
-
-/** How a transport reaches a node. `local` runs on the head itself. */
-export type TransportKind = 'local' | 'ssh' | 'srun';
+export type { TransportKind };
 
 /** A byte stream to a node's agent, whatever carries it. */
 export interface AgentStream {

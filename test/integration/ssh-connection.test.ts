@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh, signalChannel, SshError, type SshConnection, type SshConnectOptions, type SshErrorCode } from '../../src/transport/ssh/connection.js';
 import { formatKnownHostsLine, parseKnownHosts, checkHostKey } from '../../src/transport/ssh/known-hosts.js';
-import { shellQuote } from '../../src/transport/ssh/shell-quote.js';
+import { shellQuote } from '../../src/util/shell-quote.js';
 import { freePort, startSshd, type HostKey, type Sshd } from '../helpers/sshd.js';
 
 const execFileP = promisify(execFile);

@@ -12,7 +12,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadCluster } from '../../src/config/load.js';
 import type { ClusterConfig, WorkerGroup } from '../../src/config/types.js';
 import { makeRedactor } from '../../src/logs/events.js';
-import { buildLaunchSpec, natsUrl, etcdUrl } from '../../src/supervise/launch-spec.js';
+import { buildLaunchSpec } from '../../src/supervise/launch-spec.js';
+import { etcdUrl, natsUrl } from '../../src/controlplane/urls.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const goodDir = join(root, 'test/fixtures/good');

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { loadCluster } from '../../src/config/load.js';
 import type { ClusterConfig, ReplicaPlan, WorkerGroup } from '../../src/config/types.js';
-import { buildLaunchSpec, etcdUrl, expandPlaceholders, matchesPattern, natsUrl, workerEnv } from '../../src/supervise/launch-spec.js';
+import { buildLaunchSpec, expandPlaceholders, workerEnv } from '../../src/supervise/launch-spec.js';
+import { etcdUrl, natsUrl } from '../../src/controlplane/urls.js';
+import { matchesPattern } from '../../src/util/glob.js';
 
 const cluster = (over: Partial<ClusterConfig> = {}): ClusterConfig => ({
   file: '/c/cluster.yaml',

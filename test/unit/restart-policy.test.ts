@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RestartPolicy } from '../../src/config/types.js';
-import { backoffDelay, decideRestart, EMPTY_HISTORY, isCleanExit, type RestartHistory } from '../../src/supervise/restart-policy.js';
+import { backoffDelay, decideRestart, EMPTY_HISTORY, isCleanExit, type RestartHistory } from '../../src/agent/restart-policy.js';
 import type { ExitInfo } from '../../src/transport/types.js';
 
 const policy = (over: Partial<RestartPolicy> = {}): RestartPolicy => ({

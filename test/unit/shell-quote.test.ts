@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { shellJoin, shellQuote } from '../../src/transport/ssh/shell-quote.js';
+import { shellJoin, shellQuote } from '../../src/util/shell-quote.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dynsup-quote-'));
 const pwned = join(dir, 'pwned');

@@ -22,7 +22,7 @@ import {
   type HostKeyLookup,
   type KnownHostEntry,
 } from './known-hosts.js';
-import { shellQuote } from './shell-quote.js';
+import { shellQuote } from '../../util/shell-quote.js';
 import { DynsupError, type ErrorCode } from '../../util/errors.js';
 
 // ssh2 is CommonJS and `utils` is not visible to Node's named-export detection: take both off the default.

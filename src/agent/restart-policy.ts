@@ -1,6 +1,6 @@
 /** The restart decision after a worker exits. Pure: time and randomness come in as arguments. */
 import type { RestartPolicy } from '../config/types.js';
-import type { ExitInfo } from '../transport/types.js';
+import type { ExitInfo } from './protocol.js';
 
 export interface RestartHistory {
   /** Times (ms) of restarts still inside the crash-loop window. */

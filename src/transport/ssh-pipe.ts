@@ -12,12 +12,12 @@ import { createReadStream } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import type { ClientChannel } from 'ssh2';
-import type { NodeConfig } from '../../config/types.js';
-import { DynsupError, errorMessage } from '../../util/errors.js';
-import { agentBundle } from '../agent-bundle.js';
-import type { AgentPipe, AgentStream } from '../types.js';
-import { connectSsh, type SshConnection } from './connection.js';
-import { shellQuote as q } from './shell-quote.js';
+import type { NodeConfig } from '../config/types.js';
+import { DynsupError, errorMessage } from '../util/errors.js';
+import { agentBundle } from './agent-bundle.js';
+import type { AgentPipe, AgentStream } from './types.js';
+import { connectSsh, type SshConnection } from './ssh/connection.js';
+import { shellQuote as q } from '../util/shell-quote.js';
 
 export interface SshPipeOptions {
   readonly node: NodeConfig;
