@@ -60,6 +60,11 @@ export default tseslint.config(
     },
   },
   {
+    // Tests match terminal escapes (ESC, BEL) on purpose: what must or must not reach a terminal.
+    files: ['test/**/*.ts'],
+    rules: { 'no-control-regex': 'off' },
+  },
+  {
     // The browser page of the web view.
     files: ['src/ui/client/**/*.ts'],
     languageOptions: { globals: { ...globals.browser } },

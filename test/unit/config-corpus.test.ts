@@ -301,7 +301,6 @@ describe('a file that is not a cluster file (the real CLI)', () => {
     const r = spawnSync(process.execPath, [bin, 'validate', name], { env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, encoding: 'utf8', timeout: 30_000 });
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toContain('evil\\e]0;pwned\\a\\e[2J.yaml');
-    // eslint-disable-next-line no-control-regex -- BEL and ESC are what must not reach the terminal
     expect(r.stderr).not.toMatch(/[\u0007\u001b]/);
   });
 });
