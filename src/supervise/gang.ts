@@ -12,6 +12,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ExitInfo, WorkerSpec } from '../agent/protocol.js';
 import type { RestartPolicy } from '../config/types.js';
+import { Waiters } from './waiters.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../agent/restart-policy.js';
 import { Replica, type ReplicaEvent, type ReplicaOptions, type ReplicaState, type ReplicaStatus, type Supervised } from './replica.js';
 
@@ -62,7 +63,7 @@ export class Gang implements Supervised {
   #startedAt: number | null = null;
   #lastExit: ReplicaStatus['lastExit'] = null;
   #wake = new AbortController();
-  readonly #waiters = new Set<() => void>();
+  readonly #waiters = new Waiters();
   readonly #now: () => number;
 
   constructor(o: GangOptions) {
@@ -119,7 +120,8 @@ export class Gang implements Supervised {
       restarts: this.#restarts,
       lastExit: this.#lastExit,
       gpus: this.#o.gpus,
-      startedAt: this.#startedAt,
+      // Adopted: the leader's start, not this supervisor's.
+      startedAt: leader.startedAt ?? this.#startedAt,
       since: this.#since,
       message: this.#message,
       ...(leader.adopted ? { adopted: true } : {}),
@@ -187,21 +189,9 @@ export class Gang implements Supervised {
   }
 
   waitFor(pred: (g: this) => boolean, signal?: AbortSignal): Promise<void> {
-    if (pred(this)) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (pred(this)) {
-          this.#waiters.delete(check);
-          resolve();
-        }
-      };
-      this.#waiters.add(check);
-      signal?.addEventListener('abort', () => {
-        this.#waiters.delete(check);
-        reject(signal.reason);
-      });
-    });
+    return this.#waiters.until(() => pred(this), signal);
   }
+
 
   /**
    * The leader's mpirun asks for its daemon on the member of `rank`: run `spec` there. Resolves once it
@@ -303,6 +293,6 @@ export class Gang implements Supervised {
 
   #notify(): void {
     this.#o.onChange?.(this.status());
-    for (const w of [...this.#waiters]) w();
+    this.#waiters.changed();
   }
 }

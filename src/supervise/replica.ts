@@ -11,6 +11,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec } from '../agent/protocol.js';
 import { specHash } from '../agent/protocol.js';
+import { Waiters } from './waiters.js';
 import type { ReplicaLog } from '../logs/replica-log.js';
 import type { NodeAgent } from '../transport/node-agent.js';
 import type { ReplicaGpuTelemetry } from './gpu-telemetry.js';
@@ -121,7 +122,7 @@ export class Replica implements Supervised {
   #active = false;
   #healthFor: number | null = null;
   #healthStop: AbortController | undefined;
-  #waiters = new Set<() => void>();
+  readonly #waiters = new Waiters();
   #quiesced = false;
 
   constructor(options: ReplicaOptions) {
@@ -267,21 +268,9 @@ export class Replica implements Supervised {
 
   /** Resolve when `pred` holds for this replica (checked on every state change). */
   waitFor(pred: (r: this) => boolean, signal?: AbortSignal): Promise<void> {
-    if (pred(this)) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (pred(this)) {
-          this.#waiters.delete(check);
-          resolve();
-        }
-      };
-      this.#waiters.add(check);
-      signal?.addEventListener('abort', () => {
-        this.#waiters.delete(check);
-        reject(signal.reason);
-      });
-    });
+    return this.#waiters.until(() => pred(this), signal);
   }
+
 
   #onReport(r: WorkerReport): void {
     const prevPid = this.#report?.pid ?? null;
@@ -357,7 +346,7 @@ export class Replica implements Supervised {
 
   #notify(): void {
     this.#o.onChange?.(this.status());
-    for (const w of [...this.#waiters]) w();
+    this.#waiters.changed();
   }
 
   #emit(event: ReplicaEvent): void {

@@ -130,10 +130,11 @@ export class Supervisor {
       if (failed.length) throw new DynsupError('E_NODE', `cannot reach ${failed.length} node(s):\n  ${failed.join('\n  ')}`);
 
       for (const plan of cluster.replicas) this.#createReplica(plan);
-      // What an earlier supervisor ran that this file no longer has goes.
+      // What an earlier supervisor ran that this file no longer has goes (a gang runs as its members).
+      const wanted = new Set(this.replicas.flatMap((r) => r.logNames));
       for (const a of this.#agents.values()) {
         for (const w of a.adoptable) {
-          if (a.node === CONTROL_PLANE_NODE || this.#replicas.has(w.name)) continue;
+          if (a.node === CONTROL_PLANE_NODE || wanted.has(w.name)) continue;
           logger.info({ replica: w.name }, `${w.name} on ${a.node} is not in ${cluster.file} any more: stopping it`);
           a.forgetUnwanted(w.name);
         }

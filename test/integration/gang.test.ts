@@ -114,9 +114,21 @@ describe('gangs on two ssh nodes', () => {
     expect(after.map((r) => r.node).sort()).toEqual(['lab1', 'lab2']);
     for (const r of before) expect(pidAlive(r.pid)).toBe(false);
 
+    // kill -9 of the supervisor, then a new one: it adopts both members as they are (same pids, count kept).
+    sup.kill('SIGKILL');
+    await waitFor('supervisor gone', () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
+    const again = await dynsup(['up', '-d', c.file, '--timeout', '60']);
+    expect(again.code, again.stderr).toBe(0);
+    g = await waitFor('gang adopted', async () => {
+      const s = await gang(c.file);
+      return s.state === 'running' && s.ranks!.every((r) => r.state === 'running') ? s : null;
+    }, 60_000, 200);
+    expect(g.restarts).toBe(1);
+    expect(g.ranks!.map((r) => r.pid).sort()).toEqual(after.map((r) => r.pid).sort());
+    expect((await ranksOn(c.name, 'gang_ranks.py')).map((r) => r.pid).sort()).toEqual(after.map((r) => r.pid).sort());
+
     const down = await dynsup(['down', c.file]);
     expect(down.code, down.stderr).toBe(0);
-    await waitFor("supervisor exits", () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
     expect(await pidsWithEnv(`DYNSUP_CLUSTER=${c.name}`)).toEqual([]);
   }, 240_000);
 
