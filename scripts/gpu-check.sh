@@ -17,6 +17,9 @@
 #                                 GPU replica's memory as nvidia-smi does, with no process of another on its
 #                                 GPUs, and a stray CUDA process started on a replica's GPU must be listed
 #                                 under its `others` (checks "telemetry", "telemetry: a stray process ...").
+#                                 GPU release gate (issue 13): after kill -9 of a replica whose child holds GPU memory, the
+#                                 new run must start only once nvidia-smi lists none of the old processes
+#                                 (check "GPU release before the restart").
 #                                 Options are gpu_check.py's environment variables (its docstring), e.g.
 #                                 GPU_CHECK_GPUS=1 on a one-GPU machine (decode then runs on the CPU).
 #

@@ -631,8 +631,14 @@ def main() -> int:
             gone_at: dict[int, float] = {}
             exited_at: dict[int, float] = {}
             min_used, freed_s = before, None
+            # Wall-clock time of the last nvidia-smi sample (taken when it was asked) that still listed each old process.
+            last_listed: dict[int, float] = {}
             while time.monotonic() - t < 30:
+                asked_at = time.time()
                 apps = smi.apps()
+                for a in apps:
+                    if a["pid"] in fam:
+                        last_listed[a["pid"]] = asked_at
                 el = time.monotonic() - t
                 u = sum(a["used"] for a in apps if a["index"] == gi) if FAKE else gpu_used(gi)
                 min_used = min(min_used, u)
@@ -685,6 +691,12 @@ def main() -> int:
                              str(o2.get("used", "-")) if o2.get("gpus") else "-", "PASS" if x.get("pid") == p else "FAIL"])
             table(f"after `kill -9` of {victim}: restarted, same GPU", ["replica", "pid", "state", "restarts", "assigned GPU", "observed GPU",
                                                                        "GPU processes", "memory MiB", "result"], rows)
+            # The GPU release gate (issue 13): the new run may only start once none of the old run's processes is on the GPU.
+            started_at = (nv.get("startedAt") or 0) / 1000
+            held_until = max(last_listed.values(), default=0.0)
+            check("GPU release before the restart", bool(started_at) and started_at >= held_until,
+                  f"new {victim} run started at +{started_at - held_until:.2f}s after nvidia-smi last listed an old process on GPU {gi}"
+                  if last_listed else f"no old process of {victim} was listed by nvidia-smi after the kill (nothing to wait for); started at {started_at:.2f}")
             check("restart on the same GPU", same and untouched and not old_left and nv.get("restarts", 0) > old_restarts,
                   f"{victim} back as pid {nv.get('pid')} (restarts {old_restarts} -> {nv.get('restarts')}) on GPU {fmt_gpus(obs2.get(victim, {}).get('gpus'))} "
                   f"with {len(obs2.get(victim, {}).get('pids', ()))} GPU processes, ready {back_s:.1f}s after the kill; old processes left: {old_left or 'none'}; "
