@@ -136,9 +136,9 @@ export class Gang implements Supervised {
   start(): void {
     if (this.#active) return;
     this.#active = true;
-    // Adopting a running gang: its restart count is the one its members were last told.
-    const reports = this.#members.map((m) => m.replica.status());
-    this.#restarts = Math.max(this.#restarts, ...reports.map((r) => r.restarts));
+    // Adopting a running gang: its restart count is the one its members' agents were last told.
+    const told = this.#o.members.map((m) => m.options.agent.adoptable.find((w) => w.name === m.options.name)?.restarts ?? 0);
+    this.#restarts = Math.max(this.#restarts, ...told);
     this.#launch();
   }
 
