@@ -6,7 +6,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { loadCluster } from '../../src/config/load.js';
+import { ConfigError, loadCluster } from '../../src/config/load.js';
 import { clusterJsonSchema, clusterSchema, defaultsSchema, nodeSchema, workerSchema } from '../../src/config/schema.js';
 import { parseSource } from '../../src/config/source.js';
 
@@ -196,11 +196,26 @@ describe('clusterJsonSchema', () => {
         .filter((f) => f !== 'expected.json' && statSync(join(root, 'test/fixtures', d, f)).isFile())
         .map((f) => join('test/fixtures', d, f)),
     );
-    it.each(files)('%s', (rel) => {
-      const { source, issues } = parseSource(rel, readFileSync(join(root, rel)), env);
-      if (!source || issues.length) return; // not YAML, or interpolation failed: nothing to compare
-      const byZod = clusterSchema.safeParse(source.data).success;
-      expect(validate(schema as Schema, source.data)).toBe(byZod);
+    // Fixtures that never reach the schema (not YAML, or a `${VAR}` that cannot be expanded): no document
+    // to compare, so they are checked apart below, not skipped.
+    const parsed = (rel: string) => parseSource(rel, readFileSync(join(root, rel)), env);
+    const compared = files.filter((rel) => {
+      const { source, issues } = parsed(rel);
+      return source && !issues.length;
+    });
+    const unparsed = files.filter((rel) => !compared.includes(rel));
+    it.each(compared)('%s', (rel) => {
+      const data = parsed(rel).source!.data;
+      const byZod = clusterSchema.safeParse(data).success;
+      expect(validate(schema as Schema, data)).toBe(byZod);
+    });
+    it('the fixtures with no document are bad ones, refused before the schema', () => {
+      expect(unparsed.length).toBeGreaterThan(0);
+      for (const rel of unparsed) {
+        expect(rel.startsWith('test/fixtures/bad/'), rel).toBe(true);
+        expect(parsed(rel).issues.length + (parsed(rel).source ? 0 : 1), rel).toBeGreaterThan(0);
+        expect(() => loadCluster(join(root, rel), { env }), rel).toThrow(ConfigError);
+      }
     });
   });
 });
