@@ -5,6 +5,7 @@
 # `npm test`, see .ci/pretest.sh) is cheap. `--check`: only list what is missing
 # (exit 1 if anything is), no root needed.
 #
+#   dash, bash                    the shells shell quoting is tested through (test/unit/shell-quote.test.ts)
 #   nats-server, etcd-server      the control plane the supervisor starts
 #   openssh-server/-client        lab nodes' sshd, ssh, ssh-keygen (scripts/lab.sh)
 #   openssh-sftp-server           sftp subsystem named in the lab's sshd_config (also a Depends of openssh-server)
@@ -20,6 +21,7 @@
 set -euo pipefail
 
 PACKAGES=(
+  dash bash
   nats-server etcd-server
   openssh-server openssh-client openssh-sftp-server
   slurm-wlm munge
@@ -57,7 +59,7 @@ fi
 
 # The binaries the scripts call by path or name, so a broken install fails here
 # rather than deep inside a test.
-for b in /usr/sbin/sshd ssh ssh-keygen ip flock unshare nats-server etcd \
+for b in dash bash /usr/sbin/sshd ssh ssh-keygen ip flock unshare nats-server etcd \
          /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd sinfo srun sbatch scontrol chromium mpirun; do
   command -v "$b" >/dev/null || { echo ".ci/install.sh: $b missing after install" >&2; exit 1; }
 done
