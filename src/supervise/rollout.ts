@@ -4,8 +4,10 @@
  * group down at a time, the next only once the replaced one is up again).
  *
  * A replica is replaced when what it runs would change (command, env, ports, hooks, restart and stop
- * policies, health check); the others are kept (same process). A group whose GPUs per replica or nodes
- * change is placed afresh: its old replicas are stopped before the new ones start (their GPUs are needed).
+ * policies, health check, a gang's launch); the others are kept (same process). A gang replica (a group
+ * with nodesPerReplica > 1 or launch mpi) is one unit: replaced whole, its ranks on all its nodes. A group
+ * whose GPUs per replica, nodes or nodesPerReplica change is placed afresh: its old replicas are stopped
+ * before the new ones start (their GPUs and nodes are needed).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { specHash } from '../agent/protocol.js';
@@ -82,11 +84,17 @@ export function groupFieldChanges(a: WorkerGroup, b: WorkerGroup): string[] {
     ['unsetEnv', (g) => g.unsetEnv],
     ['gpus', (g) => g.gpus],
     ['nodes', (g) => g.nodes],
+    ['nodesPerReplica', (g) => g.nodesPerReplica],
+    ['launch', (g) => g.launch],
+    ['ranksPerNode', (g) => g.ranksPerNode],
+    ['mpiArgs', (g) => g.mpiArgs],
     ['dependsOn', (g) => g.dependsOn],
     ['rollout', (g) => g.rollout],
     ['replicas', (g) => g.replicas],
   ];
-  return fields.filter(([, f]) => json(f(a)) !== json(f(b))).map(([n]) => n);
+  // ranksPerNode (derived from gpus by default) and mpiArgs mean something only to an mpi launch.
+  const mpi = a.launch === 'mpi' || b.launch === 'mpi';
+  return fields.filter(([n, f]) => (mpi || (n !== 'ranksPerNode' && n !== 'mpiArgs')) && json(f(a)) !== json(f(b))).map(([n]) => n);
 }
 
 /**
@@ -96,7 +104,8 @@ export function groupFieldChanges(a: WorkerGroup, b: WorkerGroup): string[] {
  * stopped half-way, the replicas it did not reach still run the old spec, and a new apply replaces them.
  */
 export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], next: ClusterConfig, runningSpec?: (name: string) => string | undefined): PlanResult {
-  const used = new Set(running.map((r) => r.node));
+  // A gang's replica holds all its nodes.
+  const used = new Set(running.flatMap((r) => r.gangNodes ?? [r.node]));
   const cp = controlPlaneChanges(cur, next, used);
   if (cp.length) return { ok: false, errors: [`${cp.join(', ')} changed: the control plane and how nodes are reached change only with 'dynsup down' and 'dynsup up'`] };
 
@@ -119,7 +128,10 @@ export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], n
       continue;
     }
     const fields = groupFieldChanges(old, g);
-    const recreate = fields.includes('gpus') || fields.includes('nodes');
+    // Placement changes (GPUs, nodes, the nodes a gang spans): placed afresh.
+    const recreate = fields.includes('gpus') || fields.includes('nodes') || fields.includes('nodesPerReplica');
+    // How a gang's ranks are launched is not in the one spec compared below: a change replaces every replica.
+    const relaunch = ['launch', 'ranksPerNode', 'mpiArgs'].some((f) => fields.includes(f));
     if (recreate) {
       drafts.push({ group: g.name, change: 'changed', fields, keep: [], replace: [], stop: rs.map((r) => r.name), recreate, toPlace: g.replicas, firstIndex: 0, from: rs.length, to: g.replicas, maxUnavailable });
       continue;
@@ -133,7 +145,7 @@ export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], n
       const moved = withPorts(r, g);
       const node = nodeOf(r.node) ?? cur.nodes.find((n) => n.name === r.node);
       const now = runningSpec?.(r.name) ?? specHash(buildLaunchSpec(cur, old, r, node));
-      const same = now === specHash(buildLaunchSpec(next, g, moved, node)) && json(old.health) === json(g.health);
+      const same = !relaunch && now === specHash(buildLaunchSpec(next, g, moved, node)) && json(old.health) === json(g.health);
       (same ? keep : replace).push(moved);
     }
     const change: GroupChange = fields.length ? 'changed' : 'unchanged';

@@ -477,8 +477,11 @@ export class Supervisor {
   async #replace(name: string, group: WorkerGroup): Promise<void> {
     const r = this.#replicas.get(name)!;
     if (!(r instanceof Replica)) {
-      // A gang is replaced whole: its members' nodes and commands may all have changed.
-      await r.remove();
+      // A gang is replaced whole: stopped (on every node), then a gang of the new spec started in its
+      // place, its members under the same names (as a replica's process is replaced under its name).
+      // Not removed first: the agents' `forget` of a member ran on while the new member's `run` arrived,
+      // and dropped the new process.
+      await r.stop('replaced (dynsup apply)');
       this.#createReplica(this.#plans.get(name)!).start();
       return;
     }
@@ -487,14 +490,16 @@ export class Supervisor {
     await r.replace(spec, health, 'replaced (dynsup apply)');
   }
 
+  /** A replica for rollReplicas, by name: a gang is replaced by a new object under the same name. */
   #unit(r: Supervised, replace: () => Promise<void>): RollingUnit {
+    const current = (): Supervised => this.#replicas.get(r.name) ?? r;
     return {
       name: r.name,
       get up() {
-        return r.up;
+        return current().up;
       },
       get failed() {
-        return r.state === 'failed';
+        return current().state === 'failed';
       },
       replace,
     };

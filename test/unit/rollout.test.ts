@@ -164,3 +164,33 @@ describe('rollReplicas', () => {
     expect(log).toEqual(['a replaced']);
   });
 });
+
+describe('planApply with gangs (nodesPerReplica > 1)', () => {
+  const nodes = '  n1: { gpus: 2 }\n  n2: { gpus: 2 }\n  n3: { gpus: 2 }\n  n4: { gpus: 2 }\n  h: {}';
+  const gangs = `  engine: { command: [serve, --rank, "{rank}"], replicas: 2, nodesPerReplica: 2, gpus: 2 }
+  side: { command: [s], nodes: [h] }`;
+  const cur = cluster(gangs, nodes);
+
+  it('a gang replica is one unit: replaced whole, keeping its nodes', () => {
+    const p = plan(cur, cluster(gangs.replace('--rank', '--node-rank'), nodes));
+    expect(describePlan(p)).toEqual(['engine: changed (command); replace engine-0, engine-1 rolling, 1 at a time', 'side: unchanged; keep side-0']);
+    expect(p.replicas.filter((r) => r.group === 'engine').map((r) => r.gangNodes)).toEqual([['n1', 'n2'], ['n3', 'n4']]);
+  });
+
+  it('a change of how ranks are launched replaces them; of the nodes a gang spans, places it afresh', () => {
+    expect(describePlan(plan(cur, cluster(gangs.replace('nodesPerReplica: 2,', 'nodesPerReplica: 2, launch: mpi,'), nodes)))[0]).toBe(
+      'engine: changed (launch); replace engine-0, engine-1 rolling, 1 at a time',
+    );
+    expect(describePlan(plan(cur, cluster(gangs.replace('replicas: 2, nodesPerReplica: 2', 'replicas: 1, nodesPerReplica: 4'), nodes)))[0]).toBe(
+      'engine: 2 → 1 replicas; changed (nodesPerReplica); placed afresh (GPUs or nodes changed): stop engine-0, engine-1, then start engine-0',
+    );
+  });
+
+  it('a third gang goes onto two new whole nodes next to the running ones; how a node a gang runs on is reached may not change', () => {
+    const p = plan(cur, cluster(gangs.replace('replicas: 2', 'replicas: 3'), `${nodes}\n  n5: { gpus: 2 }\n  n6: { gpus: 2 }`));
+    expect(p.groups[0]!.start.map((r) => [r.name, r.gangNodes])).toEqual([['engine-2', ['n5', 'n6']]]);
+    expect(p.groups[0]!.keep).toEqual(['engine-0', 'engine-1']);
+    const moved = planApply(cur, cur.replicas, cluster(gangs, nodes.replace('n2: { gpus: 2 }', 'n2: { gpus: 2, transport: ssh, host: x }')));
+    expect(!moved.ok && moved.errors[0]).toMatch(/^nodes\.n2 \(how it is reached\) changed/);
+  });
+});
