@@ -3,6 +3,7 @@
  * It only checks shapes; cross-field rules (references, cycles, GPU capacity) live in validate.ts.
  */
 import { z } from 'zod';
+import { DEFAULTS } from './defaults.js';
 import { DURATION_PATTERN } from './duration.js';
 import { SLURM_TIME_ERROR, slurmTime } from '../slurm/sbatch.js';
 
@@ -42,20 +43,20 @@ const noNul = (s: z.ZodString) => s.refine((v) => !v.includes('\0'), { error: 'm
 const restartSchema = z
   .strictObject({
     policy: z.enum(['always', 'on-failure', 'never'], { error: "expected one of 'always', 'on-failure', 'never'" }).optional(),
-    initialDelay: duration.optional().meta({ description: 'First backoff delay (default 1s).' }),
+    initialDelay: duration.optional().meta({ description: `First backoff delay (default ${DEFAULTS.worker.restart.initialDelay}).` }),
     factor: z.number({ error: 'expected a number ≥ 1' }).min(1, { error: 'expected a number ≥ 1' }).max(100).optional(),
-    maxDelay: duration.optional().meta({ description: 'Backoff cap (default 30s).' }),
+    maxDelay: duration.optional().meta({ description: `Backoff cap (default ${DEFAULTS.worker.restart.maxDelay}).` }),
     jitter: z
       .number({ error: 'expected a fraction between 0 and 1' })
       .min(0, { error: 'expected a fraction between 0 and 1' })
       .max(1, { error: 'expected a fraction between 0 and 1' })
       .optional(),
-    maxRestarts: count(1_000_000).optional().meta({ description: 'Crash-loop limit: restarts allowed within `window` (default 5; 0 = unlimited).' }),
-    window: duration.optional().meta({ description: 'Crash-loop window (default 60s).' }),
-    resetAfter: duration.optional().meta({ description: 'Uptime after which the backoff starts again from initialDelay (default 30s).' }),
+    maxRestarts: count(1_000_000).optional().meta({ description: `Crash-loop limit: restarts allowed within \`window\` (default ${DEFAULTS.worker.restart.maxRestarts}; 0 = unlimited).` }),
+    window: duration.optional().meta({ description: `Crash-loop window (default ${DEFAULTS.worker.restart.window}).` }),
+    resetAfter: duration.optional().meta({ description: `Uptime after which the backoff starts again from initialDelay (default ${DEFAULTS.worker.restart.resetAfter}).` }),
     gpuReleaseTimeout: duration.optional().meta({
       description:
-        "Before a GPU replica starts again, wait until nvidia-smi shows none of its last run's processes on its GPUs, this long at most (default 60s); past it the replica is `blocked` (GPU and pid named) until they are gone. Skipped where there is no nvidia-smi.",
+        `Before a GPU replica starts again, wait until nvidia-smi shows none of its last run's processes on its GPUs, this long at most (default ${DEFAULTS.worker.restart.gpuReleaseTimeout}); past it the replica is \`blocked\` (GPU and pid named) until they are gone. Skipped where there is no nvidia-smi.`,
     }),
     onLog: z
       .array(nonEmpty, { error: 'expected a list of regular expressions' })
@@ -69,15 +70,15 @@ const restartSchema = z
 
 const stopSchema = z.strictObject({
   signal: z.enum(SIGNALS, { error: `expected a signal name: ${SIGNAL_NAMES.join(', ')}` }).optional(),
-  grace: duration.optional().meta({ description: 'Wait this long after the signal before SIGKILL of the process group (default 10s).' }),
+  grace: duration.optional().meta({ description: `Wait this long after the signal before SIGKILL of the process group (default ${DEFAULTS.worker.stop.grace}).` }),
 });
 
 const healthSchema = z.strictObject({
   url: nonEmpty.meta({ description: 'HTTP URL polled until it answers 2xx. Placeholders {port}, {index}, {replica}, {node}.' }),
   interval: duration.optional(),
   timeout: duration.optional(),
-  startPeriod: duration.optional().meta({ description: 'Failures during this time after start are not counted against a ready worker (default 0).' }),
-  failureThreshold: posInt(1000).optional().meta({ description: 'Consecutive failed probes after which a ready worker is restarted (default 3).' }),
+  startPeriod: duration.optional().meta({ description: `Failures during this time after start are not counted against a ready worker (default ${DEFAULTS.worker.health.startPeriod}).` }),
+  failureThreshold: posInt(1000).optional().meta({ description: `Consecutive failed probes after which a ready worker is restarted (default ${DEFAULTS.worker.health.failureThreshold}).` }),
 });
 
 const envValue = z.union([noNul(z.string()), z.number(), z.boolean()], { error: 'expected a string, number or boolean' });
@@ -89,8 +90,8 @@ const workerFields = {
       error: 'expected a command: a string (run by sh -c) or a list of arguments',
     })
     .meta({ description: 'A string run by `sh -c`, or an argv list. Placeholders {port}, {index}, {replica}, {node}, {group}.' }),
-  replicas: posInt(1024).meta({ description: 'Number of replicas, named <group>-<index> (default 1).' }),
-  gpus: count(64).meta({ description: 'GPUs per replica (default 0).' }),
+  replicas: posInt(1024).meta({ description: `Number of replicas, named <group>-<index> (default ${DEFAULTS.worker.replicas}).` }),
+  gpus: count(64).meta({ description: `GPUs per replica (default ${DEFAULTS.worker.gpus}).` }),
   nodes: z.array(name('node'), { error: 'expected a list of node names' }).min(1, { error: 'expected at least one node' }).meta({
     description: 'Nodes replicas may be placed on, in order of preference (default: all nodes).',
   }),
@@ -110,12 +111,12 @@ const workerFields = {
   postStop: noNul(nonEmpty).meta({ description: "Shell command run on the replica's node after each exit of the worker (output in the replica's log)." }),
   rollout: z
     .strictObject({
-      maxUnavailable: posInt(1024).optional().meta({ description: 'Replicas replaced at a time by `dynsup apply` and `restart --rolling` (default 1).' }),
+      maxUnavailable: posInt(1024).optional().meta({ description: `Replicas replaced at a time by \`dynsup apply\` and \`restart --rolling\` (default ${DEFAULTS.worker.rollout.maxUnavailable}).` }),
     })
     .meta({ description: 'How `dynsup apply` and `dynsup restart --rolling` replace the replicas of a group.' }),
   nodesPerReplica: posInt(1024).meta({
     description:
-      'Nodes each replica spans (default 1). Above 1 the replica is a gang: it takes that many whole nodes, runs one process per node (launch: ranks) or one MPI job over them (launch: mpi), and is started, stopped and restarted as a whole.',
+      `Nodes each replica spans (default ${DEFAULTS.worker.nodesPerReplica}). Above 1 the replica is a gang: it takes that many whole nodes, runs one process per node (launch: ranks) or one MPI job over them (launch: mpi), and is started, stopped and restarted as a whole.`,
   }),
   launch: z.enum(['ranks', 'mpi'], { error: "expected one of 'ranks', 'mpi'" }).meta({
     description:
@@ -144,13 +145,13 @@ export const defaultsSchema = z.strictObject(optionalFields(workerFields));
 
 export const nodeSchema = z.strictObject({
   transport: z.enum(['local', 'ssh', 'srun'], { error: "expected one of 'local', 'ssh', 'srun'" }).optional(),
-  gpus: count(1024).optional().meta({ description: 'GPUs available on the node (default 0).' }),
+  gpus: count(1024).optional().meta({ description: `GPUs available on the node (default ${DEFAULTS.node.gpus}).` }),
   host: nonEmpty.optional().meta({ description: 'ssh: host name or address.' }),
   address: nonEmpty.optional().meta({ description: 'Address workers on this node are reached at (default: host, or head.address for local).' }),
-  port: port.optional().meta({ description: 'ssh: port (default 22).' }),
+  port: port.optional().meta({ description: `ssh: port (default ${DEFAULTS.node.port}).` }),
   user: nonEmpty.optional().meta({ description: 'ssh: user (default: the current user).' }),
   identityFile: nonEmpty.optional().meta({ description: 'ssh: private key file (default: the ssh-agent at SSH_AUTH_SOCK).' }),
-  knownHosts: nonEmpty.optional().meta({ description: 'ssh: known_hosts file (default ~/.ssh/known_hosts).' }),
+  knownHosts: nonEmpty.optional().meta({ description: `ssh: known_hosts file (default ${DEFAULTS.node.knownHosts}).` }),
   hostKeyCheck: z.enum(['strict', 'accept-new', 'off'], { error: "expected one of 'strict', 'accept-new', 'off'" }).optional(),
   maxSessions: z
     .int({ error: 'expected a whole number ≥ 3' })
@@ -205,7 +206,7 @@ export const slurmSchema = z
       description: "sbatch --output, relative to the file's directory; %j, %x, ... as in sbatch (default <stateDir>/logs/slurm-%j.out).",
     }),
     signalLead: duration.optional().meta({ description: 'Stop gracefully this long before the time limit (sbatch --signal=B:TERM@N).' }),
-    exclusive: z.boolean({ error: 'expected true or false' }).optional().meta({ description: 'Whole nodes (sbatch --exclusive, default true).' }),
+    exclusive: z.boolean({ error: 'expected true or false' }).optional().meta({ description: `Whole nodes (sbatch --exclusive, default ${DEFAULTS.slurm.exclusive}).` }),
     extraArgs: z
       .array(z.string().regex(/^[^\n\r\0]*$/, { error: 'must not contain line breaks' }), { error: 'expected a list of sbatch options' })
       .optional()
@@ -239,29 +240,29 @@ export const clusterSchema = z
       })
       .optional(),
     stateDir: nonEmpty.optional().meta({ description: "Logs, data dirs and runtime files (default ./.dynsup/<name>, relative to the file's directory)." }),
-    lease: duration.optional().meta({ description: 'Workers stop by themselves when the supervisor is gone this long (default 30s).' }),
+    lease: duration.optional().meta({ description: `Workers stop by themselves when the supervisor is gone this long (default ${DEFAULTS.lease}).` }),
     controlPlane: z
       .strictObject({
         nats: z
           .strictObject({
             ...serviceFields,
-            port: port.optional().meta({ description: 'Client port (default 4222).' }),
-            monitorPort: port.optional().meta({ description: 'HTTP monitoring port (default 8222), bound to the head address.' }),
+            port: port.optional().meta({ description: `Client port (default ${DEFAULTS.controlPlane.nats.port}).` }),
+            monitorPort: port.optional().meta({ description: `HTTP monitoring port (default ${DEFAULTS.controlPlane.nats.monitorPort}), bound to the head address.` }),
             jetstream: z.boolean({ error: 'expected true or false' }).optional(),
             workerCredentials: z.boolean({ error: 'expected true or false' }).optional().meta({
               description:
-                'Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default false: workers connect anonymously, into a NATS account of their own, with its own JetStream, that cannot see or reach the control plane\'s).',
+                `Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default ${DEFAULTS.controlPlane.nats.workerCredentials}: workers connect anonymously, into a NATS account of their own, with its own JetStream, that cannot see or reach the control plane's).`,
             }),
           })
           .optional(),
         etcd: z
           .strictObject({
             ...serviceFields,
-            port: port.optional().meta({ description: 'Client port (default 2379).' }),
-            peerPort: port.optional().meta({ description: 'Peer port (default 2380), bound to 127.0.0.1.' }),
+            port: port.optional().meta({ description: `Client port (default ${DEFAULTS.controlPlane.etcd.port}).` }),
+            peerPort: port.optional().meta({ description: `Peer port (default ${DEFAULTS.controlPlane.etcd.peerPort}), bound to 127.0.0.1.` }),
             auth: z.boolean({ error: 'expected true or false' }).optional().meta({
               description:
-                "Turn on etcd's authentication (default false: whoever reaches the port can read and write). dynsup then uses etcd's root user, and workers get the user `workers` (ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD), which may read and write every key except dynsup's own (dynsup/...); anonymous clients are refused.",
+                `Turn on etcd's authentication (default ${DEFAULTS.controlPlane.etcd.auth}: whoever reaches the port can read and write). dynsup then uses etcd's root user, and workers get the user \`workers\` (ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD), which may read and write every key except dynsup's own (dynsup/...); anonymous clients are refused.`,
             }),
           })
           .optional(),
@@ -274,22 +275,22 @@ export const clusterSchema = z
             error: "expected a size: bytes as a number, or a string like '100MB', '1GiB'",
           })
           .optional()
-          .meta({ description: 'Largest size of a replica log file; it is rotated before a line would cross it, so no line is split and no file is larger (except one holding a single longer line). Default 100MiB; 0 = never.' }),
-        keep: z.int({ error: 'expected a whole number ≥ 1' }).min(1, { error: 'expected a whole number ≥ 1' }).max(1000).optional().meta({ description: 'Rotated files kept (default 5).' }),
+          .meta({ description: `Largest size of a replica log file; it is rotated before a line would cross it, so no line is split and no file is larger (except one holding a single longer line). Default ${DEFAULTS.logs.maxSize}; 0 = never.` }),
+        keep: z.int({ error: 'expected a whole number ≥ 1' }).min(1, { error: 'expected a whole number ≥ 1' }).max(1000).optional().meta({ description: `Rotated files kept (default ${DEFAULTS.logs.keep}).` }),
       })
       .optional(),
     metrics: z
       .strictObject({
         enabled: z.boolean({ error: 'expected true or false' }).optional(),
-        port: port.optional().meta({ description: 'Prometheus /metrics port on head.address (default 9464); the web view (ui) is served on it too.' }),
+        port: port.optional().meta({ description: `Prometheus /metrics port on head.address (default ${DEFAULTS.metrics.port}); the web view (ui) is served on it too.` }),
         gpuInterval: duration.optional().meta({
-          description: 'How often the agent of each node with GPUs samples nvidia-smi for status and /metrics (default 5s; 0 = never). One call per node, whatever the number of replicas.',
+          description: `How often the agent of each node with GPUs samples nvidia-smi for status and /metrics (default ${DEFAULTS.metrics.gpuInterval}; 0 = never). One call per node, whatever the number of replicas.`,
         }),
       })
       .optional(),
     ui: z
       .strictObject({
-        enabled: z.boolean({ error: 'expected true or false' }).optional().meta({ description: 'The live web view at http://<head.address>:<metrics.port>/ (default true).' }),
+        enabled: z.boolean({ error: 'expected true or false' }).optional().meta({ description: `The live web view at http://<head.address>:<metrics.port>/ (default ${DEFAULTS.ui.enabled}).` }),
       })
       .optional(),
     nodes: z
