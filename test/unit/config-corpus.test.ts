@@ -72,7 +72,6 @@ function errorOrNull(file: string, content?: Buffer): ConfigError | null {
 }
 
 const show = (issues: readonly ConfigIssue[]) => issues.map((i) => `  ${i.line}:${i.column} [${i.path}] ${i.message}`).join('\n');
-// eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
 describe('bad cluster file corpus', () => {

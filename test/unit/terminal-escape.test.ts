@@ -6,7 +6,6 @@ import { escapeLine, escapeTerminal } from '../../src/util/terminal-escape.js';
 
 const ESC = '\u001b';
 // Anything a terminal acts on: C0 but tab, DEL, C1, bidi controls, line/paragraph separators.
-// eslint-disable-next-line no-control-regex
 const ACTIVE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
 describe('escapeTerminal', () => {
