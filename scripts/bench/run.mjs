@@ -6,8 +6,10 @@
 // $BENCH_WORK/performance-section.md (default /tmp/dynsup-bench: a draft of README's "## Performance"
 // section, outside the repository; README is edited by hand). Needs root (namespaces, sshd, apt-get).
 //
-//   node scripts/bench/run.mjs [--only bringup,restart,logs,footprint] [--quick]
-//        [--reps 3] [--kills 200] [--supervisord-kills 60] [--lines 10000000] [--idle 60] [--calls 20]
+//   node scripts/bench/run.mjs [--only bringup,restart,logs,footprint,cli] [--quick]
+//        [--reps 3] [--kills 200] [--supervisord-kills 60] [--lines 10000000] [--idle 60] [--calls 20] [--cli-runs 30]
+//
+// cli (issue 17): CLI start-up against `node -e 0` (scripts/bench/cli.mjs); needs no lab and no root alone.
 //
 // --quick: a smoke run (1 rep, 20 kills, 1M lines, 10 s idle): the figures are not the published ones.
 // Installs what the baselines need when missing, and says so: pdsh and supervisor (apt-get), pm2 (npm
@@ -16,6 +18,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { benchBringup } from './bringup.mjs';
+import { benchCli } from './cli.mjs';
 import { benchFootprint } from './footprint.mjs';
 import { ROOT, WORK, ensureApt, ensureCleanUser, ensurePm2, log, machineInfo, printSection, run, runCleanups, short, startLab, targetLines } from './lib.mjs';
 import { benchLogs } from './logs.mjs';
@@ -27,7 +30,9 @@ const arg = (k, d) => {
   return i >= 0 ? argv[i + 1] : d;
 };
 const quick = argv.includes('--quick');
-const only = new Set(arg('--only', 'bringup,restart,logs,footprint').split(','));
+const only = new Set(arg('--only', 'bringup,restart,logs,footprint,cli').split(','));
+// The CLI start-up bench needs neither the lab nor the baselines' tools.
+const needsLab = ['bringup', 'restart', 'logs', 'footprint'].some((k) => only.has(k));
 const opts = {
   reps: Number(arg('--reps', quick ? '1' : '3')),
   kills: Number(arg('--kills', quick ? '20' : '200')),
@@ -35,9 +40,10 @@ const opts = {
   lines: Number(arg('--lines', quick ? '1000000' : '10000000')),
   idle: Number(arg('--idle', quick ? '10' : '60')),
   calls: Number(arg('--calls', quick ? '5' : '20')),
+  cliRuns: Number(arg('--cli-runs', quick ? '10' : '30')),
 };
 
-if (process.getuid?.() !== 0) {
+if (needsLab && process.getuid?.() !== 0) {
   console.error('npm run bench: must run as root (network namespaces, sshd, apt-get)');
   process.exit(2);
 }
@@ -51,26 +57,27 @@ let lab;
 try {
   log(`plan: ${[...only].join(', ')}; ${JSON.stringify(opts)}${quick ? ' (QUICK smoke run)' : ''}`);
   // What the baselines need, up front (said on stderr when something is installed).
-  const apt = await ensureApt([['/usr/bin/pdsh', 'pdsh'], ['/usr/bin/supervisord', 'supervisor']]);
+  const apt = needsLab ? await ensureApt([['/usr/bin/pdsh', 'pdsh'], ['/usr/bin/supervisord', 'supervisor']]) : [];
   if (apt.length) installedNotes.push(`apt-get install ${apt.join(' ')}`);
-  const pm2 = await ensurePm2();
-  if (pm2.installed) installedNotes.push(`npm install --prefix ${pm2.bin.replace(/\/node_modules.*/, '')} pm2@5`);
-  const pm2Version = (await run(pm2.bin, ['--version'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } })).stdout.trim().split('\n').pop();
-  await run(pm2.bin, ['kill'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } });
+  const pm2 = needsLab ? await ensurePm2() : null;
+  if (pm2?.installed) installedNotes.push(`npm install --prefix ${pm2.bin.replace(/\/node_modules.*/, '')} pm2@5`);
+  const pm2Version = pm2 ? (await run(pm2.bin, ['--version'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } })).stdout.trim().split('\n').pop() : 'not used';
+  if (pm2) await run(pm2.bin, ['kill'], { env: { ...process.env, PM2_HOME: '/tmp/dynsup-bench-tools/pm2-version-home' } });
   // What is benchmarked: the tree as built by `npm run bench` right before this (others may commit meanwhile).
   const privateBuild = process.env.BENCH_DYNSUP_BIN;
   const commit = privateBuild ? (process.env.BENCH_COMMIT ?? 'unknown commit') : (await run('git', ['rev-parse', '--short', 'HEAD'])).stdout.trim();
   const dirty = privateBuild
     ? ` (private build: ${privateBuild})`
     : (await run('git', ['status', '--porcelain', 'src', 'share'])).stdout.trim() ? ' (with uncommitted changes in src/ or share/)' : '';
-  lab = await startLab(32);
-  const clean = await ensureCleanUser();
+  lab = needsLab ? await startLab(32) : undefined;
+  const clean = needsLab ? await ensureCleanUser() : { name: 'root', created: false };
   if (clean.created) installedNotes.push(`useradd ${clean.name} (removed at the end)`);
   const benches = [
     ['bringup', () => benchBringup({ lab, sizes: [1, 8, 32], reps: opts.reps, logins: [{ user: 'root', label: 'root' }, { user: clean.name, label: 'clean' }] })],
     ['restart', () => benchRestart({ lab, kills: opts.kills, supervisordKills: opts.supervisordKills, cleanUser: clean.name })],
     ['logs', () => benchLogs({ lab, lines: opts.lines })],
     ['footprint', () => benchFootprint({ lab, idleS: opts.idle, calls: opts.calls, user: 'root' })],
+    ['cli', () => benchCli({ runs: opts.cliRuns })],
   ];
   for (const [key, fn] of benches) {
     if (!only.has(key)) continue;
@@ -92,12 +99,12 @@ try {
     commit,
     dirty,
     ssh: (await run('ssh', ['-V'])).stderr.trim(),
-    pdsh: (await run('pdsh', ['-V'])).stdout.split('\n')[0].trim() || (await run('pdsh', ['-V'])).stderr.split('\n')[0].trim(),
-    supervisord: (await run('/usr/bin/supervisord', ['--version'])).stdout.trim(),
+    pdsh: needsLab ? (await run('pdsh', ['-V'])).stdout.split('\n')[0].trim() || (await run('pdsh', ['-V'])).stderr.split('\n')[0].trim() : 'not used',
+    supervisord: needsLab ? (await run('/usr/bin/supervisord', ['--version'])).stdout.trim() : 'not used',
     pm2: pm2Version,
   };
   writeReports({ versions, wallS: (performance.now() - t0) / 1000 });
-  console.log(['## Targets (issue 12)', '', ...targetLines(sections.flatMap((s) => s.targets ?? [])), ...failures.map((f) => `FAILED ${f.key}: ${f.error}`), ''].join('\n'));
+  console.log(['## Targets (issues 12, 17)', '', ...targetLines(sections.flatMap((s) => s.targets ?? [])), ...failures.map((f) => `FAILED ${f.key}: ${f.error}`), ''].join('\n'));
 } finally {
   await runCleanups();
   log(`total ${((performance.now() - t0) / 1000).toFixed(0)} s`);
@@ -131,7 +138,7 @@ function writeReports({ versions, wallS }) {
     '',
     header,
     '',
-    '## Targets (issue 12)',
+    '## Targets (issues 12, 17)',
     '',
     targetTable,
     '',

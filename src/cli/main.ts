@@ -1,6 +1,5 @@
 /** `dynsup` command line: parses arguments, dispatches, maps errors to exit codes (2 input, 1 runtime). */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError } from '../config/load.js';
 import { DynsupError, EXIT_RUNTIME, EXIT_USAGE, errorMessage, isSystemError } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
 import { closest } from '../config/suggest.js';
@@ -72,8 +71,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     return await cmd.run(parsed.positionals, flags, extra);
   } catch (err) {
-    if (err instanceof ConfigError) {
-      say(`${err.message}\n${err.issues.length} error${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file ?? 'the cluster file'}\n`);
+    // A ConfigError (config/load.ts), told by its code and issues: main loads no config code for --help.
+    if (err instanceof DynsupError && err.code === 'E_CONFIG' && 'issues' in err) {
+      const issues = (err as DynsupError & { issues: readonly { file: string }[] }).issues;
+      say(`${err.message}\n${issues.length} error${issues.length === 1 ? '' : 's'} in ${issues[0]?.file ?? 'the cluster file'}\n`);
       return EXIT_USAGE;
     }
     if (err instanceof DynsupError) {

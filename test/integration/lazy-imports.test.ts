@@ -47,7 +47,7 @@ describe('lazy command imports', () => {
   ])('dynsup %j loads none of ssh2, nats, etcd3', async (args, expected) => {
     const { code, packages } = await loadedPackages([BIN, ...args]);
     expect(code).toBe(expected);
-    if (args[0] === 'validate') expect(packages).toContain('yaml'); // it did load the file
+    // yaml and zod are bundled into the CLI (scripts/build-cli.mjs); the exit code says the file was loaded.
     expect(HEAVY.filter((p) => packages.has(p))).toEqual([]);
   });
 });
