@@ -5,10 +5,37 @@
 import { homedir, userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseDuration } from './duration.js';
-import type { LoadOptions } from './load.js';
+import type { SlurmAllocation } from '../slurm/allocation.js';
 import type { RawCluster } from './schema.js';
 import { formatPath, type ConfigIssue, type ConfigPath, type ConfigSource } from './source.js';
 import { closest } from './suggest.js';
+
+/** How loadCluster (load.ts) reads a file: here, beside the steps that act on it. */
+export interface LoadOptions {
+  /** Environment for `${VAR}` interpolation (default process.env). */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** `--state-dir`, overriding the file's stateDir. */
+  readonly stateDir?: string | undefined;
+  /** Raw bytes instead of reading `file` (tests, stdin). */
+  readonly content?: Buffer | undefined;
+  /**
+   * Slurm mode: the allocation's nodes replace the file's `nodes:` (transport srun, placed by
+   * `slurm.roles`), and its head address stands in for a missing `head.address`. A function is asked
+   * with the resolved state dir (the allocation a running `up --slurm` recorded there) and may decline.
+   */
+  readonly slurm?: SlurmAllocation | ((stateDir: string) => SlurmAllocation | undefined) | undefined;
+  /**
+   * A file with a `slurm:` section and no `nodes:` (and no allocation from `slurm`) is laid out on
+   * placeholder nodes node1..nodeN (N = slurm.nodes, or the fewest the roles need; `allocation.preview`
+   * is set) instead of refused. Default true; `up` without --slurm turns it off, as it would start them.
+   */
+  readonly slurmPreview?: boolean | undefined;
+  /**
+   * Check that the cwd of every group with a replica on a local node exists (default true). Commands that
+   * act on a cluster already up (down, status, logs) turn it off: a cwd removed since must not stop them.
+   */
+  readonly checkLocalPaths?: boolean | undefined;
+}
 
 export interface Resolution {
   /** The cluster file (absolute). */
