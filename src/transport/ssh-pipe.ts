@@ -17,7 +17,7 @@ import { DynsupError, errorMessage } from '../util/errors.js';
 import { agentBundle } from './agent-bundle.js';
 import type { AgentPipe, AgentStream } from './types.js';
 import { connectSsh, type SshConnection } from './ssh/connection.js';
-import { shellQuote as q } from '../util/shell-quote.js';
+import { shellQuote } from '../util/shell-quote.js';
 
 export interface SshPipeOptions {
   readonly node: NodeConfig;
@@ -87,12 +87,12 @@ export class SshPipe implements AgentPipe {
     return [
       'umask 077',
       'C="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/dynsup"',
-      `D=${q(this.runDir)}`,
+      `D=${shellQuote(this.runDir)}`,
       'mkdir -p "$C" "$D" || exit 5',
       `A="$C"/agent-${hash}.mjs`,
       // `node --version` answers before the runtime starts (a few ms; `node -e` costs ~50).
       'ok() { [ -x "$1" ] || return 1; v=$("$1" --version 2>/dev/null) || return 1; v=${v#v}; [ "${v%%.*}" -ge 20 ] 2>/dev/null; }',
-      `N=${q(nodeCfg)}`,
+      `N=${shellQuote(nodeCfg)}`,
       `if [ -z "$N" ]; then for c in "$(command -v node 2>/dev/null)" ${cached}; do ok "$c" && { N=$c; break; }; done; fi`,
       `[ -n "$N" ] || { echo "dynsup-need node $(uname -s) $(uname -m)"; exit 3; }`,
       '[ -f "$A" ] || { echo "dynsup-need agent"; exit 3; }',
@@ -201,7 +201,7 @@ export class SshPipe implements AgentPipe {
 
   async removeRunDir(signal?: AbortSignal): Promise<void> {
     const conn = await this.#connection(signal);
-    await conn.exec(`rm -rf ${q(this.runDir)}`, signal ? { signal } : {});
+    await conn.exec(`rm -rf ${shellQuote(this.runDir)}`, signal ? { signal } : {});
   }
 
   async close(): Promise<void> {

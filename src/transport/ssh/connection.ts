@@ -181,11 +181,11 @@ type Auth =
  */
 export async function connectSsh(options: SshConnectOptions, signal?: AbortSignal): Promise<SshConnection> {
   signal?.throwIfAborted();
-  const o = resolveOptions(options);
-  const auth = await resolveAuth(options, o);
-  const entries = o.hostKeyCheck === 'off' ? [] : await readKnownHosts(o);
+  const settings = resolveOptions(options);
+  const auth = await resolveAuth(options, settings);
+  const entries = settings.hostKeyCheck === 'off' ? [] : await readKnownHosts(settings);
   signal?.throwIfAborted();
-  return handshake(o, auth, entries, signal);
+  return handshake(settings, auth, entries, signal);
 }
 
 function resolveOptions(options: SshConnectOptions): Resolved {
@@ -225,32 +225,32 @@ function expandHome(p: string): string {
 
 const DEFAULT_IDENTITIES = ['id_ed25519', 'id_ecdsa', 'id_rsa'];
 
-async function resolveAuth(options: SshConnectOptions, o: Resolved): Promise<Auth> {
-  if (options.identityFile !== undefined) return loadIdentity(expandHome(options.identityFile), o);
+async function resolveAuth(options: SshConnectOptions, settings: Resolved): Promise<Auth> {
+  if (options.identityFile !== undefined) return loadIdentity(expandHome(options.identityFile), settings);
   const socket = options.agent ?? process.env['SSH_AUTH_SOCK'] ?? '';
   if (socket !== '') return { kind: 'agent', socket };
   // Same fallback as ssh(1), so "ssh works from my shell" also holds here.
   for (const name of DEFAULT_IDENTITIES) {
     const file = join(homedir(), '.ssh', name);
     try {
-      return await loadIdentity(file, o);
+      return await loadIdentity(file, settings);
     } catch (err) {
       if (!(err instanceof SshError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT')) throw err;
     }
   }
-  throw o.fail(
+  throw settings.fail(
     'E_SSH_IDENTITY',
     `no identity to log in with: no identityFile set, no ssh-agent (SSH_AUTH_SOCK unset), and none of ~/.ssh/{${DEFAULT_IDENTITIES.join(',')}} exists`,
   );
 }
 
-async function loadIdentity(file: string, o: Resolved): Promise<Auth> {
+async function loadIdentity(file: string, settings: Resolved): Promise<Auth> {
   let key: Buffer;
   try {
     key = await readFile(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
-    throw o.fail('E_SSH_IDENTITY', `cannot read identity file ${file} (${code})`, err);
+    throw settings.fail('E_SSH_IDENTITY', `cannot read identity file ${file} (${code})`, err);
   }
   // Parse here, not in ssh2's connect(): it would throw a bare Error from inside the Client.
   const parsed = sshUtils.parseKey(key);
@@ -259,11 +259,11 @@ async function loadIdentity(file: string, o: Resolved): Promise<Auth> {
     const reason = encrypted
       ? `identity file ${file} is passphrase-protected; load it into ssh-agent (ssh-add) and leave identityFile unset`
       : `identity file ${file} is not a usable private key (${parsed.message})`;
-    throw o.fail('E_SSH_IDENTITY', reason, parsed);
+    throw settings.fail('E_SSH_IDENTITY', reason, parsed);
   }
   const first: ParsedKey | undefined = Array.isArray(parsed) ? (parsed[0] as ParsedKey | undefined) : parsed;
   if (first === undefined || !first.isPrivateKey()) {
-    throw o.fail('E_SSH_IDENTITY', `identity file ${file} holds no private key (a .pub file?)`);
+    throw settings.fail('E_SSH_IDENTITY', `identity file ${file} holds no private key (a .pub file?)`);
   }
   return { kind: 'key', file, key, describe: `${first.type} ${fingerprintSha256(first.getPublicSSH())}` };
 }
@@ -280,12 +280,12 @@ async function readKnownHostsText(file: string): Promise<string> {
   }
 }
 
-async function readKnownHosts(o: Resolved): Promise<KnownHostEntry[]> {
+async function readKnownHosts(settings: Resolved): Promise<KnownHostEntry[]> {
   try {
-    return parseKnownHosts(await readKnownHostsText(o.knownHosts), o.knownHosts);
+    return parseKnownHosts(await readKnownHostsText(settings.knownHosts), settings.knownHosts);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? String(err);
-    throw o.fail('E_SSH_HOSTKEY_UNKNOWN', `cannot read known_hosts file ${o.knownHosts} (${code})`, err);
+    throw settings.fail('E_SSH_HOSTKEY_UNKNOWN', `cannot read known_hosts file ${settings.knownHosts} (${code})`, err);
   }
 }
 
@@ -313,8 +313,8 @@ const DEFAULT_HOST_KEY_ALGOS: readonly ServerHostKeyAlgorithm[] = [
  * a host recorded with only its ECDSA key (old OpenSSH default) would present ed25519 and be refused
  * as a mismatch.
  */
-function preferredHostKeyAlgos(entries: readonly KnownHostEntry[], o: Resolved): ServerHostKeyAlgorithm[] | undefined {
-  const preferred = knownKeyTypes(entries, o.host, o.port).flatMap((t) => ALGOS_FOR_KEY_TYPE[t] ?? []);
+function preferredHostKeyAlgos(entries: readonly KnownHostEntry[], settings: Resolved): ServerHostKeyAlgorithm[] | undefined {
+  const preferred = knownKeyTypes(entries, settings.host, settings.port).flatMap((t) => ALGOS_FOR_KEY_TYPE[t] ?? []);
   if (preferred.length === 0) return undefined;
   return [...preferred, ...DEFAULT_HOST_KEY_ALGOS.filter((a) => !preferred.includes(a))];
 }
@@ -334,16 +334,16 @@ function withFileLock<T>(file: string, fn: () => Promise<T>): Promise<T> {
 }
 
 /** Record an unknown key; re-checks under the lock, since another connect may have written meanwhile. */
-function addKnownHost(o: Resolved, keyType: string, keyBase64: string): Promise<HostKeyLookup | 'added'> {
-  return withFileLock(o.knownHosts, async () => {
-    const text = await readKnownHostsText(o.knownHosts);
-    const again = lookupHostKey(parseKnownHosts(text, o.knownHosts), o.host, o.port, keyType, keyBase64);
+function addKnownHost(settings: Resolved, keyType: string, keyBase64: string): Promise<HostKeyLookup | 'added'> {
+  return withFileLock(settings.knownHosts, async () => {
+    const text = await readKnownHostsText(settings.knownHosts);
+    const again = lookupHostKey(parseKnownHosts(text, settings.knownHosts), settings.host, settings.port, keyType, keyBase64);
     if (again.status !== 'unknown') return again;
-    const line = formatKnownHostsLine(o.host, o.port, keyType, keyBase64, { hashed: o.hashKnownHosts });
-    await mkdir(dirname(o.knownHosts), { recursive: true, mode: 0o700 });
+    const line = formatKnownHostsLine(settings.host, settings.port, keyType, keyBase64, { hashed: settings.hashKnownHosts });
+    await mkdir(dirname(settings.knownHosts), { recursive: true, mode: 0o700 });
     // A last line without its newline would otherwise get our entry glued onto it.
     const sep = text !== '' && !text.endsWith('\n') ? '\n' : '';
-    await appendFile(o.knownHosts, `${sep}${line}\n`);
+    await appendFile(settings.knownHosts, `${sep}${line}\n`);
     return 'added';
   });
 }
@@ -357,54 +357,54 @@ function describeKey(keyType: string, keyBase64: string): string {
 }
 
 /** Decide on the presented key. Resolves undefined to accept, or the SshError to refuse with. */
-async function verifyHostKey(o: Resolved, entries: readonly KnownHostEntry[], blob: Buffer): Promise<SshError | undefined> {
+async function verifyHostKey(settings: Resolved, entries: readonly KnownHostEntry[], blob: Buffer): Promise<SshError | undefined> {
   let keyType: string;
   let keyBase64: string;
   try {
     ({ keyType, keyBase64 } = parseSshPublicKeyBlob(blob));
   } catch (err) {
-    return o.fail('E_SSH_HOSTKEY_MISMATCH', `server sent a malformed host key (${(err as Error).message})`, err);
+    return settings.fail('E_SSH_HOSTKEY_MISMATCH', `server sent a malformed host key (${(err as Error).message})`, err);
   }
   const presented = describeKey(keyType, keyBase64);
-  if (o.hostKeyCheck === 'off') {
-    o.warn({ kind: 'hostkey-unchecked', message: `node ${o.node} (${o.target}): host key checking is off; accepted ${presented} unverified` });
+  if (settings.hostKeyCheck === 'off') {
+    settings.warn({ kind: 'hostkey-unchecked', message: `node ${settings.node} (${settings.target}): host key checking is off; accepted ${presented} unverified` });
     return undefined;
   }
-  let lookup: HostKeyLookup | 'added' = lookupHostKey(entries, o.host, o.port, keyType, keyBase64);
-  if (lookup.status === 'unknown' && o.hostKeyCheck === 'accept-new') {
+  let lookup: HostKeyLookup | 'added' = lookupHostKey(entries, settings.host, settings.port, keyType, keyBase64);
+  if (lookup.status === 'unknown' && settings.hostKeyCheck === 'accept-new') {
     try {
-      lookup = await addKnownHost(o, keyType, keyBase64);
+      lookup = await addKnownHost(settings, keyType, keyBase64);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? String(err);
-      return o.fail('E_SSH_HOSTKEY_UNKNOWN', `host key ${presented} is new and could not be added to ${o.knownHosts} (${code})`, err);
+      return settings.fail('E_SSH_HOSTKEY_UNKNOWN', `host key ${presented} is new and could not be added to ${settings.knownHosts} (${code})`, err);
     }
     if (lookup === 'added') {
-      o.warn({ kind: 'hostkey-added', message: `node ${o.node} (${o.target}): added host key ${presented} to ${o.knownHosts} (accept-new)` });
+      settings.warn({ kind: 'hostkey-added', message: `node ${settings.node} (${settings.target}): added host key ${presented} to ${settings.knownHosts} (accept-new)` });
       return undefined;
     }
   }
-  return hostKeyVerdict(o, lookup, presented);
+  return hostKeyVerdict(settings, lookup, presented);
 }
 
-function hostKeyVerdict(o: Resolved, lookup: HostKeyLookup, presented: string): SshError | undefined {
-  const name = knownHostsName(o.host, o.port);
+function hostKeyVerdict(settings: Resolved, lookup: HostKeyLookup, presented: string): SshError | undefined {
+  const name = knownHostsName(settings.host, settings.port);
   switch (lookup.status) {
     case 'ok':
       return undefined;
     case 'revoked':
-      return o.fail('E_SSH_HOSTKEY_REVOKED', `host key ${presented} is marked @revoked in ${lookup.entry ? where(lookup.entry) : o.knownHosts}`);
+      return settings.fail('E_SSH_HOSTKEY_REVOKED', `host key ${presented} is marked @revoked in ${lookup.entry ? where(lookup.entry) : settings.knownHosts}`);
     case 'mismatch': {
       const recorded = lookup.known
         .map((e) => `${where(e)} has ${describeKey(e.keyType, e.keyBlob.toString('base64'))}`)
         .join('; ');
-      return o.fail(
+      return settings.fail(
         'E_SSH_HOSTKEY_MISMATCH',
         `host key mismatch: server sent ${presented} but ${recorded} ` +
-          `(someone may be intercepting the connection, or the host was reinstalled: then remove the old key with ssh-keygen -R '${name}' -f ${o.knownHosts})`,
+          `(someone may be intercepting the connection, or the host was reinstalled: then remove the old key with ssh-keygen -R '${name}' -f ${settings.knownHosts})`,
       );
     }
     case 'unknown':
-      return o.fail('E_SSH_HOSTKEY_UNKNOWN', `host key not in ${o.knownHosts} (${presented})`);
+      return settings.fail('E_SSH_HOSTKEY_UNKNOWN', `host key not in ${settings.knownHosts} (${presented})`);
   }
 }
 
@@ -430,62 +430,62 @@ const SOCKET_REASONS: Readonly<Record<string, string>> = {
 /** SSH_DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE (RFC 4253 11.1): e.g. sshd's MaxAuthTries. */
 const DISCONNECT_NO_MORE_AUTH = 14;
 
-function describeAuth(auth: Auth, o: Resolved, notes: readonly string[]): string {
+function describeAuth(auth: Auth, settings: Resolved, notes: readonly string[]): string {
   const tried =
     auth.kind === 'key'
-      ? `server refused key ${auth.file} (${auth.describe}) for user ${o.user}`
-      : `server accepted no key from ssh-agent ${auth.socket} for user ${o.user}`;
+      ? `server refused key ${auth.file} (${auth.describe}) for user ${settings.user}`
+      : `server accepted no key from ssh-agent ${auth.socket} for user ${settings.user}`;
   return `authentication failed: ${tried}${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`;
 }
 
-function mapConnectError(err: SshLibError, o: Resolved, auth: Auth, authNotes: readonly string[]): SshError {
+function mapConnectError(err: SshLibError, settings: Resolved, auth: Auth, authNotes: readonly string[]): SshError {
   const code = typeof err.code === 'string' ? err.code : undefined;
   switch (err.level) {
     case 'client-socket':
       if (code !== undefined && UNREACHABLE_CODES.has(code)) {
-        return o.fail('E_SSH_UNREACHABLE', `cannot reach ${o.host}:${o.port}: ${SOCKET_REASONS[code] ?? err.message} (${code})`, err);
+        return settings.fail('E_SSH_UNREACHABLE', `cannot reach ${settings.host}:${settings.port}: ${SOCKET_REASONS[code] ?? err.message} (${code})`, err);
       }
-      if (code === 'ETIMEDOUT') return o.fail('E_SSH_TIMEOUT', `TCP connect to ${o.host}:${o.port} timed out`, err);
-      return o.fail('E_SSH_CLOSED', `connection failed during login: ${err.message}`, err);
+      if (code === 'ETIMEDOUT') return settings.fail('E_SSH_TIMEOUT', `TCP connect to ${settings.host}:${settings.port} timed out`, err);
+      return settings.fail('E_SSH_CLOSED', `connection failed during login: ${err.message}`, err);
     case 'client-dns':
-      return o.fail('E_SSH_UNREACHABLE', `cannot resolve ${o.host}: ${err.message}`, err);
+      return settings.fail('E_SSH_UNREACHABLE', `cannot resolve ${settings.host}: ${err.message}`, err);
     case 'client-timeout':
-      return o.fail('E_SSH_TIMEOUT', `not logged in within ${o.readyTimeout / 1000}s (readyTimeout): the server accepted TCP but did not complete SSH`, err);
+      return settings.fail('E_SSH_TIMEOUT', `not logged in within ${settings.readyTimeout / 1000}s (readyTimeout): the server accepted TCP but did not complete SSH`, err);
     case 'client-authentication':
-      return o.fail('E_SSH_AUTH', describeAuth(auth, o, authNotes), err);
+      return settings.fail('E_SSH_AUTH', describeAuth(auth, settings, authNotes), err);
     case 'handshake':
-      return o.fail('E_SSH_CLOSED', `SSH handshake failed: ${err.message}`, err);
+      return settings.fail('E_SSH_CLOSED', `SSH handshake failed: ${err.message}`, err);
     case 'protocol':
-      return o.fail('E_SSH_CLOSED', `connection closed before the SSH handshake (${err.message}; is sshd listening on port ${o.port}?)`, err);
+      return settings.fail('E_SSH_CLOSED', `connection closed before the SSH handshake (${err.message}; is sshd listening on port ${settings.port}?)`, err);
   }
   if (typeof err.code === 'number') {
     // A disconnect message from the server.
     if (err.code === DISCONNECT_NO_MORE_AUTH || /auth/i.test(err.message)) {
-      return o.fail('E_SSH_AUTH', describeAuth(auth, o, [...authNotes, `server said: ${err.message}`]), err);
+      return settings.fail('E_SSH_AUTH', describeAuth(auth, settings, [...authNotes, `server said: ${err.message}`]), err);
     }
-    return o.fail('E_SSH_CLOSED', `server disconnected during login: ${err.message}`, err);
+    return settings.fail('E_SSH_CLOSED', `server disconnected during login: ${err.message}`, err);
   }
-  return o.fail('E_SSH_CLOSED', `connection failed during login: ${err.message}`, err);
+  return settings.fail('E_SSH_CLOSED', `connection failed during login: ${err.message}`, err);
 }
 
-function buildConfig(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], hostVerifier: ConnectConfig['hostVerifier']): ConnectConfig {
+function buildConfig(settings: Resolved, auth: Auth, entries: readonly KnownHostEntry[], hostVerifier: ConnectConfig['hostVerifier']): ConnectConfig {
   const config: ConnectConfig = {
-    host: o.host,
-    port: o.port,
-    username: o.user,
-    readyTimeout: o.readyTimeout,
-    keepaliveInterval: o.keepaliveInterval,
-    keepaliveCountMax: o.keepaliveCountMax,
+    host: settings.host,
+    port: settings.port,
+    username: settings.user,
+    readyTimeout: settings.readyTimeout,
+    keepaliveInterval: settings.keepaliveInterval,
+    keepaliveCountMax: settings.keepaliveCountMax,
     hostVerifier,
   };
   if (auth.kind === 'key') config.privateKey = auth.key;
   else config.agent = auth.socket;
-  const algos = preferredHostKeyAlgos(entries, o);
+  const algos = preferredHostKeyAlgos(entries, settings);
   if (algos !== undefined) config.algorithms = { serverHostKey: algos };
   return config;
 }
 
-function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], signal: AbortSignal | undefined): Promise<SshConnection> {
+function handshake(settings: Resolved, auth: Auth, entries: readonly KnownHostEntry[], signal: AbortSignal | undefined): Promise<SshConnection> {
   return new Promise<SshConnection>((resolve, reject) => {
     const client = new Client();
     let settled = false;
@@ -529,14 +529,14 @@ function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], 
       } catch {
         // verifyHostKey reports the malformed key
       }
-      verifyHostKey(o, entries, blob).then(
+      verifyHostKey(settings, entries, blob).then(
         (refusal) => {
           hostKeyError = refusal;
           if (refusal === undefined) accepted = Buffer.from(blob);
           verify(refusal === undefined);
         },
         (err: unknown) => {
-          hostKeyError = o.fail('E_SSH_HOSTKEY_UNKNOWN', `host key check failed: ${String(err)}`, err);
+          hostKeyError = settings.fail('E_SSH_HOSTKEY_UNKNOWN', `host key check failed: ${String(err)}`, err);
           verify(false);
         },
       );
@@ -549,13 +549,13 @@ function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], 
         authNotes.push(err.message);
         return;
       }
-      failWith(hostKeyError ?? mapConnectError(err, o, auth, authNotes));
+      failWith(hostKeyError ?? mapConnectError(err, settings, auth, authNotes));
     });
     client.on('close', () => {
-      failWith(hostKeyError ?? o.fail('E_SSH_CLOSED', 'connection closed during login'));
+      failWith(hostKeyError ?? settings.fail('E_SSH_CLOSED', 'connection closed during login'));
     });
     client.once('ready', () => {
-      settle(() => resolve(new Connection(client, o, hostKey ?? { keyType: 'unknown', fingerprint: '' })));
+      settle(() => resolve(new Connection(client, settings, hostKey ?? { keyType: 'unknown', fingerprint: '' })));
     });
 
     if (signal !== undefined) {
@@ -563,9 +563,9 @@ function handshake(o: Resolved, auth: Auth, entries: readonly KnownHostEntry[], 
       signal.addEventListener('abort', onAbort, { once: true });
     }
     try {
-      client.connect(buildConfig(o, auth, entries, hostVerifier));
+      client.connect(buildConfig(settings, auth, entries, hostVerifier));
     } catch (err) {
-      failWith(o.fail('E_SSH_CLOSED', `cannot start connection: ${(err as Error).message}`, err));
+      failWith(settings.fail('E_SSH_CLOSED', `cannot start connection: ${(err as Error).message}`, err));
     }
   });
 }
@@ -681,7 +681,7 @@ class Connection implements SshConnection {
   readonly closed: Promise<Error | undefined>;
 
   private readonly client: SshClient;
-  private readonly o: Resolved;
+  private readonly settings: Resolved;
   private readonly slots: Slots;
   private readonly listeners = new Set<(err: Error | undefined) => void>();
   /** Exit status of each exec channel, recorded from the moment it opens (see execRequest). */
@@ -692,14 +692,14 @@ class Connection implements SshConnection {
   private closeError: Error | undefined;
   private resolveClosed!: (err: Error | undefined) => void;
 
-  constructor(client: SshClient, o: Resolved, hostKey: { keyType: string; fingerprint: string }) {
+  constructor(client: SshClient, settings: Resolved, hostKey: { keyType: string; fingerprint: string }) {
     this.client = client;
-    this.o = o;
-    this.node = o.node;
-    this.target = o.target;
+    this.settings = settings;
+    this.node = settings.node;
+    this.target = settings.target;
     this.hostKey = hostKey;
-    this.warnings = o.warnings;
-    this.slots = new Slots(o.maxChannels);
+    this.warnings = settings.warnings;
+    this.slots = new Slots(settings.maxChannels);
     this.closed = new Promise((r) => (this.resolveClosed = r));
     client.on('error', (err: SshLibError) => (this.lastError = err));
     client.on('close', () => this.onClose());
@@ -732,15 +732,15 @@ class Connection implements SshConnection {
   private deathError(): SshError {
     const err = this.lastError;
     if (err?.level === 'client-timeout') {
-      const s = this.o.keepaliveInterval / 1000;
-      return this.o.fail('E_SSH_TIMEOUT', `connection lost: ${this.o.keepaliveCountMax} keepalives (every ${s}s) went unanswered`, err);
+      const s = this.settings.keepaliveInterval / 1000;
+      return this.settings.fail('E_SSH_TIMEOUT', `connection lost: ${this.settings.keepaliveCountMax} keepalives (every ${s}s) went unanswered`, err);
     }
-    return this.o.fail('E_SSH_CLOSED', err ? `connection closed: ${err.message}` : 'connection closed by the remote side', err);
+    return this.settings.fail('E_SSH_CLOSED', err ? `connection closed: ${err.message}` : 'connection closed by the remote side', err);
   }
 
   /** The error for using a dead connection: why it died, or a plain "closed" after end(). */
   private closedError(): Error {
-    return this.closeError ?? this.o.fail('E_SSH_CLOSED', 'connection was closed (end() called)');
+    return this.closeError ?? this.settings.fail('E_SSH_CLOSED', 'connection was closed (end() called)');
   }
 
   end(): Promise<void> {
@@ -808,7 +808,7 @@ class Connection implements SshConnection {
     if (!this.open || err?.message === 'Not connected') return this.closedError();
     const msg = err?.message ?? 'no channel';
     const hint = /open fail/i.test(msg) ? ' (sshd MaxSessions reached? lower maxChannels or raise MaxSessions)' : '';
-    return this.o.fail('E_SSH_CHANNEL', `server refused to run a command: ${msg}${hint}`, err);
+    return this.settings.fail('E_SSH_CHANNEL', `server refused to run a command: ${msg}${hint}`, err);
   }
 
   async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
@@ -844,7 +844,7 @@ class Connection implements SshConnection {
       channel.on('close', () => {
         const exit = this.exits.get(channel);
         if (exit === undefined) {
-          finish(() => reject(this.open ? this.o.fail('E_SSH_CHANNEL', 'command channel closed without an exit status') : this.closedError()));
+          finish(() => reject(this.open ? this.settings.fail('E_SSH_CHANNEL', 'command channel closed without an exit status') : this.closedError()));
           return;
         }
         const e = exit;
@@ -870,16 +870,16 @@ class Connection implements SshConnection {
     // exec + cat rather than SFTP: works where the sftp subsystem is disabled, and gives an atomic
     // rename with the mode set before the name appears. Run under sh explicitly: the login shell may
     // not be POSIX (csh, fish). umask 077 keeps the temp file private until chmod (specs hold tokens).
-    const q = shellQuote(path);
+    const quotedPath = shellQuote(path);
     const script =
-      `umask 077; t=${q}.dynsup-tmp.$$; ` +
-      `if cat >"$t" && chmod ${mode.toString(8).padStart(4, '0')} "$t" && mv -f "$t" ${q}; then exit 0; fi; ` +
+      `umask 077; t=${quotedPath}.dynsup-tmp.$$; ` +
+      `if cat >"$t" && chmod ${mode.toString(8).padStart(4, '0')} "$t" && mv -f "$t" ${quotedPath}; then exit 0; fi; ` +
       `rm -f "$t"; exit 1`;
     const signal = options.signal;
     const result = await this.exec(`sh -c ${shellQuote(script)}`, signal === undefined ? { stdin: content } : { stdin: content, signal });
     if (result.code !== 0) {
       const why = result.stderr.toString('utf8').trim() || `exit ${result.code ?? result.signal}`;
-      throw this.o.fail('E_SSH_REMOTE', `cannot write ${path}: ${why}`);
+      throw this.settings.fail('E_SSH_REMOTE', `cannot write ${path}: ${why}`);
     }
   }
 }
