@@ -190,10 +190,15 @@ async function remoteLogs(
       }, stop.signal)
     : undefined;
   const history = (await control(t, flags, { op: 'tail', target: what, lines: lines ?? (flags.follow ? 10 : 1000) })) as TailResult[];
-  for (const h of history) {
-    for (const l of h.lines) emit(h.replica, Buffer.from(l));
-    if (h.seq !== undefined) seen.set(h.replica, h.seq);
-  }
+  // Several replicas: interleaved by when each line arrived (as a local `logs -n`), each replica's in order.
+  const byTime = history
+    .flatMap((h, order) => {
+      let at = 0;
+      return h.lines.map((line, i) => ({ replica: h.replica, line, order, at: (at = h.times?.[i] ?? at) }));
+    })
+    .sort((a, b) => a.at - b.at || a.order - b.order);
+  for (const x of byTime) emit(x.replica, Buffer.from(x.line));
+  for (const h of history) if (h.seq !== undefined) seen.set(h.replica, h.seq);
   live = true;
   for (const [r, l, seq] of pending.splice(0)) show(r, l, seq);
   await following;

@@ -105,13 +105,13 @@ workers:
 });
 
 describe('logs', () => {
-  it('-n interleaves replicas by time and shows a last line not ended yet', async () => {
+  it('-n interleaves replicas by time (here and from another machine) and shows a last line not ended yet', async () => {
     const c = await cluster(`nodes:
   head: { transport: local }
 workers:
   a: { command: "for i in 1 2 3; do echo a$i; sleep 0.4; done; exec sleep 600" }
   b: { command: "sleep 0.2; for i in 1 2 3; do echo b$i; sleep 0.4; done; printf 'b unended'; exec sleep 600" }
-`);
+`, { controlPlane: true });
     const up = await dynsup(['up', '-d', c.file, '--timeout', '60']);
     expect(up.code, up.stderr).toBe(0);
     await waitFor('b unended in the log', () => readFileSync(join(c.dir, 'state/logs/b-0.log'), 'utf8').endsWith('b unended'), 20_000);
@@ -120,6 +120,10 @@ workers:
     expect(r.stdout).toBe(['a-0 | a1', 'b-0 | b1', 'a-0 | a2', 'b-0 | b2', 'a-0 | a3', 'b-0 | b3', 'b-0 | b unended', ''].join('\n'));
     const one = await dynsup(['logs', c.file, 'b-0', '-n', '2']);
     expect(one.stdout).toBe('b3\nb unended\n');
+    // From another machine (history through the supervisor): interleaved the same way.
+    const remote = await dynsup(['logs', c.file, '-n', '10', '--head', '127.0.0.1']);
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(remote.stdout).toBe(['a-0 | a1', 'b-0 | b1', 'a-0 | a2', 'b-0 | b2', 'a-0 | a3', 'b-0 | b3', ''].join('\n'));
   }, 60_000);
 });
 
