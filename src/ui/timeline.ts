@@ -21,6 +21,7 @@ export type TimelineKind =
   | 'hook-failed'
   | 'partition'
   | 'apply'
+  | 'rollout'
   | 'scale'
   | 'cluster'
   | 'other';
@@ -47,6 +48,7 @@ const BY_MESSAGE: readonly [RegExp, TimelineKind][] = [
   [/^node \S+: (connection to the agent lost|reconnected|cannot)/, 'partition'],
   [/could not reach node|unreachable/, 'partition'],
   [/\bappl(y|ied|ying)\b/i, 'apply'],
+  [/^rolling restart\b/, 'rollout'],
   [/\bscal(e|ed|ing)\b/i, 'scale'],
   [/adopt/, 'adopted'],
   [/^(bringing up|cluster \S+ is up|stopping cluster|all stopped|control plane ready|started group)/, 'cluster'],

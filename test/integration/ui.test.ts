@@ -37,7 +37,8 @@ async function until(page: Page, what: string, fn: string, timeout = 60_000): Pr
   });
 }
 
-describe('web view on the demo cluster (chromium)', () => {
+// Each test's own waits have deadlines (60 s each); the test's bound leaves them room to say which one hung.
+describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => {
   const stateDir = mkdtempSync(join(tmpdir(), 'dynsup-ui-'));
   const file = join(ROOT, 'clusters/local.yaml');
   const args = ['--state-dir', stateDir];
@@ -81,7 +82,6 @@ describe('web view on the demo cluster (chromium)', () => {
     // The control secret is nowhere in what a read-only page gets.
     const secret = (JSON.parse(readFileSync(join(stateDir, 'run/credentials.json'), 'utf8')) as { natsPassword: string }).natsPassword;
     expect(await page.content()).not.toContain(secret);
-    if (SHOTS) await page.screenshot({ path: join(SHOTS, 'ui-overview.png') });
     await page.close();
   });
 
@@ -106,10 +106,6 @@ describe('web view on the demo cluster (chromium)', () => {
     await until(view, 'the replica view of decode-0', `location.hash === '#/replica/decode-0' && document.querySelectorAll('#log .ln').length > 0`);
     const before = await replica('decode-0');
     expect(await view.$eval('#log', (e) => e.textContent)).toContain(`"pid":${before.pid}`);
-    if (SHOTS) {
-      await view.setViewport({ width: 1280, height: 1000 });
-      await view.screenshot({ path: join(SHOTS, 'ui-replica.png') });
-    }
 
     process.kill(before.pid!, 'SIGKILL');
     await until(overview, 'decode-0 ready again with restarts 1', `(() => { const t = document.getElementById('tile-decode-0'); return t.dataset.state === 'ready' && t.dataset.restarts === '1'; })()`);
@@ -125,6 +121,22 @@ describe('web view on the demo cluster (chromium)', () => {
     await until(view, 'the new run in the log view', `document.getElementById('log').textContent.includes('"pid":${after.pid}')`);
     await until(view, 'the restart in the history', `[...document.querySelectorAll('#history tr')].some((r) => r.dataset.kind === 'exited' && r.textContent.includes('SIGKILL'))`);
     await until(view, 'the badge and restarts', `document.getElementById('state').dataset.state === 'ready' && document.querySelector('[data-field="restarts"]').textContent === '1'`);
+    if (SHOTS) {
+      await overview.setViewport({ width: 1280, height: 860 });
+      await overview.screenshot({ path: join(SHOTS, 'ui-overview.png') });
+      await view.setViewport({ width: 1280, height: 860 });
+      await view.screenshot({ path: join(SHOTS, 'ui-replica.png'), fullPage: true });
+    }
+    // The events timeline, filtered to restarts: the kill and the restart, newest first. (Clicks need the tab
+    // in front: Chromium defers a background tab's scrolling into view, and puppeteer waits for it.)
+    await overview.bringToFront();
+    await overview.click('a[data-nav="events"]');
+    await until(overview, 'the events view', `document.getElementById('filter') !== null`);
+    await overview.select('#filter', 'restarts');
+    await until(overview, 'the kill in the timeline', `[...document.querySelectorAll('#events .ev')].some((e) => e.dataset.kind === 'exited' && e.textContent.includes('decode-0 killed by SIGKILL'))`);
+    const kinds = await overview.$$eval('#events .ev', (l) => l.map((e) => (e as HTMLElement).dataset.kind));
+    expect(new Set(kinds)).toEqual(new Set(['exited', 'restarting']));
+    expect(kinds.indexOf('restarting')).toBeLessThan(kinds.lastIndexOf('exited')); // newest first
     await overview.close();
     await view.close();
   });
@@ -207,7 +219,7 @@ describe('web view on the demo cluster (chromium)', () => {
   });
 });
 
-describe('web view with GPU telemetry (fake nvidia-smi)', () => {
+describe('web view with GPU telemetry (fake nvidia-smi)', { timeout: 180_000 }, () => {
   it('tiles and the replica view show each replica\'s GPU memory and utilisation', async () => {
     const c = await tempCluster(`
 nodes: { local: { transport: local, gpus: 2 } }
@@ -277,7 +289,7 @@ function openStream(port: number, path: string): { text: () => string; resume: (
   };
 }
 
-describe('web view streams', () => {
+describe('web view streams', { timeout: 180_000 }, () => {
   it('a log stream that does not read never holds the worker back: every line reaches the file, the stream says what it skipped', async () => {
     const LINES = 200_000;
     const c = await tempCluster(`

@@ -47,6 +47,7 @@ describe('parseEventLine', () => {
     ['adoption without kind', line({ node: 'head', msg: 'node head: agent pid 5 still runs w-0: adopting' }), { kind: 'adopted', node: 'head' }],
     ['apply', line({ msg: 'applying clusters/x.yaml: 1 group changed' }), { kind: 'apply' }],
     ['cluster', line({ msg: 'cluster demo is up: 5 replicas' }), { kind: 'cluster' }],
+    ['rolling restart', line({ group: 'decode', msg: 'rolling restart of decode: decode-0, decode-1, 1 at a time' }), { kind: 'rollout' }],
     ['unknown kind field falls back to the message', line({ kind: 'weird', msg: 'something else' }), { kind: 'other' }],
     ['error level', line({ level: 50, msg: 'boom' }), { level: 'error' }],
   ])('%s', (_what, text, want) => {

@@ -558,11 +558,42 @@ function styleClass(s: Style): string[] {
 // ---------------------------------------------------------------------------------------------------------
 // Events view
 
+/** The events view's filters: which kinds each shows. */
+const FILTERS: readonly [string, string, readonly string[] | null][] = [
+  ['all', 'everything', null],
+  ['restarts', 'restarts and exits', ['exited', 'restarting', 'failed', 'launch-failed', 'unhealthy', 'fatal-log', 'stop-escalated', 'leftovers']],
+  ['health', 'health failures', ['unhealthy', 'fatal-log', 'failed']],
+  ['partitions', 'partitions', ['partition']],
+  ['adoptions', 'adoptions', ['adopted']],
+  ['applies', 'applies and rolling restarts', ['apply', 'rollout', 'scale']],
+];
+
 function renderEvents(main: HTMLElement): void {
-  const list = h('ol', { class: 'events', id: 'events' }, ...events.map((e) => eventRow(e)));
-  main.replaceChildren(h('h1', {}, 'events'), h('p', { class: 'muted' }, 'restarts, health failures, partitions, adoptions, applies: newest first'), list);
+  const list = h('ol', { class: 'events', id: 'events' });
+  const select = h('select', { id: 'filter' }, ...FILTERS.map(([v, label]) => h('option', { value: v }, label)));
+  let kinds: readonly string[] | null = null;
+  const shows = (e: TimelineEvent): boolean => !kinds || kinds.includes(e.kind);
+  const fill = (): void => {
+    const shown = events.filter(shows);
+    list.replaceChildren(...shown.map((e) => eventRow(e)));
+    if (!shown.length) list.append(h('li', { class: 'muted' }, 'none yet'));
+  };
+  select.addEventListener('change', () => {
+    kinds = FILTERS.find(([v]) => v === select.value)?.[2] ?? null;
+    fill();
+  });
+  fill();
+  main.replaceChildren(
+    h('h1', {}, 'events'),
+    h('p', { class: 'muted' }, 'restarts, health failures, partitions, adoptions, applies: newest first'),
+    h('p', { class: 'filter' }, h('label', { for: 'filter' }, 'show '), select),
+    list,
+  );
   refreshView = (_changed, fresh) => {
-    if (fresh.length) list.prepend(...fresh.map((e) => eventRow(e)));
+    const mine = fresh.filter(shows);
+    if (!mine.length) return;
+    list.querySelector('li.muted')?.remove();
+    list.prepend(...mine.map((e) => eventRow(e)));
   };
 }
 
