@@ -4,15 +4,17 @@
 // latency (p50 of 20 calls). Baselines, measured in the same minute: supervisord and pm2 each supervising 256
 // local copies of the same worker (they cannot reach other machines), and `supervisorctl status` / `pm2 ls`
 // latency. Issue-12 targets: node side ≤ 0.2 ms of CPU per second per replica; supervisor RSS ≤ 100 MB;
-// `dynsup status` p50 ≤ 1.5× `supervisorctl status`.
+// `dynsup status` p50 ≤ 1.5× `supervisorctl status`. Then the web view (issue 16): the supervisor's RSS and CPU
+// with 10 pages of it open in headless Chromium (Debian's chromium, driven by puppeteer-core), each showing
+// the 256 tiles live.
 //
-//   node scripts/bench/footprint.mjs [--idle 60] [--calls 20] [--user root]   (BENCH_LAB_ATTACH=1)
+//   node scripts/bench/footprint.mjs [--idle 60] [--calls 20] [--user root] [--pages 10]   (BENCH_LAB_ATTACH=1)
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import {
-  WORK, agentProcs, dynsup, procStat, short, supervisorErrors, ensureApt, ensureCleanUser, ensurePm2, killByEnv, labFor, log, machineCpu, mb, mdTable, ms, must, onCleanup, onDynsupCleanup, supervisorPid, percentile, pidAlive, procSample, ratio, run, runCleanups, sec, sleep, waitFor, printSection,
+  WORK, agentProcs, dynsup, freePort, procStat, short, supervisorErrors, ensureApt, ensureCleanUser, ensurePm2, killByEnv, labFor, log, machineCpu, mb, mdTable, ms, must, onCleanup, onDynsupCleanup, supervisorPid, percentile, pidAlive, procSample, ratio, run, runCleanups, sec, sleep, waitFor, printSection,
 } from './lib.mjs';
 
 const REPLICAS = 256;
@@ -62,6 +64,7 @@ async function timeCalls(label, calls, fn) {
  * `dynsup scale` by `initial` at a time, each step waiting for every replica to be running.
  */
 async function startDynsup(lab, dir, user, initial = REPLICAS) {
+  const uiPort = await freePort(lab.head);
   const name = `bench-fp-${initial === REPLICAS ? 'all' : 'staged'}-${process.pid}`;
   const stateDir = join(dir, `state-${name}`);
   const file = join(dir, `${name}.yaml`);
@@ -69,7 +72,8 @@ async function startDynsup(lab, dir, user, initial = REPLICAS) {
 head: { address: ${lab.head} }
 stateDir: ${stateDir}
 lease: 30s
-metrics: { enabled: false }
+metrics: { enabled: false, port: ${uiPort} }
+ui: { enabled: true }
 controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
 nodes:
 ${lab.yamlNodes(NODES, user, REPLICAS / NODES)}
@@ -96,10 +100,57 @@ workers:
     }
     const upMs = performance.now() - t0;
     const pid = supervisorPid(stateDir);
-    return { name, file, pid, upMs, stop, staged: initial !== REPLICAS, runDirNeedle: `/dynsup-${user}/${name}/` };
+    return { name, file, pid, upMs, stop, staged: initial !== REPLICAS, runDirNeedle: `/dynsup-${user}/${name}/`, uiUrl: `http://${lab.head}:${uiPort}/` };
   } catch (err) {
     await stop();
     throw err;
+  }
+}
+
+/**
+ * The web view with `pages` pages open, each on the overview with every tile shown: the supervisor's RSS once
+ * they are all live (and after a settle), its CPU over `windowS` seconds with them open (an idle cluster: only
+ * keep-alives and the telemetry rescan), and what one page transferred on its first load.
+ */
+async function measurePages(url, pid, pages, windowS) {
+  const { default: puppeteer } = await import('puppeteer-core');
+  const chromium = (await run('sh', ['-c', 'command -v chromium'])).stdout.trim();
+  if (!chromium) throw new Error('chromium is not installed (.ci/install.sh installs it)');
+  const before = procSample(pid);
+  const probe = await fetch(url).then((r) => `HTTP ${r.status}`, (e) => `unreachable: ${e.message}`);
+  if (probe !== 'HTTP 200') throw new Error(`the web view at ${url}: ${probe}`);
+  const browser = await puppeteer.launch({ executablePath: chromium, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  const stop = onCleanup('chromium (web view pages)', () => browser.close());
+  try {
+    let firstLoadBytes = 0;
+    const opened = [];
+    for (let i = 0; i < pages; i++) {
+      const page = await browser.newPage();
+      // Generous: 2 shared cores run 256 replicas' agents, two other supervisors and Chromium here.
+      page.setDefaultTimeout(180_000);
+      page.setDefaultNavigationTimeout(180_000);
+      let cdp;
+      const sizes = new Map();
+      if (i === 0) {
+        cdp = await page.createCDPSession();
+        await cdp.send('Network.enable');
+        cdp.on('Network.loadingFinished', (e) => sizes.set(e.requestId, e.encodedDataLength));
+      }
+      await page.goto(url, { waitUntil: 'load' });
+      await page.waitForFunction((n) => document.querySelectorAll('.group .tile').length >= n, { timeout: 180_000, polling: 250 }, REPLICAS);
+      if (i === 0) firstLoadBytes = [...sizes.values()].reduce((a, b) => a + b, 0);
+      opened.push(page);
+    }
+    const snapshotBytes = Buffer.byteLength(await (await fetch(`${url}api/status`)).text());
+    await sleep(5000); // settle
+    const s0 = procSample(pid);
+    await sleep(windowS * 1000);
+    const s1 = procSample(pid);
+    // Still live after the window: every page shows all tiles.
+    for (const p of opened) await p.waitForFunction((n) => document.querySelectorAll('.group .tile').length >= n, { timeout: 30_000 }, REPLICAS);
+    return { pages, rssBeforeKB: before?.rssKB, rssKB: s1?.rssKB, hwmKB: s1?.hwmKB, cpuS: s1 && s0 ? s1.cpuS - s0.cpuS : NaN, windowS, firstLoadBytes, snapshotBytes };
+  } finally {
+    await stop();
   }
 }
 
@@ -185,7 +236,7 @@ async function startPm2(dir, pm2) {
   return { pid: god, stop, status: () => run(pm2, ['ls'], { env, timeoutMs: 60_000 }) };
 }
 
-export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root' }) {
+export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root', pages = 10 }) {
   if (lab.nodes.length < NODES) throw new Error(`footprint: need a ${NODES}-node lab`);
   const installed = await ensureApt([['/usr/bin/supervisord', 'supervisor']]);
   const pm2 = await ensurePm2();
@@ -235,6 +286,15 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
     if (s) lat.supervisord = await timeCalls('supervisorctl status', calls, s.status);
     if (p) lat['pm2 God daemon'] = await timeCalls('pm2 ls', calls, p.status);
     const nodeStart = await timeCalls('node -e 0', 10, () => run(process.execPath, ['-e', '0']));
+    let web;
+    if (pages > 0) {
+      log(`footprint: the web view with ${pages} pages open`);
+      try {
+        web = await measurePages(d.uiUrl, d.pid, pages, 20);
+      } catch (err) {
+        errors.push(`web view pages: ${short(err, 400)}`);
+      }
+    }
     const rows = daemons.map(([n]) => {
       const b = before[n];
       const a = after[n];
@@ -276,6 +336,16 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
         value: `${mb(dyn?.rssKB)} MB (peak ${mb(dyn?.hwmKB)} MB)`,
         met: Number.isFinite(dyn?.rssKB) && dyn.rssKB / 1024 <= 100,
       },
+      ...(web
+        ? [
+            {
+              bench: 'footprint',
+              what: `supervisor RSS ≤ 100 MB with ${web.pages} web view pages open (256 replicas)`,
+              value: `${mb(web.rssKB)} MB (${mb(web.rssBeforeKB)} MB before the pages; peak ${mb(web.hwmKB)} MB)`,
+              met: Number.isFinite(web.rssKB) && web.rssKB / 1024 <= 100,
+            },
+          ]
+        : []),
       {
         bench: 'footprint',
         what: '`dynsup status` p50 ≤ 1.5× `supervisorctl status`',
@@ -305,14 +375,20 @@ export async function benchFootprint({ lab, idleS = 60, calls = 20, user = 'root
         `${(m1.busyS - m0.busyS).toFixed(1)} CPU-s of ${((m1.totalS - m0.totalS)).toFixed(0)}. ` +
         `\`dynsup status --json\`: p50 ${ms(percentile(jsonLat, 50))} ms. For scale: \`node -e 0\` takes ${ms(percentile(nodeStart, 50))} ms here ` +
         `(p50 of 10), every dynsup and pm2 CLI call pays it.` +
-        (installed.length ? ` Installed for this run with apt-get: ${installed.join(', ')}.` : ''),
+        (installed.length ? ` Installed for this run with apt-get: ${installed.join(', ')}.` : '') +
+        (web
+          ? ` Web view: with ${web.pages} pages open in headless Chromium (each showing the ${REPLICAS} tiles live), the supervisor's RSS was ` +
+            `${mb(web.rssKB)} MB (${mb(web.rssBeforeKB)} MB before they opened; peak ${mb(web.hwmKB)} MB) and it used ` +
+            `${(web.cpuS * 1000).toFixed(0)} ms of CPU over ${web.windowS} s with them open; a page's first load transferred ` +
+            `${(web.firstLoadBytes / 1024).toFixed(1)} KB (HTML, script, style; gzip), then the live stream's first snapshot of ${(web.snapshotBytes / 1024).toFixed(0)} KB.`
+          : ''),
       ...(errors.length ? ['', `**Errors:** ${errors.join('; ')}`] : []),
     ].join('\n');
     return {
       title: 'Footprint at scale',
       md,
       targets,
-      raw: { rows, agentCpuS: agentCpu, bridgeCpuS: bridgeCpu, sshdCpuS: sshdCpu, nodeCpuS: nodeCpu, agents: node1.daemons.size, bridges: node1.bridges.size, sshd: node1.sshd.size, agentRssKB: node1.agentRssKB, machineBusyS: m1.busyS - m0.busyS, jsonLat, nodeStart, downMs, upMs, staged },
+      raw: { web, rows, agentCpuS: agentCpu, bridgeCpuS: bridgeCpu, sshdCpuS: sshdCpu, nodeCpuS: nodeCpu, agents: node1.daemons.size, bridges: node1.bridges.size, sshd: node1.sshd.size, agentRssKB: node1.agentRssKB, machineBusyS: m1.busyS - m0.busyS, jsonLat, nodeStart, downMs, upMs, staged },
     };
   } finally {
     await p?.stop();
@@ -330,7 +406,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     const lab = await labFor(NODES);
     let user = arg('--user', 'root');
     if (user === 'clean') user = (await ensureCleanUser()).name;
-    const r = await benchFootprint({ lab, idleS: Number(arg('--idle', '60')), calls: Number(arg('--calls', '20')), user });
+    const r = await benchFootprint({ lab, idleS: Number(arg('--idle', '60')), calls: Number(arg('--calls', '20')), user, pages: Number(arg('--pages', '10')) });
     printSection(r);
   } finally {
     await runCleanups();

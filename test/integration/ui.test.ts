@@ -220,12 +220,13 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
 });
 
 describe('web view with GPU telemetry (fake nvidia-smi)', { timeout: 180_000 }, () => {
-  it('tiles and the replica view show each replica\'s GPU memory and utilisation', async () => {
+  it('tiles and the replica view show each replica\'s GPU memory and utilisation; the log view renders colours and shows other escapes as text', async () => {
     const c = await tempCluster(`
 nodes: { local: { transport: local, gpus: 2 } }
 workers:
   g:
-    command: "echo hi; exec sleep 600"
+    # A coloured line, and a title-setting escape sequence that must arrive as text.
+    command: "printf '\\\\033[1;31mred alert\\\\033[0m plain \\\\033]0;pwned\\\\007\\\\n'; exec sleep 600"
     replicas: 2
     gpus: 1
 `);
@@ -257,6 +258,10 @@ workers:
       await until(page, 'the new sample', `document.querySelector('#tile-g-0 .t-gpu').textContent === 'gpu mem 8.0 GiB / 80.0 GiB · 99%'`);
       await page.click('#tile-g-0');
       await until(page, 'the replica view', `document.querySelector('[data-field="gpu memory"]')?.textContent.startsWith('8.0 GiB / 80.0 GiB · 99%')`);
+      // The log with its ANSI colours rendered; the other escape shown, not obeyed.
+      await until(page, 'the coloured line', `document.querySelector('#log span.f1.bo')?.textContent === 'red alert'`);
+      expect(await page.$eval('#log .ln', (e) => e.textContent)).toBe('red alert plain \\e]0;pwned\\a');
+      expect(await page.title()).not.toContain('pwned');
     } finally {
       await browser.close();
       await dynsup(['down', c.file]);
