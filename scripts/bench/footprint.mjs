@@ -125,7 +125,10 @@ async function measurePages(url, pid, pages, windowS) {
     let firstLoadBytes = 0;
     const opened = [];
     for (let i = 0; i < pages; i++) {
-      const page = await browser.newPage();
+      // One browser context each, like 10 operators: a tab hidden behind another holds no stream (and one
+      // browser allows 6 connections per host), so 10 tabs of one window would be one live page.
+      const context = await browser.createBrowserContext();
+      const page = await context.newPage();
       // Generous: 2 shared cores run 256 replicas' agents, two other supervisors and Chromium here.
       page.setDefaultTimeout(180_000);
       page.setDefaultNavigationTimeout(180_000);
@@ -146,8 +149,10 @@ async function measurePages(url, pid, pages, windowS) {
     const s0 = procSample(pid);
     await sleep(windowS * 1000);
     const s1 = procSample(pid);
-    // Still live after the window: every page shows all tiles.
-    for (const p of opened) await p.waitForFunction((n) => document.querySelectorAll('.group .tile').length >= n, { timeout: 30_000 }, REPLICAS);
+    // Still live after the window: every page shows all tiles, on its open stream.
+    for (const p of opened) {
+      await p.waitForFunction((n) => document.querySelectorAll('.group .tile').length >= n && document.getElementById('conn').textContent === 'live', { timeout: 30_000 }, REPLICAS);
+    }
     return { pages, rssBeforeKB: before?.rssKB, rssKB: s1?.rssKB, hwmKB: s1?.hwmKB, cpuS: s1 && s0 ? s1.cpuS - s0.cpuS : NaN, windowS, firstLoadBytes, snapshotBytes };
   } finally {
     await stop();

@@ -97,7 +97,8 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
       const tile = document.getElementById('tile-decode-0')!;
       new MutationObserver(() => w.seen.push(tile.dataset.state!)).observe(tile, { attributes: true, attributeFilter: ['data-state', 'data-restarts'] });
     });
-    const view = await browser!.newPage();
+    // In a window of its own: a tab hidden behind another stops streaming (see 'many tabs' below).
+    const view = await (await browser!.createBrowserContext()).newPage();
     await view.goto(url);
     await until(view, 'the overview', `document.getElementById('tile-decode-0') !== null`);
     // Keyboard: the tile is a link; Enter on it opens the replica view.
@@ -203,6 +204,22 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     for (const [i, r] of rolled.entries()) expect(r.pid).not.toBe(decode[i]);
     await until(page, 'the events timeline has it', `[...document.querySelectorAll('#recent .ev')].some((e) => e.textContent.includes('rolling restart of decode'))`);
     await page.close();
+  });
+
+  it('many tabs in one browser: hidden tabs hold no connection, so an eighth tab still loads; back in front, a tab is live again', async () => {
+    // A browser keeps at most 6 HTTP/1.1 connections per host, and an open stream holds one.
+    const tabs: Page[] = [];
+    for (let i = 0; i < 8; i++) {
+      const tab = await browser!.newPage();
+      await tab.goto(i % 2 ? `${url}#/replica/decode-1` : url);
+      await until(tab, `tab ${i} live`, `document.getElementById('conn').textContent === 'live' && document.querySelectorAll('.tile, #log .ln').length > 0`);
+      tabs.push(tab);
+    }
+    expect(await tabs[0]!.$eval('#conn', (e) => e.textContent)).toBe('paused (tab hidden)');
+    await tabs[1]!.bringToFront();
+    await until(tabs[1]!, 'the replica view live again, its log reloaded', `document.getElementById('conn').textContent === 'live' && document.querySelectorAll('#log .ln').length > 0`);
+    expect(await tabs[7]!.$eval('#conn', (e) => e.textContent)).toBe('paused (tab hidden)');
+    for (const t of tabs) await t.close();
   });
 
   it('phone width: one column, every group and tile reachable', async () => {

@@ -511,16 +511,14 @@ function renderReplica(main: HTMLElement, name: string): void {
     } else logInfo.textContent = `${total} lines · paused`;
   });
   const es = new EventSource(`/api/logs/${encodeURIComponent(name)}?n=200`);
-  let first = true;
   es.addEventListener('history', (ev) => {
     const d = JSON.parse((ev as MessageEvent<string>).data) as { lines: string[]; error?: string };
-    // A reconnect sends the history again: start over rather than show it twice.
-    if (!first) {
-      logBox.replaceChildren(marker('… reconnected'));
-      total = 0;
-    }
-    first = false;
-    lines(d.lines);
+    // The start of the view, or a reconnect (it sends the history again): start over rather than show it twice.
+    logBox.replaceChildren();
+    total = d.lines.length;
+    held = [];
+    heldDropped = 0;
+    append(d.lines.map(lineEl));
     logBox.scrollTop = logBox.scrollHeight;
     if (d.error) append([marker(`cannot read the log: ${d.error}`)]);
   });
@@ -630,8 +628,26 @@ function rerender(): void {
   } else if (focused) document.getElementById(focused)?.focus({ preventScroll: true });
 }
 
+let statusStream: EventSource | null = null;
+
+/**
+ * A hidden tab holds no connection: a browser allows only 6 HTTP/1.1 connections per host, and every open
+ * stream takes one for as long as it lasts, so a seventh tab of the page would not even load. Back in
+ * view, the tab reconnects and redraws from a fresh snapshot (and its log view from the log's tail).
+ */
+function disconnect(): void {
+  statusStream?.close();
+  statusStream = null;
+  leaveView?.();
+  leaveView = null;
+  live = false;
+  $('conn').textContent = 'paused (tab hidden)';
+  $('conn').className = 'conn';
+}
+
 function connect(): void {
   const es = new EventSource('/api/stream');
+  statusStream = es;
   const conn = $('conn');
   es.onopen = () => {
     live = true;
@@ -670,9 +686,14 @@ function connect(): void {
 }
 
 window.addEventListener('hashchange', rerender);
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) disconnect();
+  else if (!statusStream) connect();
+});
 document.addEventListener('DOMContentLoaded', () => {
   renderCreds();
-  connect();
+  if (document.hidden) disconnect();
+  else connect();
   setInterval(() => {
     if (live) tickUptimes();
   }, 1000);
