@@ -30,6 +30,7 @@ const ROWS: [key: string, shown: string][] = [
   ['`controlPlane.nats.workerCredentials`', `${cp.nats.workerCredentials}`],
   ['`metrics.port` / `metrics.enabled`', `${DEFAULTS.metrics.port} / ${DEFAULTS.metrics.enabled}`],
   ['`metrics.gpuInterval`', DEFAULTS.metrics.gpuInterval],
+  ['`ui.enabled`', `${DEFAULTS.ui.enabled}`],
   ['`logs.maxSize` / `logs.keep`', `${DEFAULTS.logs.maxSize} / ${DEFAULTS.logs.keep}`],
   ['`nodes.<name>.transport`', n.transport],
   ['`nodes.<name>.gpus`', `${n.gpus}`],
