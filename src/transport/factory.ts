@@ -40,11 +40,21 @@ export function createNodeAgent(cluster: ClusterConfig, node: NodeConfig, onNoti
   return new NodeAgent({
     pipe: createPipe(cluster, node, onNotice),
     cluster: cluster.name,
-    leaseMs: cluster.leaseMs,
+    leaseMs: node.name === CONTROL_PLANE_NODE ? controlPlaneLeaseMs(cluster) : cluster.leaseMs,
     // Only where replicas get GPUs: a GPU-less node has nothing to show per replica.
     gpuIntervalMs: node.gpus > 0 ? cluster.metrics.gpuIntervalMs : 0,
     onNotice,
   });
+}
+
+/**
+ * The control plane's agent keeps NATS and etcd a worker's stop grace longer than the workers' agents keep
+ * them when the supervisor is gone: every node's agent stops its workers when the lease runs out, and
+ * workers deregister from etcd and NATS as they stop; with etcd gone at the same moment, they hang in
+ * that until their grace ends and they are killed.
+ */
+export function controlPlaneLeaseMs(cluster: ClusterConfig): number {
+  return cluster.leaseMs + Math.max(0, ...cluster.groups.map((g) => g.stop.graceMs)) + 5000;
 }
 
 export function controlPlaneNode(cluster: ClusterConfig): NodeConfig {
