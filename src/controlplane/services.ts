@@ -107,6 +107,9 @@ export function etcdService(cluster: ClusterConfig): ServiceSpec {
       '--initial-advertise-peer-urls', peer,
       '--initial-cluster', `${name}=${peer}`,
       '--initial-cluster-state', 'new',
+      // With controlPlane.etcd.auth: a token of the supervisor's idle for etcd's default 5 min would lapse
+      // under a watch or keep-alive stream that does not re-authenticate (unary calls do).
+      ...(cluster.etcd.auth ? ['--auth-token-ttl', '86400'] : []),
       ...cluster.etcd.args,
     ],
     ports: [
