@@ -66,7 +66,8 @@ ensure() {
   if [[ -L $home || ( -e $home && ! -d $home ) ]]; then rm -f "$home"; fi
   mkdir -p "$home"
   local idle=0
-  if ! pgrep -u "$uid" >/dev/null 2>&1; then idle=1; fi
+  # Zombies do not count: a lab's sshd sessions linger as <defunct> until a slow init reaps them.
+  if ! ps -u "$uid" -o stat= 2>/dev/null | grep -qv '^Z'; then idle=1; fi
   if ((idle)); then find "$home" -mindepth 1 -delete; fi
   for f in "${RC_FILES[@]}"; do rm -f "${home:?}/$f"; done
   chown "$uid:$gid" "$home"
