@@ -1,7 +1,8 @@
 /**
- * Who may act through the web view: holders of the cluster's control credentials, the same secret the CLI
- * uses for NATS control (credentials.json's natsPassword). The page sends it in one header; this is the one
- * check, so it can follow the control requests' own scheme when that changes.
+ * Who may act through the web view: holders of the cluster's control key, the secret the CLI signs its
+ * control requests with (credentials.json's controlKey, control-auth.ts); not the NATS password, which
+ * workers hold with controlPlane.nats.workerCredentials. The page sends it in one header (a browser on
+ * plain HTTP to another host has no WebCrypto to sign with); this is the one check.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Credentials } from './credentials.js';
@@ -14,11 +15,11 @@ export type ControlAuthorization = { readonly ok: true } | { readonly ok: false;
 export function authorizeControl(presented: string | readonly string[] | undefined, creds: Credentials): ControlAuthorization {
   const value = Array.isArray(presented) ? presented[0] : presented;
   if (typeof value !== 'string' || value === '') {
-    return { ok: false, status: 401, reason: "read-only: no credentials given (enter the cluster's control secret: natsPassword in <stateDir>/run/credentials.json)" };
+    return { ok: false, status: 401, reason: "read-only: no credentials given (enter the cluster's control secret: controlKey in <stateDir>/run/credentials.json)" };
   }
   // Compared as digests: equal lengths, and no early exit that tells how much of a guess was right.
   const digest = (s: string) => createHash('sha256').update(s).digest();
-  if (!timingSafeEqual(digest(value), digest(creds.natsPassword))) {
+  if (!timingSafeEqual(digest(value), digest(creds.controlKey))) {
     return { ok: false, status: 403, reason: 'refused: wrong credentials (not the secret in this cluster\'s credentials.json)' };
   }
   return { ok: true };

@@ -80,7 +80,7 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     expect(firstLoad).toBeGreaterThan(0);
     expect(firstLoad).toBeLessThan(64 * 1024); // the budget: a small page, no framework
     // The control secret is nowhere in what a read-only page gets.
-    const secret = (JSON.parse(readFileSync(join(stateDir, 'run/credentials.json'), 'utf8')) as { natsPassword: string }).natsPassword;
+    const secret = (JSON.parse(readFileSync(join(stateDir, 'run/credentials.json'), 'utf8')) as { controlKey: string }).controlKey;
     expect(await page.content()).not.toContain(secret);
     await page.close();
   });
@@ -182,7 +182,7 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
 
     const creds = readFileSync(join(stateDir, 'run/credentials.json'), 'utf8');
     await page.$eval('#secret', (e) => ((e as HTMLInputElement).value = ''));
-    await page.type('#secret', (JSON.parse(creds) as { natsPassword: string }).natsPassword);
+    await page.type('#secret', (JSON.parse(creds) as { controlKey: string }).controlKey);
     await page.keyboard.press('Enter');
     await until(page, 'authorised', `document.getElementById('auth-state')?.textContent === 'authorised'`);
     await page.click('button[data-op="restart"]');
@@ -367,7 +367,7 @@ workers:
     expect(up.code, up.stderr).toBe(0);
     try {
       const base = `http://127.0.0.1:${c.metricsPort}`;
-      const secret = (JSON.parse(readFileSync(join(c.dir, 'state/run/credentials.json'), 'utf8')) as { natsPassword: string }).natsPassword;
+      const secret = (JSON.parse(readFileSync(join(c.dir, 'state/run/credentials.json'), 'utf8')) as { controlKey: string }).controlKey;
       const act = (headers: Record<string, string>, body: unknown) =>
         fetch(`${base}/api/action`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
       const none = await act({}, { op: 'stop', target: 'w-0' });
@@ -375,6 +375,9 @@ workers:
       expect(((await none.json()) as { error: string }).error).toMatch(/read-only/);
       const wrong = await act({ 'x-dynsup-secret': 'nope' }, { op: 'stop', target: 'w-0' });
       expect(wrong.status).toBe(403);
+      // The NATS password (workers hold it with workerCredentials) is not the control key.
+      const natsPassword = (JSON.parse(readFileSync(join(c.dir, 'state/run/credentials.json'), 'utf8')) as { natsPassword: string }).natsPassword;
+      expect((await act({ 'x-dynsup-secret': natsPassword }, { op: 'stop', target: 'w-0' })).status).toBe(403);
       expect(JSON.parse((await dynsup(['status', c.file, '--json'])).stdout).replicas[0].state).toBe('running');
       // Only the page's operations: never down or scale, even with the secret.
       const down = await act({ 'x-dynsup-secret': secret }, { op: 'down', target: 'w-0' });

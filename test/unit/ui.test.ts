@@ -103,11 +103,12 @@ describe('dependencyColumns', () => {
 });
 
 describe('authorizeControl', () => {
-  const creds = { natsUser: 'dynsup', natsPassword: 's3cret-value' };
+  const creds = { natsUser: 'dynsup', natsPassword: 'nats-password-not-it', controlKey: 's3cret-value' };
   it.each([
     ['no header', undefined, { ok: false, status: 401 }],
     ['empty header', '', { ok: false, status: 401 }],
     ['wrong secret', 's3cret-valuf', { ok: false, status: 403 }],
+    ['the NATS password (workers may hold it) is not the control key', 'nats-password-not-it', { ok: false, status: 403 }],
     ['a prefix of it', 's3cret', { ok: false, status: 403 }],
     ['the secret', 's3cret-value', { ok: true }],
     ['repeated header: the first counts', ['s3cret-value', 'x'], { ok: true }],
@@ -120,7 +121,7 @@ describe('authorizeControl', () => {
     expect(r.ok).toBe(false);
     if (!r.ok) {
       expect(r.reason).toMatch(/read-only.*credentials\.json/);
-      expect(r.reason).not.toContain(creds.natsPassword);
+      expect(r.reason).not.toContain(creds.controlKey);
     }
   });
 });

@@ -179,13 +179,13 @@ function notice(text: string, kind: 'ok' | 'error' | 'pending'): void {
   n.textContent = text;
 }
 
-/** The secret as typed: the natsPassword itself, or credentials.json pasted whole. */
+/** The secret as typed: the controlKey itself, or credentials.json pasted whole. */
 function secretFrom(input: string): string {
   const t = input.trim();
   if (t.startsWith('{')) {
     try {
-      const c = JSON.parse(t) as { natsPassword?: unknown };
-      if (typeof c.natsPassword === 'string') return c.natsPassword;
+      const c = JSON.parse(t) as { controlKey?: unknown };
+      if (typeof c.controlKey === 'string') return c.controlKey;
     } catch {
       /* not JSON after all: taken as typed */
     }
@@ -210,7 +210,7 @@ function renderCreds(): void {
   const form = h(
     'form',
     { id: 'cred-form', class: 'cred-form' },
-    h('label', { for: 'secret', class: 'sr' }, 'control secret (natsPassword from credentials.json)'),
+    h('label', { for: 'secret', class: 'sr' }, 'control secret (controlKey from credentials.json)'),
     input,
     h('button', { type: 'submit' }, 'use'),
   );
