@@ -1,3 +1,4 @@
+/* global document -- the page.waitForFunction callbacks run in the browser */
 // Bench 4, footprint at scale: 256 replicas across 32 lab nodes (8 per node) under one dynsup supervisor:
 // its RSS and idle CPU over a minute, the node side's idle CPU (the resident agent daemon of each node, the
 // bridge its ssh exec channel runs, and the sshd session process carrying that channel), and `dynsup status`
