@@ -14,7 +14,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { pidAlive } from '../control/runtime-files.js';
+import { pidAlive } from '../util/process.js';
 import { AgentDaemon } from './daemon.js';
 import { dialAgent } from './dial.js';
 import { createConnection } from 'node:net';

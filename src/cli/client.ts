@@ -5,11 +5,11 @@
  */
 import { loadCluster } from '../config/load.js';
 import type { ClusterConfig } from '../config/types.js';
-import { credentialsPath, readCredentials, type Credentials } from '../control/credentials.js';
+import { credentialsPath, readCredentials, type Credentials } from '../controlplane/credentials.js';
 import { connect } from 'node:net';
-import type { ClusterSnapshot } from '../control/etcd-state.js';
-import { liveSupervisor, runtimePaths, type LockInfo } from '../control/runtime-files.js';
-import { requestControl, type ControlRequest } from '../control/socket.js';
+import type { ClusterSnapshot } from '../api/etcd-state.js';
+import { liveSupervisor, runtimePaths, type LockInfo } from '../api/runtime-files.js';
+import { requestControl, type ControlRequest } from '../api/socket.js';
 import { readSavedAllocation } from '../slurm/saved.js';
 import { natsUrl } from '../controlplane/urls.js';
 import { DynsupError } from '../util/errors.js';
@@ -38,7 +38,7 @@ export async function control(t: Target, flags: Flags, req: ControlRequest, time
   if (!t.cluster.nats.enabled) throw new DynsupError('E_NOT_RUNNING', `cluster ${t.cluster.name} is not running on this machine (and NATS is disabled, so it cannot be reached remotely)`);
   const creds = await credentials(t, flags);
   // Loaded only when used: nats and etcd3 (with grpc) cost a local `status` a third of its time.
-  const { requestOverNats } = await import('../control/nats-control.js');
+  const { requestOverNats } = await import('../api/nats-control.js');
   return requestOverNats(natsUrl(t.cluster), t.cluster.name, creds, req, timeoutMs);
 }
 
@@ -49,7 +49,7 @@ export async function control(t: Target, flags: Flags, req: ControlRequest, time
 export async function etcdSnapshot(t: Target, flags: Flags): Promise<ClusterSnapshot | null> {
   if (!t.cluster.etcd.enabled || !(await listening(t.cluster.headAddress, t.cluster.etcd.port))) return null;
   const creds = await readCredentials(typeof flags.creds === 'string' ? flags.creds : credentialsPath(t.cluster.stateDir), { partial: true }).catch(() => null);
-  const [{ readClusterState }, { etcdAccess }] = await Promise.all([import('../control/etcd-state.js'), import('../controlplane/etcd-auth.js')]);
+  const [{ readClusterState }, { etcdAccess }] = await Promise.all([import('../api/etcd-state.js'), import('../controlplane/etcd-auth.js')]);
   return readClusterState(etcdAccess(t.cluster, creds), t.cluster.name);
 }
 

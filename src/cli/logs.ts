@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadCluster } from '../config/load.js';
 import { readSavedAllocation } from '../slurm/saved.js';
-import { runtimePaths } from '../control/runtime-files.js';
+import { runtimePaths } from '../api/runtime-files.js';
 import { LineSplitter } from '../logs/line-splitter.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { DynsupError } from '../util/errors.js';
@@ -14,7 +14,7 @@ import { formatEvent } from '../logs/event-format.js';
 import { timesAt } from '../logs/log-times.js';
 import type { Flags } from './flags.js';
 import { control, credentials, target } from './client.js';
-import type { TailResult } from '../control/tail.js';
+import type { TailResult } from '../api/tail.js';
 import { natsUrl } from '../controlplane/urls.js';
 import { logNamesOf } from '../supervise/gang-launch.js';
 
@@ -177,7 +177,7 @@ async function remoteLogs(
     emit(replica, line);
   };
   // Loaded only when following from another machine: nats is not a local `logs`'s business.
-  const { followOverNats } = flags.follow ? await import('../control/nats-control.js') : { followOverNats: undefined };
+  const { followOverNats } = flags.follow ? await import('../api/nats-control.js') : { followOverNats: undefined };
   const following = followOverNats
     ? followOverNats(natsUrl(t.cluster), t.cluster.name, creds, what ? names : null, (replica, chunk, firstSeq) => {
         const ls = chunk.toString('utf8').split('\n');

@@ -1,8 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { formatDuration } from '../config/duration.js';
 import { hostname } from 'node:os';
-import { ControlAuthError } from '../control/control-auth.js';
-import { pidAlive, readLock, readState, runtimePaths } from '../control/runtime-files.js';
+import { ControlAuthError } from '../api/control-auth.js';
+import { readLock, readState, runtimePaths } from '../api/runtime-files.js';
+import { pidAlive } from '../util/process.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
 import { DynsupError, errorMessage } from '../util/errors.js';

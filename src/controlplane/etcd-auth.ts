@@ -12,7 +12,7 @@
  */
 import { Etcd3, Range } from 'etcd3';
 import type { ClusterConfig } from '../config/types.js';
-import type { Credentials } from '../control/credentials.js';
+import type { Credentials } from './credentials.js';
 import { etcdUrl } from './urls.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 

@@ -9,7 +9,7 @@ import { connect } from 'nats';
 import type { ClusterConfig } from '../config/types.js';
 import { etcdUrl, natsUrl } from './urls.js';
 import { which } from '../util/which.js';
-import type { Credentials } from '../control/credentials.js';
+import type { Credentials } from './credentials.js';
 
 /**
  * Two NATS accounts, so that neither sees the other's subjects, replies or JetStream: `dynsup` (the cluster's

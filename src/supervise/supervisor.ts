@@ -12,7 +12,7 @@ import { DynsupError, errorMessage } from '../util/errors.js';
 import { specHash, type WorkerSpec } from '../agent/protocol.js';
 import { CONTROL_PLANE_NODE, controlPlaneNode } from '../transport/factory.js';
 import { sharedAbort, type NodeAgent } from '../transport/node-agent.js';
-import type { Credentials } from '../control/credentials.js';
+import type { Credentials } from '../controlplane/credentials.js';
 import type { ReplicaLogStats } from '../logs/replica-log.js';
 import type { ReplicaPlan } from '../config/types.js';
 import { controlPlaneNodes, controlPlanePorts, place, portClashes } from '../config/placement.js';

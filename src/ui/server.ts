@@ -19,9 +19,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import type { ClusterConfig } from '../config/types.js';
-import type { ControlAuthorization } from '../control/http-auth.js';
-import type { ControlRequest } from '../control/socket.js';
-import { tailLogs } from '../control/tail.js';
+import type { ControlAuthorization } from '../api/http-auth.js';
+import type { ControlRequest } from '../api/socket.js';
+import { tailLogs } from '../api/tail.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import type { Supervisor } from '../supervise/supervisor.js';
 import { errorMessage } from '../util/errors.js';
@@ -46,7 +46,7 @@ export interface WebUiOptions {
   readonly timeline: Timeline;
   /** The supervisor's own control handler (the one the socket and NATS use). */
   readonly control: (req: ControlRequest) => Promise<unknown>;
-  /** The one credentials check (src/control/http-auth.ts). */
+  /** The one credentials check (src/api/http-auth.ts). */
   readonly authorize: (req: IncomingMessage) => ControlAuthorization;
   readonly redact: (s: string) => string;
   /** Where the built page is (default: dist/ui/static beside this module). */

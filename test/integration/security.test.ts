@@ -9,7 +9,7 @@ import { Etcd3 } from 'etcd3';
 import { connect, headers, type NatsConnection } from 'nats';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadCluster } from '../../src/config/load.js';
-import { newControlKey, signControlRequest } from '../../src/control/control-auth.js';
+import { newControlKey, signControlRequest } from '../../src/api/control-auth.js';
 import { etcdService } from '../../src/controlplane/services.js';
 import { BIN, dynsup, pidsWithCmdline, status, tempCluster, waitFor, type StatusJson, type TempCluster } from '../helpers/cluster.js';
 

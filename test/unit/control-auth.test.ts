@@ -1,4 +1,4 @@
-/** Proof of the control key on control requests, answers and log batches (src/control/control-auth.ts). */
+/** Proof of the control key on control requests, answers and log batches (src/api/control-auth.ts). */
 import { describe, expect, it } from 'vitest';
 import {
   CLOCK_WINDOW_MS,
@@ -11,7 +11,7 @@ import {
   verifyControlRequest,
   verifyLogBatch,
   verifyReply,
-} from '../../src/control/control-auth.js';
+} from '../../src/api/control-auth.js';
 
 const KEY = newControlKey();
 const NOW = 1_800_000_000_000;

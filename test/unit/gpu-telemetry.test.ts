@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ownerOf, toSample } from '../../src/agent/gpu-sampler.js';
 import type { NodeGpuSample } from '../../src/agent/protocol.js';
 import { gpuCells, render } from '../../src/cli/status.js';
-import { renderMetrics } from '../../src/control/metrics.js';
+import { renderMetrics } from '../../src/api/metrics.js';
 import { replicaGpuTelemetry } from '../../src/supervise/gpu-telemetry.js';
 import type { ReplicaStatus } from '../../src/supervise/replica.js';
 

@@ -1,6 +1,6 @@
 /** The web view's pure parts: ANSI colours, the events timeline, the dependency columns, the credentials check. */
 import { describe, expect, it } from 'vitest';
-import { authorizeControl } from '../../src/control/http-auth.js';
+import { authorizeControl } from '../../src/api/http-auth.js';
 import { parseSgr, xterm256 } from '../../src/ui/client/sgr.js';
 import { dependencyColumns } from '../../src/ui/graph.js';
 import { parseEventLine, Timeline } from '../../src/ui/timeline.js';

@@ -3,11 +3,11 @@
  * cluster state dir), the last known state of every replica (readable when the supervisor is gone),
  * and the control socket.
  */
-import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { DynsupError } from '../util/errors.js';
+import { pidAlive } from '../util/process.js';
 import type { ClusterStatus } from '../supervise/supervisor.js';
 
 export interface RuntimePaths {
@@ -33,20 +33,6 @@ export interface LockInfo {
 export interface StateSnapshot extends ClusterStatus {
   readonly supervisor: LockInfo;
   readonly updatedAt: number;
-}
-
-/** Whether `pid` runs. A zombie (killed, not yet reaped by an init that reaps slowly) does not. */
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] !== 'Z';
-  } catch {
-    return true;
-  }
 }
 
 export async function readLock(paths: RuntimePaths): Promise<LockInfo | null> {

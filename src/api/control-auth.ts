@@ -20,6 +20,8 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { DynsupError } from '../util/errors.js';
 import type { ControlRequest, ControlResponse } from './socket.js';
+// Generated with the credentials (controlplane/credentials.ts); here too, beside what it signs.
+export { newControlKey } from '../controlplane/credentials.js';
 
 /** How far a request's timestamp may be from the supervisor's clock (either way). */
 export const CLOCK_WINDOW_MS = 60_000;
@@ -73,11 +75,6 @@ function sameMac(expected: Buffer, given: unknown): boolean {
   if (typeof given !== 'string') return false;
   const b = Buffer.from(given, 'base64url');
   return b.length === expected.length && timingSafeEqual(b, expected);
-}
-
-/** A new random control key (base64url of 32 bytes). */
-export function newControlKey(): string {
-  return randomBytes(32).toString('base64url');
 }
 
 /** Client side: a request to send, and its nonce (to match the answer with). */

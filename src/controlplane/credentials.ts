@@ -1,11 +1,10 @@
 /**
  * Per-cluster control credentials: generated on the first `up`, kept in <stateDir>/run/credentials.json
  * (mode 0600). NATS is started so that only holders of the NATS password reach the cluster's account
- * (dynsup.>), and every control request must be signed with `controlKey` (control-auth.ts), which only this
+ * (dynsup.>), and every control request must be signed with `controlKey` (api/control-auth.ts), which only this
  * file holds: that is how another user on the network, or a worker, is kept from stopping your workers.
  */
 import { randomBytes } from 'node:crypto';
-import { newControlKey } from './control-auth.js';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DynsupError } from '../util/errors.js';
@@ -81,3 +80,8 @@ export const subjects = (cluster: string) => ({
   log: (replica: string) => `dynsup.${cluster}.log.${replica}`,
   logs: `dynsup.${cluster}.log.>`,
 });
+
+/** A new random control key (base64url of 32 bytes): signs control requests (api/control-auth.ts). */
+export function newControlKey(): string {
+  return randomBytes(32).toString('base64url');
+}

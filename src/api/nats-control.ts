@@ -7,7 +7,7 @@
 import { connect, createInbox, headers, type NatsConnection } from 'nats';
 import { DynsupError, errorMessage } from '../util/errors.js';
 import { ControlAuthError, NonceLog, signControlRequest, signLogBatch, signReply, verifyControlRequest, verifyLogBatch, verifyReply } from './control-auth.js';
-import { subjects, type Credentials } from './credentials.js';
+import { subjects, type Credentials } from '../controlplane/credentials.js';
 import type { ControlRequest, ControlResponse } from './socket.js';
 
 /** Lines waiting to be published, per replica; beyond this a slow link drops lines (counted), never blocks a worker. */

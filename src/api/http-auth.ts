@@ -5,7 +5,7 @@
  * plain HTTP to another host has no WebCrypto to sign with); this is the one check.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Credentials } from './credentials.js';
+import type { Credentials } from '../controlplane/credentials.js';
 
 /** The request header carrying the secret. */
 export const CONTROL_SECRET_HEADER = 'x-dynsup-secret';

@@ -12,7 +12,7 @@ import type { EtcdAccess } from '../controlplane/etcd-auth.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
-import { pidAlive } from './runtime-files.js';
+import { pidAlive } from '../util/process.js';
 
 export interface LeaderInfo {
   readonly pid: number;
