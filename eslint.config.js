@@ -65,11 +65,6 @@ export default tseslint.config(
     rules: { 'no-control-regex': 'off' },
   },
   {
-    // Benchmarks drive the web view with puppeteer: functions passed to page.waitForFunction run in the page.
-    files: ['scripts/bench/**/*.mjs'],
-    languageOptions: { globals: { document: 'readonly' } },
-  },
-  {
     // The browser page of the web view.
     files: ['src/ui/client/**/*.ts'],
     languageOptions: { globals: { ...globals.browser } },
