@@ -29,6 +29,8 @@ interface ReplicaStatus {
   readonly containment?: string;
   /** GPU telemetry (node agents sample nvidia-smi), when the node has it. */
   readonly gpu?: GpuTelemetry;
+  /** A gang's members, one per node (rank 0 on the leader). */
+  readonly ranks?: readonly { readonly name: string; readonly node: string; readonly state: string; readonly pid: number | null }[];
 }
 
 interface GpuTelemetry {
@@ -278,7 +280,8 @@ function tile(r: ReplicaStatus): HTMLAnchorElement {
       'data-restarts': r.restarts,
     },
     h('span', { class: 't-head' }, h('span', { class: 't-name' }, r.name), h('span', { class: 't-state' }, r.state)),
-    h('span', { class: 't-row' }, `${r.node}${r.gpus.length ? ` · gpu ${r.gpus.join(',')}` : ''}`),
+    h('span', { class: 't-row' }, `${r.ranks ? r.ranks.map((k) => k.node).join(' + ') : r.node}${r.gpus.length ? ` · gpu ${r.gpus.join(',')}${r.ranks ? ' each' : ''}` : ''}`),
+    ...(r.ranks ?? []).map((k) => h('span', { class: `t-row t-rank s-${k.state}` }, `${k.name} ${k.node} ${k.state}${k.pid ? ` pid ${k.pid}` : ''}`)),
     h('span', { class: 't-row' }, `restarts ${r.restarts} · up `, uptimeSpan(r)),
     r.lastExit ? h('span', { class: 't-row' }, `last exit ${exitText(r.lastExit)}`) : null,
     mem !== undefined ? h('span', { class: 't-row t-gpu' }, `gpu mem ${mem}`) : null,
