@@ -6,12 +6,12 @@
 // is at dist/<dir>/ depth, like tsc's output, so paths relative to import.meta.url (../../bin/dynsup.js,
 // ../../dist/agent/...) resolve the same.
 //
-//   node scripts/build-cli.mjs
+//   node scripts/build-cli.mjs [OUTDIR]     (default dist/cli-bundle)
 import { build } from 'esbuild';
 
 await build({
   entryPoints: { main: 'src/cli/main.ts' },
-  outdir: 'dist/cli-bundle',
+  outdir: process.argv[2] ?? 'dist/cli-bundle',
   bundle: true,
   splitting: true,
   platform: 'node',

@@ -68,8 +68,10 @@ pack() {
   cp package.json package-lock.json "$tmp/"
   cp -a node_modules "$tmp/"
   (cd "$tmp" && npm prune --omit=dev --no-audit --no-fund >/dev/null 2>&1)
-  (cd "$src" && npx tsc -p tsconfig.json --outDir "$tmp/dist" && node "$OLDPWD/scripts/build-agent.mjs" "$tmp/dist/agent/dynsup-agent.mjs")
-  [[ -s $tmp/dist/agent/dynsup-agent.mjs && -s $tmp/dist/cli/main.js ]] || { echo "pack: the build left no dist/cli/main.js or dist/agent/dynsup-agent.mjs" >&2; exit 1; }
+  # bin/dynsup.js runs the bundled CLI (dist/cli-bundle), the supervisor serves the page in dist/ui/static.
+  (cd "$src" && npx tsc -p tsconfig.json --outDir "$tmp/dist" && node "$OLDPWD/scripts/build-agent.mjs" "$tmp/dist/agent/dynsup-agent.mjs" \
+    && node "$OLDPWD/scripts/build-ui.mjs" "$tmp/dist/ui/static" && node "$OLDPWD/scripts/build-cli.mjs" "$tmp/dist/cli-bundle")
+  [[ -s $tmp/dist/agent/dynsup-agent.mjs && -s $tmp/dist/cli-bundle/main.js ]] || { echo "pack: the build left no dist/cli-bundle/main.js or dist/agent/dynsup-agent.mjs" >&2; exit 1; }
   echo "dist/ built $(date -u +%Y-%m-%dT%H:%M:%SZ) from the $build; agent bundle sha256 $(sha256sum "$tmp/dist/agent/dynsup-agent.mjs" | cut -c1-16)" >"$tmp/dist/BUILD"
   cp "$tmp/dist/BUILD" "$DEV/BUILD"
   tar -C "$tmp" -cf - dist node_modules | xz -T0 -9 >"$DEV/runtime.tar.xz"
@@ -99,7 +101,7 @@ setup() {
     unxz_to "$DEV/runtime.tar.xz" | tar -xf - "${want[@]}"
   fi
   # The head starts the node agent as `node dist/agent/dynsup-agent.mjs`: a dist/ without it cannot run.
-  [[ -s dist/agent/dynsup-agent.mjs ]] || { echo "gpu-check: dist/agent/dynsup-agent.mjs missing: this dist/ was not built by 'npm run build' (or pack)" >&2; exit 1; }
+  [[ -s dist/agent/dynsup-agent.mjs && -s dist/cli-bundle/main.js ]] || { echo "gpu-check: dist/agent/dynsup-agent.mjs or dist/cli-bundle/main.js missing: this dist/ was not built by 'npm run build' (or pack)" >&2; exit 1; }
   [[ -f dist/BUILD ]] && echo "gpu-check: $(cat dist/BUILD)" >&2
   echo "gpu-check: node $(node --version), $(nats-server --version), $(etcd --version | head -1), $(python3 --version)" >&2
   if [[ ${GPU_CHECK_FAKE:-} != 1 ]]; then

@@ -399,7 +399,19 @@ def telemetry_phase(smi: Smi, reps: dict[str, dict]) -> None:
         if all(replicas(st).get(k, {}).get("gpu") for k in gpu_reps):
             break
         time.sleep(1)
-    now = {g["index"]: g for g in smi.gpus()}
+    # The agent's sample is up to one interval (5s) old, and a worker's memory still grows for a while after
+    # it is ready (its family allocates later): compare until a sample agrees, for a few intervals at most.
+    agree_by = time.monotonic() + 30
+    while True:
+        now = {g["index"]: g for g in smi.gpus()}
+        off = [k for k, x in gpu_reps.items()
+               if (replicas(st).get(k, {}).get("gpu") or {}).get("memoryUsedMiB") is None
+               or abs(replicas(st)[k]["gpu"]["memoryUsedMiB"] - sum(now[i]["used"] for i in x["gpus"] if i in now))
+               > max(512, sum(now[i]["used"] for i in x["gpus"] if i in now) // 10)]
+        if not off or time.monotonic() > agree_by:
+            break
+        time.sleep(1)
+        st = status()
     rows, bad = [], []
     for k, x in gpu_reps.items():
         g = replicas(st).get(k, {}).get("gpu")
@@ -408,7 +420,6 @@ def telemetry_phase(smi: Smi, reps: dict[str, dict]) -> None:
             bad.append(f"{k}: no gpu telemetry in status --json after 30s")
             rows.append([k, fmt_gpus(x["gpus"]), "-", str(smi_used), "-", "-"])
             continue
-        # The agent's sample is up to one interval old; a loaded worker's memory is steady.
         if g.get("memoryUsedMiB") is None or abs(g["memoryUsedMiB"] - smi_used) > max(512, smi_used // 10):
             bad.append(f"{k}: telemetry says {g.get('memoryUsedMiB')} MiB used on GPU {fmt_gpus(x['gpus'])}, nvidia-smi {smi_used} MiB")
         # Its family (child, setsid grandchild: same DYNSUP_TOKEN) is its own, not listed.
