@@ -743,8 +743,19 @@ def main() -> int:
         t = time.monotonic()
         os.kill(sup, signal.SIGKILL)
         gone_s, first_stop_s = None, None
+        # When each replica's last process went, and when nvidia-smi and the GPU memory were clear (diagnosis).
+        replica_gone: dict[str, float] = {}
+        apps_clear_s = mem_clear_s = None
         while time.monotonic() - t < LEASE_S + 30:
             alive = {k: members(*lt) for k, lt in launches.items()}
+            el = time.monotonic() - t
+            for k, v in alive.items():
+                if not v and k not in replica_gone:
+                    replica_gone[k] = el
+            if apps_clear_s is None and not our_apps():
+                apps_clear_s = el
+            if mem_clear_s is None and mem_back_to_baseline()[0]:
+                mem_clear_s = el
             if first_stop_s is None and any(len(v) < n_procs[k] for k, v in alive.items()):
                 first_stop_s = time.monotonic() - t
             if not any(alive.values()) and not our_apps() and mem_back_to_baseline()[0]:
@@ -755,6 +766,9 @@ def main() -> int:
         still = leftovers()
         facts["left_after_supervisor_kill"] = still
         say(f"left running once the workers had stopped (for `down` to clean): {still or 'nothing'}")
+        say("after the supervisor's kill: " + ", ".join(f"{k} gone at {v:.1f}s" for k, v in sorted(replica_gone.items(), key=lambda kv: kv[1]))
+            + f"; no compute process of ours at {apps_clear_s if apps_clear_s is None else round(apps_clear_s, 1)}s"
+            + f"; GPU memory at baseline at {mem_clear_s if mem_clear_s is None else round(mem_clear_s, 1)}s")
         rows = []
         for k, x in reps.items():
             alive = members(*launches[k]) if k in launches else []
