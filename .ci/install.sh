@@ -7,10 +7,10 @@
 #
 #   dash, bash                    the shells shell quoting is tested through (test/unit/shell-quote.test.ts)
 #   nats-server, etcd-server      the control plane the supervisor starts
-#   openssh-server/-client        lab nodes' sshd, ssh, ssh-keygen (scripts/lab.sh)
+#   openssh-server/-client        lab nodes' sshd, ssh, ssh-keygen (scripts/testbed/lab.sh)
 #   openssh-sftp-server           sftp subsystem named in the lab's sshd_config (also a Depends of openssh-server)
-#   iproute2                      ip netns / veth / bridge (scripts/lab.sh)
-#   slurm-wlm, munge              real Slurm testbed (scripts/slurm-testbed.sh)
+#   iproute2                      ip netns / veth / bridge (scripts/testbed/lab.sh)
+#   slurm-wlm, munge              real Slurm testbed (scripts/testbed/slurm-testbed.sh)
 #   util-linux                    flock, unshare (both scripts)
 #   procps, psmisc                pgrep/pkill/ps, fuser/killall for tests and debugging
 #   curl, ca-certificates         health endpoints in tests

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `--version` answers before anything is loaded; everything else runs the bundled CLI (scripts/build-cli.mjs:
+// `--version` answers before anything is loaded; everything else runs the bundled CLI (scripts/build/cli.mjs:
 // a few files instead of hundreds of modules, so that commands start within 2x of `node -e 0`).
 const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {

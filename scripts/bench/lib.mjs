@@ -16,7 +16,7 @@ export const ROOT = resolve(import.meta.dirname, '../..');
 // one commit that a concurrent `npm run build` in this checkout cannot change mid-run) with the same scripts;
 // BENCH_COMMIT names what that build is, for the report.
 export const BIN = process.env.BENCH_DYNSUP_BIN ?? join(ROOT, 'bin/dynsup.js');
-export const LAB_SH = join(ROOT, 'scripts/lab.sh');
+export const LAB_SH = join(ROOT, 'scripts/testbed/lab.sh');
 export const WORK = process.env.BENCH_WORK ?? '/tmp/dynsup-bench';
 export const TOOLS = process.env.BENCH_TOOLS ?? '/tmp/dynsup-bench-tools';
 export const LAB_DIR = join(WORK, 'lab');
@@ -271,7 +271,7 @@ export async function ensurePm2() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The lab (scripts/lab.sh): same session lock as test/helpers/lab.ts, so a vitest run and a bench never
+// The lab (scripts/testbed/lab.sh): same session lock as test/helpers/lab.ts, so a vitest run and a bench never
 // share or tear down each other's lab.
 
 function holdLock(file, waitMs) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npm run bench`: the four benchmarks against the tools users would pick instead, on one 32-node netns lab
-// (scripts/lab.sh, same lock as the tests), each figure as a ratio against a baseline measured in the same
+// (scripts/testbed/lab.sh, same lock as the tests), each figure as a ratio against a baseline measured in the same
 // run. Prints each bench's table and a MET/MISSED line per issue-12 target as it finishes, and a summary of
 // all targets at the end. Writes bench/REPORT.md (everything), bench/results.json (raw numbers) and
 // $BENCH_WORK/performance-section.md (default /tmp/dynsup-bench: a draft of README's "## Performance"
@@ -124,7 +124,7 @@ function writeReports({ versions, wallS }) {
       `${versions.ssh}, ${versions.pdsh}, supervisord ${versions.supervisord}, pm2 ${versions.pm2}. Whole run: ${(wallS / 60).toFixed(1)} min` +
       `${quick ? ' (**--quick smoke run: fewer repetitions, not the published figures**)' : ''}.`,
     '',
-    `The "nodes" are ${lab?.n ?? 32} network namespaces of this one machine (scripts/lab.sh), each with its own sshd: they share ` +
+    `The "nodes" are ${lab?.n ?? 32} network namespaces of this one machine (scripts/testbed/lab.sh), each with its own sshd: they share ` +
       `its ${m.nproc} cores, its filesystem and root's home, so node-side work that would run in parallel on real machines ` +
       `queues here, and root's ~/.bashrc (pyenv init, ~0.1 CPU-s, with a \`pyenv rehash\` lock in /root/.pyenv that every ` +
       `"node" shares) runs for every ssh login (dynsup: one per node connection; the baselines: one per command). ` +

@@ -7,7 +7,7 @@
   GET /workers  JSON: the workers registered in etcd (dynsup-gpu/<cluster>/workers/...) and, per worker,
                 the last heartbeat seen on NATS (dynsup-gpu.<cluster>.heartbeat.>) and its age
 
-scripts/gpu-check.sh reads /workers to check that every GPU replica registered itself with the UUID of
+scripts/gpu/gpu-check.sh reads /workers to check that every GPU replica registered itself with the UUID of
 the GPU dynsup gave it and is heartbeating. Exits 3 if NATS or etcd is unreachable at start, 5 if NATS
 is lost later; SIGTERM: exit 0.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The checks of scripts/gpu-check.sh (which sets up node, nats-server and etcd first, then runs this).
+"""The checks of scripts/gpu/gpu-check.sh (which sets up node, nats-server and etcd first, then runs this).
 
 Brings up clusters/gpu-local.yaml with `dynsup up -d` and checks with nvidia-smi, from the outside:
   1. pinning    every replica's processes (its process group: pgid == the replica's pid, and descendants
@@ -476,7 +476,7 @@ def main() -> int:
     global DYN_ENV
     os.chdir(REPO)
     say(f"dynsup GPU check ({'FAKE: no GPU, workers on the CPU' if FAKE else 'nvidia-smi'}) in {REPO}")
-    build = REPO / "dist/BUILD"  # written by `scripts/gpu-check.sh pack`: which source dist/ was built from
+    build = REPO / "dist/BUILD"  # written by `scripts/gpu/gpu-check.sh pack`: which source dist/ was built from
     facts["dist"] = build.read_text().strip() if build.is_file() else "the checkout's own dist/ (not packed)"
     say(f"dynsup: {facts['dist']}")
     n_fake = int(os.environ.get("GPU_CHECK_GPUS") or 2)

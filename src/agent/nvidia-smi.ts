@@ -3,7 +3,7 @@
  * processes on each. Used by the agent's telemetry (one call pair per node per interval) and by the
  * GPU-release gate before a relaunch. The parsers are pure; `queryGpus` runs the two queries.
  *
- * Bundled into the node agent (scripts/build-agent.mjs): Node built-ins only.
+ * Bundled into the node agent (scripts/build/agent.mjs): Node built-ins only.
  *
  * Fields nvidia-smi cannot give ("[N/A]", "[Not Supported]", empty: MIG, some Grace or vGPU setups,
  * processes of another container) are NaN: test with Number.isFinite before comparing. A line without an

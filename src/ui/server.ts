@@ -148,7 +148,7 @@ export class WebUi {
 
   constructor(o: WebUiOptions) {
     this.#o = o;
-    // '../ui/': the same from dist/ui/ and from the CLI bundle's dist/cli-bundle/ (scripts/build-cli.mjs).
+    // '../ui/': the same from dist/ui/ and from the CLI bundle's dist/cli-bundle/ (scripts/build/cli.mjs).
     this.#assetsDir = o.assets ?? fileURLToPath(new URL('../ui/static/', import.meta.url));
     this.#groupsJson = JSON.stringify(groupInfo(o.sup.cluster));
     this.#unsubscribe = o.timeline.onEvent((e) => {

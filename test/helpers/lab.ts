@@ -1,9 +1,9 @@
 /**
  * Multi-node test beds for integration tests, built by the scripts in scripts/:
  *  - startLab(n): n "nodes" (network namespaces with their own address and a real
- *    sshd) behind a bridge whose head address is 10.99.0.1 (scripts/lab.sh);
+ *    sshd) behind a bridge whose head address is 10.99.0.1 (scripts/testbed/lab.sh);
  *  - startSlurm(n): a real Slurm cluster of n slurmd's on this host
- *    (scripts/slurm-testbed.sh).
+ *    (scripts/testbed/slurm-testbed.sh).
  * Both need root. Both are machine-global (fixed namespace names, addresses and
  * ports): only one lab and one Slurm testbed can exist at a time. A test holding
  * one keeps a lock until stop(), so a second test file (another vitest worker)
@@ -24,8 +24,8 @@ import { ensureTestUser, userDir, type TestUser } from './test-user.js';
 const execFileP = promisify(execFile);
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
-const LAB_SH = join(REPO, 'scripts', 'lab.sh');
-const SLURM_SH = join(REPO, 'scripts', 'slurm-testbed.sh');
+const LAB_SH = join(REPO, 'scripts', 'testbed', 'lab.sh');
+const SLURM_SH = join(REPO, 'scripts', 'testbed', 'slurm-testbed.sh');
 
 export const LAB_HEAD = '10.99.0.1';
 export const DEFAULT_LAB_DIR = '/tmp/dynsup-lab';

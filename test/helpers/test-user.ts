@@ -1,5 +1,5 @@
 /**
- * The users test sshd daemons log in as (scripts/test-user.sh creates them, idempotently):
+ * The users test sshd daemons log in as (scripts/testbed/test-user.sh creates them, idempotently):
  *  - 'clean' → dynsup-t: shell /bin/sh, an empty home, no rc files. What every test logs in as.
  *  - 'rc'    → dynsup-rc: shell /bin/bash whose ~/.bashrc and ~/.profile `sleep 1` and print a line to
  *    stdout and one to stderr: a real-world login (conda/module/pyenv init), kept slow and noisy on purpose.
@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
-const TEST_USER_SH = fileURLToPath(new URL('../../scripts/test-user.sh', import.meta.url));
+const TEST_USER_SH = fileURLToPath(new URL('../../scripts/testbed/test-user.sh', import.meta.url));
 
 export type LoginKind = 'clean' | 'rc';
 
@@ -25,7 +25,7 @@ export interface TestUser {
 
 const ensured = new Map<LoginKind, Promise<TestUser>>();
 
-/** Creates (or repairs) the user once per process; see scripts/test-user.sh. Needs root. */
+/** Creates (or repairs) the user once per process; see scripts/testbed/test-user.sh. Needs root. */
 export function ensureTestUser(kind: LoginKind = 'clean'): Promise<TestUser> {
   let p = ensured.get(kind);
   if (!p) {

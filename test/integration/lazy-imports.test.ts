@@ -47,7 +47,7 @@ describe('lazy command imports', () => {
   ])('dynsup %j loads none of ssh2, nats, etcd3', async (args, expected) => {
     const { code, packages } = await loadedPackages([BIN, ...args]);
     expect(code).toBe(expected);
-    // yaml and zod are bundled into the CLI (scripts/build-cli.mjs); the exit code says the file was loaded.
+    // yaml and zod are bundled into the CLI (scripts/build/cli.mjs); the exit code says the file was loaded.
     expect(HEAVY.filter((p) => packages.has(p))).toEqual([]);
   });
 });

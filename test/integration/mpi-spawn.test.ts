@@ -1,7 +1,7 @@
 // @vitest-environment node
 //
 // The seeds' MPI_ERR_SPAWN, kept as a test, with real Open MPI (Debian's openmpi-bin 4.1, mpi4py) on a real
-// Slurm cluster (scripts/slurm-testbed.sh). The program does what TensorRT-LLM does at start-up: an MPI
+// Slurm cluster (scripts/testbed/slurm-testbed.sh). The program does what TensorRT-LLM does at start-up: an MPI
 // singleton (not started by mpirun or srun's PMI) that calls MPI_Comm_spawn for one child, which replies.
 //
 // Open MPI decides how to spawn from the environment alone:

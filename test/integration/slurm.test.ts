@@ -1,6 +1,6 @@
 // @vitest-environment node
 //
-// `dynsup sbatch` on a real Slurm cluster (scripts/slurm-testbed.sh: slurmctld + 3 slurmd on this host):
+// `dynsup sbatch` on a real Slurm cluster (scripts/testbed/slurm-testbed.sh: slurmctld + 3 slurmd on this host):
 // the job brings up NATS, etcd and workers placed by slurm.roles on three nodes, under one agent step per
 // node, without SLURM_*/PMI_* variables; a killed worker is restarted by its node's agent; scancel leaves
 // nothing; a supervisor run again in an allocation adopts the workers.

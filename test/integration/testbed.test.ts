@@ -1,6 +1,6 @@
 // @vitest-environment node
 //
-// The test beds themselves (scripts/lab.sh, scripts/slurm-testbed.sh): if these
+// The test beds themselves (scripts/testbed/lab.sh, scripts/testbed/slurm-testbed.sh): if these
 // fail, every multi-node test built on them would fail in confusing ways.
 import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -25,7 +25,7 @@ async function eventually<T>(fn: () => Promise<T>, deadlineMs = 15_000, stepMs =
   }
 }
 
-describe('lab (scripts/lab.sh)', { timeout: 120_000 }, () => {
+describe('lab (scripts/testbed/lab.sh)', { timeout: 120_000 }, () => {
   let lab: Lab;
   let server: Server;
   let port = 0;
@@ -131,7 +131,7 @@ describe('lab (scripts/lab.sh)', { timeout: 120_000 }, () => {
   });
 });
 
-describe('slurm testbed (scripts/slurm-testbed.sh)', { timeout: 120_000 }, () => {
+describe('slurm testbed (scripts/testbed/slurm-testbed.sh)', { timeout: 120_000 }, () => {
   let slurm: SlurmTestbed;
 
   beforeAll(async () => {

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # test-user.sh — the users the test harnesses' sshd daemons log in as (test/helpers/sshd.ts,
-# scripts/lab.sh), so that no test runs on this machine's root login with its dotfiles.
+# scripts/testbed/lab.sh), so that no test runs on this machine's root login with its dotfiles.
 #
-#   scripts/test-user.sh ensure clean   user dynsup-t:  shell /bin/sh, an empty home, no rc files
-#   scripts/test-user.sh ensure rc      user dynsup-rc: shell /bin/bash, whose ~/.bashrc and ~/.profile
+#   scripts/testbed/test-user.sh ensure clean   user dynsup-t:  shell /bin/sh, an empty home, no rc files
+#   scripts/testbed/test-user.sh ensure rc      user dynsup-rc: shell /bin/bash, whose ~/.bashrc and ~/.profile
 #                                       are slow and noisy (sleep 1; a line on stdout and one on stderr),
 #                                       like the conda/module/pyenv init of users on GPU clusters
 #
@@ -73,8 +73,8 @@ ensure() {
   chown "$uid:$gid" "$home"
   chmod 0755 "$home"
   if [[ $kind == rc ]]; then
-    put_file "$home/.bashrc" "# written by scripts/test-user.sh: a slow and noisy rc file, on purpose"$'\n'"$RC_LINE"
-    put_file "$home/.profile" "# written by scripts/test-user.sh: a slow and noisy rc file, on purpose"$'\n'"$RC_LINE"
+    put_file "$home/.bashrc" "# written by scripts/testbed/test-user.sh: a slow and noisy rc file, on purpose"$'\n'"$RC_LINE"
+    put_file "$home/.profile" "# written by scripts/testbed/test-user.sh: a slow and noisy rc file, on purpose"$'\n'"$RC_LINE"
   fi
 
   # The default runtime dir of a cluster whose nodes log in as this user.

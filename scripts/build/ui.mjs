@@ -2,7 +2,7 @@
 // index.html and style.css copied. No framework, nothing fetched at run time: the supervisor serves these
 // three files (src/ui/server.ts).
 //
-//   node scripts/build-ui.mjs [OUTDIR]     (default dist/ui/static)
+//   node scripts/build/ui.mjs [OUTDIR]     (default dist/ui/static)
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';

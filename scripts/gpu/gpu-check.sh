@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Prove dynsup on real GPUs: pinning, restarts and release of GPU memory (clusters/gpu-local.yaml).
 #
-#   scripts/gpu-check.sh pack     on a dev machine (with node, nats-server, etcd, npm, xz): fills .device/
+#   scripts/gpu/gpu-check.sh pack     on a dev machine (with node, nats-server, etcd, npm, xz): fills .device/
 #                                 (git-ignored) with what a bare GPU machine lacks: node, nats-server and
 #                                 etcd (xz), and dist/ (tsc, plus the node agent's esbuild bundle
 #                                 dist/agent/dynsup-agent.mjs) + production node_modules (runtime.tar.xz).
 #                                 ~35 MB. Built from the working tree's src/, or with GPU_CHECK_REF=REV
 #                                 (e.g. HEAD) from that commit's; .device/BUILD says which.
-#   scripts/gpu-check.sh [run]    on the GPU machine, from the repository root: unpacks what is missing
+#   scripts/gpu/gpu-check.sh [run]    on the GPU machine, from the repository root: unpacks what is missing
 #                                 (node/nats-server/etcd to a temp bin dir put first on PATH; dist/ and
 #                                 node_modules/ into the checkout, only if absent), then runs
 #                                 scripts/gpu/gpu_check.py: `dynsup up -d`, nvidia-smi checks, kill -9 of a
@@ -24,12 +24,12 @@
 #                                 GPU_CHECK_GPUS=1 on a one-GPU machine (decode then runs on the CPU).
 #
 # Through the session's `run` tool (device machine, 2+ GPUs; on nvidia-h200 it runs the 1-GPU layout by itself):
-#   run(kind=nvidia-h200-x2, carry=[".device"], command="scripts/gpu-check.sh 2>&1 | tee $OUT/gpu-check-run.log")
+#   run(kind=nvidia-h200-x2, carry=[".device"], command="scripts/gpu/gpu-check.sh 2>&1 | tee $OUT/gpu-check-run.log")
 #
 # GPU_CHECK_FAKE=1 runs everything without a GPU (workers on the CPU, nvidia-smi replaced by the workers'
-# CUDA_VISIBLE_DEVICES and RSS): `GPU_CHECK_FAKE=1 scripts/gpu-check.sh`. Results also go to $OUT if set.
+# CUDA_VISIBLE_DEVICES and RSS): `GPU_CHECK_FAKE=1 scripts/gpu/gpu-check.sh`. Results also go to $OUT if set.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DEV=.device
 
 unxz_to() { # unxz_to FILE.xz: decompress to stdout, with xz or (no xz-utils) Python's lzma
@@ -69,8 +69,8 @@ pack() {
   cp -a node_modules "$tmp/"
   (cd "$tmp" && npm prune --omit=dev --no-audit --no-fund >/dev/null 2>&1)
   # bin/dynsup.js runs the bundled CLI (dist/cli-bundle), the supervisor serves the page in dist/ui/static.
-  (cd "$src" && npx tsc -p tsconfig.json --outDir "$tmp/dist" && node "$OLDPWD/scripts/build-agent.mjs" "$tmp/dist/agent/dynsup-agent.mjs" \
-    && node "$OLDPWD/scripts/build-ui.mjs" "$tmp/dist/ui/static" && node "$OLDPWD/scripts/build-cli.mjs" "$tmp/dist/cli-bundle")
+  (cd "$src" && npx tsc -p tsconfig.json --outDir "$tmp/dist" && node "$OLDPWD/scripts/build/agent.mjs" "$tmp/dist/agent/dynsup-agent.mjs" \
+    && node "$OLDPWD/scripts/build/ui.mjs" "$tmp/dist/ui/static" && node "$OLDPWD/scripts/build/cli.mjs" "$tmp/dist/cli-bundle")
   [[ -s $tmp/dist/agent/dynsup-agent.mjs && -s $tmp/dist/cli-bundle/main.js ]] || { echo "pack: the build left no dist/cli-bundle/main.js or dist/agent/dynsup-agent.mjs" >&2; exit 1; }
   echo "dist/ built $(date -u +%Y-%m-%dT%H:%M:%SZ) from the $build; agent bundle sha256 $(sha256sum "$tmp/dist/agent/dynsup-agent.mjs" | cut -c1-16)" >"$tmp/dist/BUILD"
   cp "$tmp/dist/BUILD" "$DEV/BUILD"
@@ -85,7 +85,7 @@ setup() {
   mkdir -p "$bin"
   for b in node nats-server etcd; do
     if ! command -v "$b" >/dev/null && [[ ! -x /usr/sbin/$b ]]; then
-      [[ -s $DEV/$b.xz ]] || { echo "gpu-check: no $b here and no $DEV/$b.xz (run 'scripts/gpu-check.sh pack' where it is, carry .device)" >&2; exit 1; }
+      [[ -s $DEV/$b.xz ]] || { echo "gpu-check: no $b here and no $DEV/$b.xz (run 'scripts/gpu/gpu-check.sh pack' where it is, carry .device)" >&2; exit 1; }
       [[ -x $bin/$b ]] || { unxz_to "$DEV/$b.xz" >"$bin/$b.tmp" && chmod +x "$bin/$b.tmp" && mv "$bin/$b.tmp" "$bin/$b"; }
     fi
   done
@@ -114,5 +114,5 @@ case "${1:-run}" in
   pack) pack ;;
   run) setup; shift $(($# > 0 ? 1 : 0)); exec python3 scripts/gpu/gpu_check.py "$@" ;;
   -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0" ;;
-  *) echo "usage: scripts/gpu-check.sh [pack|run]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu/gpu-check.sh [pack|run]" >&2; exit 2 ;;
 esac

@@ -6,7 +6,7 @@
 // is at dist/<dir>/ depth, like tsc's output, so paths relative to import.meta.url (../../bin/dynsup.js,
 // ../../dist/agent/...) resolve the same.
 //
-//   node scripts/build-cli.mjs [OUTDIR]     (default dist/cli-bundle)
+//   node scripts/build/cli.mjs [OUTDIR]     (default dist/cli-bundle)
 import { build } from 'esbuild';
 
 await build({

@@ -3,7 +3,7 @@
 # On a fresh Debian machine as root it first installs what is missing: nats-server and etcd-server from
 # Debian's packages (it says so before doing it), the npm dependencies, and the build.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 missing=()
 command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || missing+=(nats-server)
