@@ -33,7 +33,9 @@ await build({
       // every command no parsing.
       name: 'zod-without-locales',
       setup(b) {
-        b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) => (/zod[\\/]v4[\\/](classic|core)[\\/]/.test(a.importer) ? { path: 'zod-locales', namespace: 'empty' } : undefined));
+        b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) =>
+          /zod[\\/]v4[\\/](classic|core)[\\/]/.test(a.importer) ? { path: 'zod-locales', namespace: 'empty' } : undefined,
+        );
         b.onLoad({ filter: /.*/, namespace: 'empty' }, () => ({ contents: 'export {};', loader: 'js' }));
       },
     },

@@ -72,7 +72,9 @@ async function completions(ctx, req, res) {
     } catch (err) {
       failures.push(`${d.worker}: ${err.message}`);
       log(err.remote ? 'decode worker returned an error' : 'decode worker failed', {
-        decode_worker: d.worker, error: err.message, code: err.code ?? null,
+        decode_worker: d.worker,
+        error: err.message,
+        code: err.code ?? null,
       });
       // A request error, or no prefill worker at all, would fail the same way on any decode worker.
       if (err.remote && STATUS_BY_CODE[err.code]) {

@@ -54,7 +54,11 @@ export function readEnv(role, defaultPort) {
   const worker = process.env.DYNSUP_WORKER || `${role}-${process.pid}`;
   logName = worker;
 
-  const list = (v) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const list = (v) =>
+    (v ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   const nats = list(process.env.NATS_SERVER);
   const etcd = list(process.env.ETCD_ENDPOINTS);
   if (nats.length === 0) die('NATS_SERVER is not set (expected nats://HOST:PORT); dynsup should provide it');
@@ -93,8 +97,17 @@ export function readEnv(role, defaultPort) {
 /** The startup line: what this worker is and where it will connect. */
 export function logStartup(env, extra = {}) {
   log(`starting ${env.role}`, {
-    cluster: env.cluster, worker: env.worker, group: env.group, index: env.index, node: env.node,
-    port: env.port, gpus: env.gpus, nats: env.nats, etcd: env.etcd, pid: process.pid, ...extra,
+    cluster: env.cluster,
+    worker: env.worker,
+    group: env.group,
+    index: env.index,
+    node: env.node,
+    port: env.port,
+    gpus: env.gpus,
+    nats: env.nats,
+    etcd: env.etcd,
+    pid: process.pid,
+    ...extra,
   });
   for (const w of env.warnings) log(`warning: ${w}`);
 }
@@ -429,7 +442,14 @@ export async function runWorker(opts) {
   const ctx = {
     env,
     subject: opts.subject ? opts.subject(env) : null, // this worker's own NATS subject, registered in etcd
-    nc: null, natsUp: false, etcd: null, reg: null, ready: false, subs: [], inflight: new Set(), server: null,
+    nc: null,
+    natsUp: false,
+    etcd: null,
+    reg: null,
+    ready: false,
+    subs: [],
+    inflight: new Set(),
+    server: null,
   };
   logStartup(env);
 
@@ -450,8 +470,13 @@ export async function runWorker(opts) {
   ctx.server = serveHttp(env, async (req, res, url) => {
     if (url.pathname === '/health' && (req.method === 'GET' || req.method === 'HEAD')) {
       const base = {
-        worker: env.worker, role: env.role, cluster: env.cluster, node: env.node, pid: process.pid,
-        gpus: env.gpus, uptime_s: Math.round((Date.now() - started) / 1000),
+        worker: env.worker,
+        role: env.role,
+        cluster: env.cluster,
+        node: env.node,
+        pid: process.pid,
+        gpus: env.gpus,
+        uptime_s: Math.round((Date.now() - started) / 1000),
       };
       let problem = null;
       if (isStopping()) problem = 'stopping';
@@ -487,8 +512,14 @@ export async function runWorker(opts) {
 
   const key = env.prefix(env.role) + token(env.worker);
   ctx.reg = new Registration(etcd, key, {
-    worker: env.worker, role: env.role, node: env.node, subject: ctx.subject,
-    pid: process.pid, gpus: env.gpus, port: env.port, group: env.group,
+    worker: env.worker,
+    role: env.role,
+    node: env.node,
+    subject: ctx.subject,
+    pid: process.pid,
+    gpus: env.gpus,
+    port: env.port,
+    group: env.group,
   });
   try {
     await ctx.reg.start();

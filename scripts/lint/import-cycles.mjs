@@ -28,11 +28,18 @@ function* tsFiles(dir) {
 
 const RUNTIME_ONLY = process.argv.includes('--runtime');
 function typeOnly(node) {
-  if (ts.isExportDeclaration(node)) return node.isTypeOnly || (node.exportClause && ts.isNamedExports(node.exportClause) && node.exportClause.elements.every((e) => e.isTypeOnly));
+  if (ts.isExportDeclaration(node))
+    return node.isTypeOnly || (node.exportClause && ts.isNamedExports(node.exportClause) && node.exportClause.elements.every((e) => e.isTypeOnly));
   const c = node.importClause;
   if (!c) return false;
   if (c.isTypeOnly) return true;
-  return !c.name && c.namedBindings && ts.isNamedImports(c.namedBindings) && c.namedBindings.elements.length > 0 && c.namedBindings.elements.every((e) => e.isTypeOnly);
+  return (
+    !c.name &&
+    c.namedBindings &&
+    ts.isNamedImports(c.namedBindings) &&
+    c.namedBindings.elements.length > 0 &&
+    c.namedBindings.elements.every((e) => e.isTypeOnly)
+  );
 }
 
 /** Relative specifiers a file imports: `import`, `export ... from`, `import()` with a string literal. */
@@ -43,7 +50,12 @@ function importsOf(file) {
   const visit = (node) => {
     if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier && ts.isStringLiteral(node.moduleSpecifier)) {
       if (!(RUNTIME_ONLY && typeOnly(node))) out.push({ spec: node.moduleSpecifier.text, line: sf.getLineAndCharacterOfPosition(node.getStart()).line + 1 });
-    } else if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword && node.arguments[0] && ts.isStringLiteral(node.arguments[0])) {
+    } else if (
+      ts.isCallExpression(node) &&
+      node.expression.kind === ts.SyntaxKind.ImportKeyword &&
+      node.arguments[0] &&
+      ts.isStringLiteral(node.arguments[0])
+    ) {
       out.push({ spec: node.arguments[0].text, line: sf.getLineAndCharacterOfPosition(node.getStart()).line + 1 });
     }
     ts.forEachChild(node, visit);
@@ -101,10 +113,20 @@ if (process.argv.includes('--graph')) {
 
 const problems = [];
 for (const c of cycles(folderGraph)) {
-  problems.push(`folders: ${c.join(' -> ')}\n${c.slice(1).map((to, i) => `    ${where.get(`${c[i]} -> ${to}`)}`).join('\n')}`);
+  problems.push(
+    `folders: ${c.join(' -> ')}\n${c
+      .slice(1)
+      .map((to, i) => `    ${where.get(`${c[i]} -> ${to}`)}`)
+      .join('\n')}`,
+  );
 }
 for (const c of cycles(fileGraph)) {
-  problems.push(`files: ${c.join(' -> ')}\n${c.slice(1).map((to, i) => `    ${where.get(`${c[i]} -> ${to}`)}`).join('\n')}`);
+  problems.push(
+    `files: ${c.join(' -> ')}\n${c
+      .slice(1)
+      .map((to, i) => `    ${where.get(`${c[i]} -> ${to}`)}`)
+      .join('\n')}`,
+  );
 }
 if (problems.length) {
   console.error(`import cycles in src/ (${problems.length}):\n${problems.map((p) => `  ${p}`).join('\n')}`);

@@ -35,7 +35,11 @@ export function cgroupBase(scope: string, inside = false): string | null {
     const line = mounts.find((l) => l.split(' - ')[1]?.startsWith('cgroup2 '));
     if (!line) return null;
     const mountPoint = line.split(' ')[4]!;
-    const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '/';
+    const own =
+      readFileSync('/proc/self/cgroup', 'utf8')
+        .split('\n')
+        .find((l) => l.startsWith('0::'))
+        ?.slice(3) ?? '/';
     // As root: a tree of our own at the hierarchy's top (not inside an ssh session's scope, which logind
     // may kill with the session). Otherwise, or `inside` (a Slurm step: workers must stay in the job's
     // cgroup, which Slurm kills and accounts): below our own cgroup, which works where it was delegated.

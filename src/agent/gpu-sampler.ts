@@ -46,7 +46,13 @@ export function ownerOf(pid: number, workers: readonly OwnedWorker[], proc = '/p
 export function toSample(snap: GpuSnapshot, at: number, owner: (pid: number) => string | null): NodeGpuSample {
   return {
     at,
-    gpus: snap.gpus.map((g) => ({ index: g.index, uuid: g.uuid, memoryUsedMiB: finite(g.memoryUsedMiB), memoryTotalMiB: finite(g.memoryTotalMiB), utilizationPct: finite(g.utilizationPct) })),
+    gpus: snap.gpus.map((g) => ({
+      index: g.index,
+      uuid: g.uuid,
+      memoryUsedMiB: finite(g.memoryUsedMiB),
+      memoryTotalMiB: finite(g.memoryTotalMiB),
+      utilizationPct: finite(g.utilizationPct),
+    })),
     processes: snap.processes.map((p) => ({ pid: p.pid, gpuIndex: p.gpuIndex, usedMemoryMiB: finite(p.usedMemoryMiB), owner: owner(p.pid) })),
   };
 }

@@ -201,7 +201,8 @@ export function encodeData(name: string, offset: number, bytes: Buffer): Buffer 
   return Buffer.concat([head, bytes]);
 }
 
-export type Frame<M> = { readonly kind: 'msg'; readonly msg: M } | { readonly kind: 'data'; readonly name: string; readonly offset: number; readonly bytes: Buffer };
+export type Frame<M> =
+  { readonly kind: 'msg'; readonly msg: M } | { readonly kind: 'data'; readonly name: string; readonly offset: number; readonly bytes: Buffer };
 
 /**
  * Splits a byte stream into frames. With `preamble`, bytes before PREAMBLE are handed to `onNoise` (a login

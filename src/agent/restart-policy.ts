@@ -27,14 +27,7 @@ export function backoffDelay(policy: RestartPolicy, attempt: number, random: num
   return Math.max(0, Math.round(base * (1 + policy.jitter * (2 * random - 1))));
 }
 
-export function decideRestart(
-  policy: RestartPolicy,
-  exit: ExitInfo,
-  uptimeMs: number,
-  history: RestartHistory,
-  now: number,
-  random: number,
-): RestartDecision {
+export function decideRestart(policy: RestartPolicy, exit: ExitInfo, uptimeMs: number, history: RestartHistory, now: number, random: number): RestartDecision {
   if (policy.policy === 'never') return { kind: 'stop', reason: 'restart policy is never' };
   if (policy.policy === 'on-failure' && isCleanExit(exit)) return { kind: 'stop', reason: 'exited cleanly (restart policy on-failure)' };
   // A run that lasted resetAfter was healthy: the crash-loop window and backoff start over.

@@ -132,7 +132,15 @@ export class Worker {
   }
 
   record(): WorkerRecord {
-    return { name: this.name, specHash: this.specHash, pid: this.#pid, token: this.#token, acked: this.#acked, restarts: this.#restarts, interrupted: this.#interrupted };
+    return {
+      name: this.name,
+      specHash: this.specHash,
+      pid: this.#pid,
+      token: this.#token,
+      acked: this.#acked,
+      restarts: this.#restarts,
+      interrupted: this.#interrupted,
+    };
   }
 
   report(): WorkerReport {
@@ -475,7 +483,13 @@ export class Worker {
     const exit = this.#exit;
     if (!box || !exit) return;
     box.signal(pid, this.spec.stopSignal);
-    const exited = await Promise.race([exit.then(() => true, () => true), sleep(this.spec.graceMs, false)]);
+    const exited = await Promise.race([
+      exit.then(
+        () => true,
+        () => true,
+      ),
+      sleep(this.spec.graceMs, false),
+    ]);
     if (!exited || box.alive(pid)) {
       if (!exited) this.#host.event(this.name, { kind: 'stop-escalated', graceMs: this.spec.graceMs });
       box.kill(pid);

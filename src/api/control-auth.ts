@@ -115,11 +115,19 @@ export function verifyControlRequest(
   } catch {
     throw new ControlAuthError('not a signed control request (not JSON)', 'unsigned');
   }
-  if (!m || typeof m !== 'object' || m.dynsup !== VERSION || typeof m.req !== 'string' || typeof m.nonce !== 'string' || typeof m.ts !== 'number' || typeof m.cluster !== 'string') {
-    throw new ControlAuthError('not a signed control request (dynsup clients sign every request with the credentials\' controlKey)', 'unsigned');
+  if (
+    !m ||
+    typeof m !== 'object' ||
+    m.dynsup !== VERSION ||
+    typeof m.req !== 'string' ||
+    typeof m.nonce !== 'string' ||
+    typeof m.ts !== 'number' ||
+    typeof m.cluster !== 'string'
+  ) {
+    throw new ControlAuthError("not a signed control request (dynsup clients sign every request with the credentials' controlKey)", 'unsigned');
   }
   if (!sameMac(mac(key, ['dynsup-control-request', m.cluster, m.ts, m.nonce, m.req]), m.sig)) {
-    throw new ControlAuthError('the request is not signed with this cluster\'s control key (wrong or outdated credentials file?)', 'unsigned');
+    throw new ControlAuthError("the request is not signed with this cluster's control key (wrong or outdated credentials file?)", 'unsigned');
   }
   if (m.cluster !== opts.cluster) throw new ControlAuthError(`the request is for cluster ${m.cluster}, not ${opts.cluster}`, 'signed', m.nonce);
   const skew = m.ts - now;

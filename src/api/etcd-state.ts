@@ -189,7 +189,10 @@ export class EtcdState {
 
   async forget(name: string): Promise<void> {
     this.#last.delete(name);
-    await this.#client.delete().key(keys(this.#cluster).replica(name)).catch(() => undefined);
+    await this.#client
+      .delete()
+      .key(keys(this.#cluster).replica(name))
+      .catch(() => undefined);
   }
 
   async close(opts: { release: boolean }): Promise<void> {
@@ -212,7 +215,7 @@ function parseLeader(value: Buffer): LeaderInfo | null {
 }
 
 function describeLeader(l: LeaderInfo | null): string {
-  return l ? `pid ${l.pid} on ${escapeTerminal(l.host)}` : 'a value that is no supervisor\'s';
+  return l ? `pid ${l.pid} on ${escapeTerminal(l.host)}` : "a value that is no supervisor's";
 }
 
 function etcdClient(access: EtcdAccess, dialTimeout: number): Etcd3 {

@@ -15,12 +15,16 @@ export type ControlAuthorization = { readonly ok: true } | { readonly ok: false;
 export function authorizeControl(presented: string | readonly string[] | undefined, creds: Credentials): ControlAuthorization {
   const value = Array.isArray(presented) ? presented[0] : presented;
   if (typeof value !== 'string' || value === '') {
-    return { ok: false, status: 401, reason: "read-only: no credentials given (enter the cluster's control secret: controlKey in <stateDir>/run/credentials.json)" };
+    return {
+      ok: false,
+      status: 401,
+      reason: "read-only: no credentials given (enter the cluster's control secret: controlKey in <stateDir>/run/credentials.json)",
+    };
   }
   // Compared as digests: equal lengths, and no early exit that tells how much of a guess was right.
   const digest = (s: string) => createHash('sha256').update(s).digest();
   if (!timingSafeEqual(digest(value), digest(creds.controlKey))) {
-    return { ok: false, status: 403, reason: 'refused: wrong credentials (not the secret in this cluster\'s credentials.json)' };
+    return { ok: false, status: 403, reason: "refused: wrong credentials (not the secret in this cluster's credentials.json)" };
   }
   return { ok: true };
 }

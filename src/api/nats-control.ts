@@ -158,7 +158,8 @@ export async function requestOverNats(url: string, cluster: string, creds: Crede
   try {
     nc = await connect({ servers: url, user: creds.natsUser, pass: creds.natsPassword, timeout: 3000, reconnect: false });
   } catch (err) {
-    if (/authorization|permission/i.test(errorMessage(err))) throw new DynsupError('E_AUTH', `not allowed into the control plane at ${url}: ${errorMessage(err)} (wrong credentials?)`);
+    if (/authorization|permission/i.test(errorMessage(err)))
+      throw new DynsupError('E_AUTH', `not allowed into the control plane at ${url}: ${errorMessage(err)} (wrong credentials?)`);
     throw new DynsupError('E_NOT_RUNNING', `cannot reach the control plane at ${url}: ${errorMessage(err)}`);
   }
   const signed = signControlRequest(creds.controlKey, cluster, req);
@@ -169,7 +170,12 @@ export async function requestOverNats(url: string, cluster: string, creds: Crede
     return await new Promise<unknown>((resolve, reject) => {
       let acked = false;
       let unverified: DynsupError | undefined;
-      timers.push(setTimeout(() => reject(unverified ?? new DynsupError('E_TIMEOUT', `no answer from the supervisor of ${cluster} within ${timeoutMs / 1000}s`)), timeoutMs));
+      timers.push(
+        setTimeout(
+          () => reject(unverified ?? new DynsupError('E_TIMEOUT', `no answer from the supervisor of ${cluster} within ${timeoutMs / 1000}s`)),
+          timeoutMs,
+        ),
+      );
       const unconfirmed = (err: DynsupError) => {
         if (acked || unverified) return;
         unverified = err;
@@ -185,7 +191,13 @@ export async function requestOverNats(url: string, cluster: string, creds: Crede
           if (!v) {
             const refusal = unsignedRefusal(m.string());
             // A ControlAuthError: the supervisor runs (status says so) but refuses these credentials.
-            if (refusal) unconfirmed(new ControlAuthError(`the supervisor of ${cluster} ${refusal} (is ${url} this cluster's head, and the credentials file its current one?)`, 'unsigned'));
+            if (refusal)
+              unconfirmed(
+                new ControlAuthError(
+                  `the supervisor of ${cluster} ${refusal} (is ${url} this cluster's head, and the credentials file its current one?)`,
+                  'unsigned',
+                ),
+              );
             continue;
           }
           if (v.kind === 'ack') {

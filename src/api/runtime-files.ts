@@ -20,7 +20,13 @@ export interface RuntimePaths {
 
 export function runtimePaths(stateDir: string): RuntimePaths {
   const runDir = join(stateDir, 'run');
-  return { runDir, lock: join(runDir, 'supervisor.json'), state: join(runDir, 'state.json'), socket: join(runDir, 'control.sock'), logDir: join(stateDir, 'logs') };
+  return {
+    runDir,
+    lock: join(runDir, 'supervisor.json'),
+    state: join(runDir, 'state.json'),
+    socket: join(runDir, 'control.sock'),
+    logDir: join(stateDir, 'logs'),
+  };
 }
 
 export interface LockInfo {
@@ -64,7 +70,10 @@ export async function acquireLock(paths: RuntimePaths, file: string): Promise<{ 
     }
     const held = await readLock(paths);
     if (held && held.host === hostname() && pidAlive(held.pid)) {
-      throw new DynsupError('E_ALREADY_RUNNING', `cluster already running: supervisor pid ${held.pid} on ${held.host} (started ${new Date(held.startedAt).toISOString()}, state dir ${paths.runDir})`);
+      throw new DynsupError(
+        'E_ALREADY_RUNNING',
+        `cluster already running: supervisor pid ${held.pid} on ${held.host} (started ${new Date(held.startedAt).toISOString()}, state dir ${paths.runDir})`,
+      );
     }
     await rm(paths.lock, { force: true });
     if (attempt === 0 && held) {

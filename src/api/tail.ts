@@ -44,7 +44,13 @@ async function withTimes(file: string, last: { lines: string[]; offsets: number[
 
 /** The last `n` complete lines among the file's first `end` bytes (default: all of it), with their offsets. */
 async function lastLines(file: string, n: number, end?: number): Promise<{ lines: string[]; offsets: number[] }> {
-  const size = Math.min(await stat(file).then((s) => s.size, () => 0), end ?? Infinity);
+  const size = Math.min(
+    await stat(file).then(
+      (s) => s.size,
+      () => 0,
+    ),
+    end ?? Infinity,
+  );
   if (!size || !n) return { lines: [], offsets: [] };
   const len = Math.min(size, MAX_BYTES);
   const fh = await open(file, 'r');

@@ -35,7 +35,8 @@ export async function credentials(t: Target, flags: Flags): Promise<Credentials>
 /** Send a control request: local socket first, then NATS. */
 export async function control(t: Target, flags: Flags, req: ControlRequest, timeoutMs = 10 * 60_000): Promise<unknown> {
   if (t.local) return requestControl(runtimePaths(t.cluster.stateDir).socket, req, timeoutMs);
-  if (!t.cluster.nats.enabled) throw new DynsupError('E_NOT_RUNNING', `cluster ${t.cluster.name} is not running on this machine (and NATS is disabled, so it cannot be reached remotely)`);
+  if (!t.cluster.nats.enabled)
+    throw new DynsupError('E_NOT_RUNNING', `cluster ${t.cluster.name} is not running on this machine (and NATS is disabled, so it cannot be reached remotely)`);
   const creds = await credentials(t, flags);
   // Loaded only when used: nats and etcd3 (with grpc) cost a local `status` a third of its time.
   const { requestOverNats } = await import('../api/nats-control.js');

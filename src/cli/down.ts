@@ -42,7 +42,14 @@ export async function downCommand([file]: string[], flags: Flags): Promise<numbe
     process.stderr.write(`stopping cluster ${cluster.name} at ${t.cluster.headAddress}...\n`);
     await control(t, flags, { op: 'down' });
     const deadline = Date.now() + maxGraceMs(cluster) + 60_000;
-    while (Date.now() < deadline && (await control(t, flags, { op: 'status' }, 2000).then(() => true, () => false))) await sleep(200);
+    while (
+      Date.now() < deadline &&
+      (await control(t, flags, { op: 'status' }, 2000).then(
+        () => true,
+        () => false,
+      ))
+    )
+      await sleep(200);
     process.stderr.write(`cluster ${cluster.name} is down\n`);
     return 0;
   } else {

@@ -29,7 +29,11 @@ const wholeNumber: ValueCheck = (v) => (/^\d+$/.test(v) && Number.isSafeInteger(
 const hostAddress: ValueCheck = (v) => (/^[^\s/]+$/.test(v) ? null : "the head's address (a host name or IP, no spaces or '/')");
 
 const credentialsFile: ValueCheck = (v) =>
-  !v.trim() ? 'a credentials file' : existsSync(v) ? null : `a credentials file (no control credentials at ${v}: no such file; copy <stateDir>/run/credentials.json from the head)`;
+  !v.trim()
+    ? 'a credentials file'
+    : existsSync(v)
+      ? null
+      : `a credentials file (no control credentials at ${v}: no such file; copy <stateDir>/run/credentials.json from the head)`;
 
 /** Checks by option name: one option name means one thing in every command. */
 const VALUE_CHECKS: Record<string, ValueCheck> = {

@@ -54,8 +54,17 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
       if (!existsSync(f.path)) continue;
       const size = (await stat(f.path)).size;
       const got: { line: Buffer; offset: number }[] = [];
-      f.offset = await readRange(f.path, await startOfLast(f.path, lines, size), size, (line, offset) => got.push({ line: Buffer.from(line), offset }), partial); // copied: the read buffer is reused
-      const times = await timesAt(f.path, got.map((g) => g.offset));
+      f.offset = await readRange(
+        f.path,
+        await startOfLast(f.path, lines, size),
+        size,
+        (line, offset) => got.push({ line: Buffer.from(line), offset }),
+        partial,
+      ); // copied: the read buffer is reused
+      const times = await timesAt(
+        f.path,
+        got.map((g) => g.offset),
+      );
       let at = 0;
       got.forEach((g, i) => shown.push({ name: f.name, line: g.line, at: (at = times[i] ?? at), order }));
     }
@@ -73,7 +82,10 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
   // Follow: poll sizes (cheap, works for files written by another process and across rotation).
   for (;;) {
     for (const f of files) {
-      const size = await stat(f.path).then((s) => s.size, () => -1);
+      const size = await stat(f.path).then(
+        (s) => s.size,
+        () => -1,
+      );
       if (size < 0) continue;
       if (size < f.offset) f.offset = 0;
       if (size > f.offset) f.offset = await readRange(f.path, f.offset, size, (l) => emit(f.name, l));
@@ -179,15 +191,22 @@ async function remoteLogs(
   // Loaded only when following from another machine: nats is not a local `logs`'s business.
   const { followOverNats } = flags.follow ? await import('../api/nats-control.js') : { followOverNats: undefined };
   const following = followOverNats
-    ? followOverNats(natsUrl(t.cluster), t.cluster.name, creds, what ? names : null, (replica, chunk, firstSeq) => {
-        const ls = chunk.toString('utf8').split('\n');
-        if (ls.at(-1) === '') ls.pop();
-        ls.forEach((l, i) => {
-          const seq = firstSeq + i;
-          if (live) show(replica, Buffer.from(l), seq);
-          else pending.push([replica, Buffer.from(l), seq]);
-        });
-      }, stop.signal)
+    ? followOverNats(
+        natsUrl(t.cluster),
+        t.cluster.name,
+        creds,
+        what ? names : null,
+        (replica, chunk, firstSeq) => {
+          const ls = chunk.toString('utf8').split('\n');
+          if (ls.at(-1) === '') ls.pop();
+          ls.forEach((l, i) => {
+            const seq = firstSeq + i;
+            if (live) show(replica, Buffer.from(l), seq);
+            else pending.push([replica, Buffer.from(l), seq]);
+          });
+        },
+        stop.signal,
+      )
     : undefined;
   const history = (await control(t, flags, { op: 'tail', target: what, lines: lines ?? (flags.follow ? 10 : 1000) })) as TailResult[];
   // Several replicas: interleaved by when each line arrived (as a local `logs -n`), each replica's in order.

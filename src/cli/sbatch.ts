@@ -58,7 +58,12 @@ export async function sbatchCommand([file]: string[], flags: Flags, extra: reado
   // slurmd opens the output file before the script runs: its directory must exist.
   const outDir = dirname(job.output);
   if (!outDir.includes('%')) mkdirSync(outDir, { recursive: true });
-  const r = await execa('sbatch', args, { input: script, reject: false, timeout: 120_000 }).catch((err: Error) => ({ failed: true, exitCode: undefined, stdout: '', stderr: err.message }));
+  const r = await execa('sbatch', args, { input: script, reject: false, timeout: 120_000 }).catch((err: Error) => ({
+    failed: true,
+    exitCode: undefined,
+    stdout: '',
+    stderr: err.message,
+  }));
   const id = r.exitCode === 0 ? parseSubmitted(String(r.stdout)) : null;
   if (!id) {
     const why = String(r.stderr).trim() || String(r.stdout).trim() || `exit ${r.exitCode ?? '?'}`;

@@ -35,7 +35,9 @@ async function collect(t: Target, flags: Flags): Promise<Shown> {
   const name = t.cluster.name;
   try {
     const status = (await control(t, flags, { op: 'status' }, 10_000)) as ClusterStatus;
-    const who = t.local ? `pid ${t.local.pid} on ${t.local.host}, up ${formatDuration(Date.now() - t.local.startedAt)}` : `reached over NATS at ${t.cluster.headAddress}:${t.cluster.nats.port}`;
+    const who = t.local
+      ? `pid ${t.local.pid} on ${t.local.host}, up ${formatDuration(Date.now() - t.local.startedAt)}`
+      : `reached over NATS at ${t.cluster.headAddress}:${t.cluster.nats.port}`;
     return { state: 'running', source: 'supervisor', headline: `cluster ${name}: supervisor ${who}`, status, supervisor: t.local };
   } catch (err) {
     const why = errorMessage(err);
@@ -46,7 +48,11 @@ async function collect(t: Target, flags: Flags): Promise<Shown> {
       const lock = await readLock(paths);
       const leader = etcd?.leader;
       const who =
-        lock && lock.host === hostname() && pidAlive(lock.pid) ? lock : leader && (leader.host === hostname() ? pidAlive(leader.pid) : leader.leased) ? leader : null;
+        lock && lock.host === hostname() && pidAlive(lock.pid)
+          ? lock
+          : leader && (leader.host === hostname() ? pidAlive(leader.pid) : leader.leased)
+            ? leader
+            : null;
       if (who || err instanceof ControlAuthError) {
         return {
           state: 'unauthorised',
@@ -57,7 +63,13 @@ async function collect(t: Target, flags: Flags): Promise<Shown> {
         };
       }
       if (t.cluster.nats.enabled && (await listening(t.cluster.headAddress, t.cluster.nats.port))) {
-        return { state: 'unknown', source: 'none', headline: `cluster ${name}: NATS answers at ${t.cluster.headAddress}:${t.cluster.nats.port}, but without credentials the supervisor cannot be asked: ${why}`, status: null, supervisor: null };
+        return {
+          state: 'unknown',
+          source: 'none',
+          headline: `cluster ${name}: NATS answers at ${t.cluster.headAddress}:${t.cluster.nats.port}, but without credentials the supervisor cannot be asked: ${why}`,
+          status: null,
+          supervisor: null,
+        };
       }
     }
     if (etcd && etcd.replicas.length) {
@@ -71,7 +83,13 @@ async function collect(t: Target, flags: Flags): Promise<Shown> {
       };
     }
     if (typeof flags.head === 'string') {
-      return { state: 'not-running', source: 'none', headline: `cluster ${name}: not running at ${t.cluster.headAddress} (${why})`, status: null, supervisor: null };
+      return {
+        state: 'not-running',
+        source: 'none',
+        headline: `cluster ${name}: not running at ${t.cluster.headAddress} (${why})`,
+        status: null,
+        supervisor: null,
+      };
     }
     const snap = await readState(paths);
     if (snap) {
@@ -102,7 +120,9 @@ export function gpuCells(r: ReplicaStatus): [string, string, string] {
   return [
     `${gib(g.memoryUsedMiB)}/${gib(g.memoryTotalMiB)} GiB`,
     g.utilizationPct === null ? '?' : `${g.utilizationPct}%`,
-    g.others.length ? g.others.map((p) => `${p.pid}@${p.gpu}${p.usedMemoryMiB === null ? '' : ` ${gib(p.usedMemoryMiB)}GiB`}${p.owner ? ` (${p.owner})` : ''}`).join(', ') : '-',
+    g.others.length
+      ? g.others.map((p) => `${p.pid}@${p.gpu}${p.usedMemoryMiB === null ? '' : ` ${gib(p.usedMemoryMiB)}GiB`}${p.owner ? ` (${p.owner})` : ''}`).join(', ')
+      : '-',
   ];
 }
 
@@ -113,7 +133,12 @@ export function render(shown: Shown): string {
   const row = (r: ReplicaStatus) => [
     r.name,
     r.node,
-    r.state + (r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'blocked' || r.state === 'starting') ? ` (${r.message})` : r.adopted ? ' (adopted)' : ''),
+    r.state +
+      (r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'blocked' || r.state === 'starting')
+        ? ` (${r.message})`
+        : r.adopted
+          ? ' (adopted)'
+          : ''),
     r.pid ? String(r.pid) : '-',
     String(r.restarts),
     r.lastExit ? `${r.lastExit.signal ?? `code ${r.lastExit.code}`}${r.lastExit.reason ? ` (${r.lastExit.reason})` : ''}` : '-',
@@ -125,8 +150,12 @@ export function render(shown: Shown): string {
   const gpu = all.some((r) => r.gpu);
   const header = ['REPLICA', 'NODE', 'STATE', 'PID', 'RESTARTS', 'LAST EXIT', 'GPUS', 'UPTIME', ...(gpu ? ['GPU MEM', 'GPU UTIL', 'OTHER PROCS'] : [])];
   // A gang's row, then one row per member (node, pid, state), indented under it.
-  const rankRows = (r: ReplicaStatus) => (r.ranks ?? []).map((k) => [`  ${k.name}`, k.node, k.state, k.pid ? String(k.pid) : '-', ...header.slice(4).map(() => '')]);
-  out += `\n${table(header, all.flatMap((r) => [[...row(r), ...(gpu ? gpuCells(r) : [])], ...rankRows(r)]))}`;
+  const rankRows = (r: ReplicaStatus) =>
+    (r.ranks ?? []).map((k) => [`  ${k.name}`, k.node, k.state, k.pid ? String(k.pid) : '-', ...header.slice(4).map(() => '')]);
+  out += `\n${table(
+    header,
+    all.flatMap((r) => [[...row(r), ...(gpu ? gpuCells(r) : [])], ...rankRows(r)]),
+  )}`;
   return out;
 }
 

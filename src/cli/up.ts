@@ -82,7 +82,9 @@ async function detach(cluster: ClusterConfig, file: string, flags: Flags): Promi
       // Only our child's answer counts: a supervisor started meanwhile by someone else makes it exit.
       const ours = (await readLock(paths))?.pid === child.pid;
       if (ours && status.replicas.length === cluster.replicas.length && status.replicas.every((r) => isUp(cluster, r))) {
-        process.stdout.write(`cluster ${cluster.name} is up: ${status.replicas.length} replica${status.replicas.length === 1 ? '' : 's'}, supervisor pid ${child.pid} (logs: dynsup logs ${file} -f)\n`);
+        process.stdout.write(
+          `cluster ${cluster.name} is up: ${status.replicas.length} replica${status.replicas.length === 1 ? '' : 's'}, supervisor pid ${child.pid} (logs: dynsup logs ${file} -f)\n`,
+        );
         return 0;
       }
     }

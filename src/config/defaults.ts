@@ -35,4 +35,3 @@ export const DEFAULTS = {
   },
   slurm: { exclusive: true },
 } as const;
-

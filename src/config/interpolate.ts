@@ -64,9 +64,7 @@ function findClose(s: string, from: number): number {
 function expand(body: string, env: Readonly<Record<string, string | undefined>>, used: string[]): string {
   const m = /^([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])([\s\S]*))?$/.exec(body);
   if (!m) {
-    throw new InterpolationError(
-      VAR_RE.test(body.split(/[:?-]/)[0] ?? '') ? `invalid substitution '\${${body}}'` : `invalid variable name in '\${${body}}'`,
-    );
+    throw new InterpolationError(VAR_RE.test(body.split(/[:?-]/)[0] ?? '') ? `invalid substitution '\${${body}}'` : `invalid variable name in '\${${body}}'`);
   }
   const [, name, colon, op, rest] = m as unknown as [string, string, string | undefined, string | undefined, string | undefined];
   const raw = env[name];

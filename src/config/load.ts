@@ -88,7 +88,8 @@ function zodIssue(source: ConfigSource, issue: z.core.$ZodIssue): ConfigIssue[] 
       const hint = closest(key, known);
       const expected = hint ? ` (did you mean '${hint}'?)` : known.length ? ` (expected one of: ${known.join(', ')})` : '';
       // A long key is not a mistyped field name but some other file's content: not quoted.
-      if (key.length > MAX_QUOTED_KEY) return { ...source.issue([...path, key], `unknown field (a key of ${key.length} characters, not shown)${expected}`, true), path: formatPath(path) };
+      if (key.length > MAX_QUOTED_KEY)
+        return { ...source.issue([...path, key], `unknown field (a key of ${key.length} characters, not shown)${expected}`, true), path: formatPath(path) };
       return source.issue([...path, key], `unknown field '${key}'${expected}`, true);
     });
   }
@@ -102,7 +103,8 @@ function zodIssue(source: ConfigSource, issue: z.core.$ZodIssue): ConfigIssue[] 
   if (message.startsWith('Invalid input')) message = message.replace(/^Invalid input: /, '');
   if (issue.code === 'invalid_type' || issue.code === 'invalid_union') {
     // A whole file that is one string is some other file (a key, a script): nothing of it is quoted.
-    message += path.length === 0 && typeof value === 'string' ? `, got text (${value.length} characters, not shown): not a cluster file` : `, got ${describe(value)}`;
+    message +=
+      path.length === 0 && typeof value === 'string' ? `, got text (${value.length} characters, not shown): not a cluster file` : `, got ${describe(value)}`;
   }
   return [source.issue(path, message)];
 }

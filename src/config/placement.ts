@@ -31,9 +31,7 @@ export interface PlacementError {
   readonly group: string;
   readonly message: string;
 }
-export type PlacementResult =
-  | { readonly ok: true; readonly replicas: ReplicaPlan[] }
-  | { readonly ok: false; readonly errors: PlacementError[] };
+export type PlacementResult = { readonly ok: true; readonly replicas: ReplicaPlan[] } | { readonly ok: false; readonly errors: PlacementError[] };
 
 /**
  * Replicas are placed group by group, in the order given; within a group, each replica goes to the first
@@ -75,7 +73,16 @@ export function place(nodes: readonly PlacementNode[], groups: readonly Placemen
           break;
         }
         const gpuIds = Array.from({ length: g.gpus }, (_, i) => i);
-        const plan: ReplicaPlan = { name, group: g.name, index, node: fit[0]!, gpuIds, port: g.port === undefined ? undefined : g.port + index, ...namedPorts(g, index), gangNodes: fit };
+        const plan: ReplicaPlan = {
+          name,
+          group: g.name,
+          index,
+          node: fit[0]!,
+          gpuIds,
+          port: g.port === undefined ? undefined : g.port + index,
+          ...namedPorts(g, index),
+          gangNodes: fit,
+        };
         occupy(plan);
         replicas.push(plan);
         continue;

@@ -223,7 +223,8 @@ function groupNodesOf(
     if (!nodeNames.includes(n)) r.add(at('nodes', i), `unknown node '${n}'${hint(n, nodeNames)}`);
   }
   if (worker.nodes === undefined) {
-    for (const [i, n] of (defaults.nodes ?? []).entries()) if (!nodeNames.includes(n)) r.add(['defaults', 'nodes', i], `unknown node '${n}'${hint(n, nodeNames)}`);
+    for (const [i, n] of (defaults.nodes ?? []).entries())
+      if (!nodeNames.includes(n)) r.add(['defaults', 'nodes', i], `unknown node '${n}'${hint(n, nodeNames)}`);
   }
   return worker.nodes ?? defaults.nodes ?? [];
 }

@@ -44,7 +44,11 @@ export function placeReplicas(r: Resolution, resolved: ResolvedNodes, groups: Wo
     for (const e of placed.errors) {
       const worker = r.raw.workers[e.group];
       const field =
-        worker?.nodesPerReplica !== undefined && e.message.startsWith('not enough whole nodes') ? 'nodesPerReplica' : worker?.gpus !== undefined ? 'gpus' : 'replicas';
+        worker?.nodesPerReplica !== undefined && e.message.startsWith('not enough whole nodes')
+          ? 'nodesPerReplica'
+          : worker?.gpus !== undefined
+            ? 'gpus'
+            : 'replicas';
       r.add(['workers', e.group, field], `${e.message}${where}`);
     }
     return null;

@@ -28,7 +28,13 @@ export function checkControlPlanePorts(r: Resolution, services: HeadServices): M
 }
 
 /** Replica ports: distinct per node and from the control plane's (`reserved`, on the nodes it runs on). */
-export function checkReplicaPorts(r: Resolution, replicas: readonly ReplicaPlan[], nodes: readonly NodeConfig[], slurm: boolean, reserved: Map<number, string>): void {
+export function checkReplicaPorts(
+  r: Resolution,
+  replicas: readonly ReplicaPlan[],
+  nodes: readonly NodeConfig[],
+  slurm: boolean,
+  reserved: Map<number, string>,
+): void {
   for (const clash of portClashes(replicas, controlPlaneNodes(nodes, slurm), reserved)) {
     const own: ConfigPath = ['workers', clash.replica.group, ...clash.field];
     r.add(r.written(own) ? own : ['defaults', ...clash.field], clash.message);

@@ -21,13 +21,19 @@ const name = (what: string) =>
     error: `expected a ${what} name: letters, digits, '.', '_' or '-', starting with a letter or digit, at most 63 characters`,
   });
 const posInt = (max: number) =>
-  z.int({ error: 'expected a positive integer' }).min(1, { error: 'expected a positive integer' }).max(max, {
-    error: `expected a positive integer of at most ${max}`,
-  });
+  z
+    .int({ error: 'expected a positive integer' })
+    .min(1, { error: 'expected a positive integer' })
+    .max(max, {
+      error: `expected a positive integer of at most ${max}`,
+    });
 const count = (max: number) =>
-  z.int({ error: 'expected a whole number ≥ 0' }).min(0, { error: 'expected a whole number ≥ 0' }).max(max, {
-    error: `expected a whole number of at most ${max}`,
-  });
+  z
+    .int({ error: 'expected a whole number ≥ 0' })
+    .min(0, { error: 'expected a whole number ≥ 0' })
+    .max(max, {
+      error: `expected a whole number of at most ${max}`,
+    });
 const port = z.int({ error: 'expected a port number' }).min(1, { error: 'expected a port number (1-65535)' }).max(65535, {
   error: 'expected a port number (1-65535)',
 });
@@ -51,34 +57,40 @@ const restartSchema = z
       .min(0, { error: 'expected a fraction between 0 and 1' })
       .max(1, { error: 'expected a fraction between 0 and 1' })
       .optional(),
-    maxRestarts: count(1_000_000).optional().meta({ description: `Crash-loop limit: restarts allowed within \`window\` (default ${DEFAULTS.worker.restart.maxRestarts}; 0 = unlimited).` }),
-    window: duration.optional().meta({ description: `Crash-loop window (default ${DEFAULTS.worker.restart.window}).` }),
-    resetAfter: duration.optional().meta({ description: `Uptime after which the backoff starts again from initialDelay (default ${DEFAULTS.worker.restart.resetAfter}).` }),
-    gpuReleaseTimeout: duration.optional().meta({
-      description:
-        `Before a GPU replica starts again, wait until nvidia-smi shows none of its last run's processes on its GPUs, this long at most (default ${DEFAULTS.worker.restart.gpuReleaseTimeout}); past it the replica is \`blocked\` (GPU and pid named) until they are gone. Skipped where there is no nvidia-smi.`,
-    }),
-    onLog: z
-      .array(nonEmpty, { error: 'expected a list of regular expressions' })
+    maxRestarts: count(1_000_000)
       .optional()
-      .meta({
-        description:
-          'Fatal log patterns: a line of the worker matching one of these regular expressions restarts it (counted as a crash), for workers that hang after printing a fatal error (e.g. ["CUDA error", "NCCL .*timeout"]).',
-      }),
+      .meta({ description: `Crash-loop limit: restarts allowed within \`window\` (default ${DEFAULTS.worker.restart.maxRestarts}; 0 = unlimited).` }),
+    window: duration.optional().meta({ description: `Crash-loop window (default ${DEFAULTS.worker.restart.window}).` }),
+    resetAfter: duration
+      .optional()
+      .meta({ description: `Uptime after which the backoff starts again from initialDelay (default ${DEFAULTS.worker.restart.resetAfter}).` }),
+    gpuReleaseTimeout: duration.optional().meta({
+      description: `Before a GPU replica starts again, wait until nvidia-smi shows none of its last run's processes on its GPUs, this long at most (default ${DEFAULTS.worker.restart.gpuReleaseTimeout}); past it the replica is \`blocked\` (GPU and pid named) until they are gone. Skipped where there is no nvidia-smi.`,
+    }),
+    onLog: z.array(nonEmpty, { error: 'expected a list of regular expressions' }).optional().meta({
+      description:
+        'Fatal log patterns: a line of the worker matching one of these regular expressions restarts it (counted as a crash), for workers that hang after printing a fatal error (e.g. ["CUDA error", "NCCL .*timeout"]).',
+    }),
   })
   .meta({ description: 'Restart policy with exponential backoff and a crash-loop limit.' });
 
 const stopSchema = z.strictObject({
   signal: z.enum(SIGNALS, { error: `expected a signal name: ${SIGNAL_NAMES.join(', ')}` }).optional(),
-  grace: duration.optional().meta({ description: `Wait this long after the signal before SIGKILL of the process group (default ${DEFAULTS.worker.stop.grace}).` }),
+  grace: duration
+    .optional()
+    .meta({ description: `Wait this long after the signal before SIGKILL of the process group (default ${DEFAULTS.worker.stop.grace}).` }),
 });
 
 const healthSchema = z.strictObject({
   url: nonEmpty.meta({ description: 'HTTP URL polled until it answers 2xx. Placeholders {port}, {index}, {replica}, {node}.' }),
   interval: duration.optional(),
   timeout: duration.optional(),
-  startPeriod: duration.optional().meta({ description: `Failures during this time after start are not counted against a ready worker (default ${DEFAULTS.worker.health.startPeriod}).` }),
-  failureThreshold: posInt(1000).optional().meta({ description: `Consecutive failed probes after which a ready worker is restarted (default ${DEFAULTS.worker.health.failureThreshold}).` }),
+  startPeriod: duration
+    .optional()
+    .meta({ description: `Failures during this time after start are not counted against a ready worker (default ${DEFAULTS.worker.health.startPeriod}).` }),
+  failureThreshold: posInt(1000)
+    .optional()
+    .meta({ description: `Consecutive failed probes after which a ready worker is restarted (default ${DEFAULTS.worker.health.failureThreshold}).` }),
 });
 
 const envValue = z.union([noNul(z.string()), z.number(), z.boolean()], { error: 'expected a string, number or boolean' });
@@ -104,19 +116,26 @@ const workerFields = {
     .record(z.string().regex(PORT_NAME_RE, { error: "expected a port name: a letter, then letters, digits or '_' (at most 32)" }), port, {
       error: 'expected a map of port names to base ports',
     })
-    .meta({ description: 'Named ports: replica i gets base + i for each, as DYNSUP_PORT_<NAME> (upper case) and the {ports.<name>} placeholder. E.g. { system: 9090, kv: 20080 }.' }),
+    .meta({
+      description:
+        'Named ports: replica i gets base + i for each, as DYNSUP_PORT_<NAME> (upper case) and the {ports.<name>} placeholder. E.g. { system: 9090, kv: 20080 }.',
+    }),
   preStart: noNul(nonEmpty).meta({
-    description: "Shell command run on the replica's node before each start (sh -c, same environment and cwd as the worker); its output goes to the replica's log; failing counts as a failed start.",
+    description:
+      "Shell command run on the replica's node before each start (sh -c, same environment and cwd as the worker); its output goes to the replica's log; failing counts as a failed start.",
   }),
   postStop: noNul(nonEmpty).meta({ description: "Shell command run on the replica's node after each exit of the worker (output in the replica's log)." }),
   rollout: z
     .strictObject({
-      maxUnavailable: posInt(1024).optional().meta({ description: `Replicas replaced at a time by \`dynsup apply\` and \`restart --rolling\` (default ${DEFAULTS.worker.rollout.maxUnavailable}).` }),
+      maxUnavailable: posInt(1024)
+        .optional()
+        .meta({
+          description: `Replicas replaced at a time by \`dynsup apply\` and \`restart --rolling\` (default ${DEFAULTS.worker.rollout.maxUnavailable}).`,
+        }),
     })
     .meta({ description: 'How `dynsup apply` and `dynsup restart --rolling` replace the replicas of a group.' }),
   nodesPerReplica: posInt(1024).meta({
-    description:
-      `Nodes each replica spans (default ${DEFAULTS.worker.nodesPerReplica}). Above 1 the replica is a gang: it takes that many whole nodes, runs one process per node (launch: ranks) or one MPI job over them (launch: mpi), and is started, stopped and restarted as a whole.`,
+    description: `Nodes each replica spans (default ${DEFAULTS.worker.nodesPerReplica}). Above 1 the replica is a gang: it takes that many whole nodes, runs one process per node (launch: ranks) or one MPI job over them (launch: mpi), and is started, stopped and restarted as a whole.`,
   }),
   launch: z.enum(['ranks', 'mpi'], { error: "expected one of 'ranks', 'mpi'" }).meta({
     description:
@@ -132,9 +151,11 @@ const workerFields = {
     description: 'Groups that must be running (ready, if they have a health check) before this one starts.',
   }),
   health: healthSchema,
-  unsetEnv: z.array(z.string().regex(/^[A-Za-z_*?][A-Za-z0-9_*?]*$/, { error: 'expected a variable name or glob like SLURM_*' }), {
-    error: 'expected a list of variable name patterns',
-  }).meta({ description: 'Variables removed from the worker environment (default SLURM_*, PMI_*, PMIX_*).' }),
+  unsetEnv: z
+    .array(z.string().regex(/^[A-Za-z_*?][A-Za-z0-9_*?]*$/, { error: 'expected a variable name or glob like SLURM_*' }), {
+      error: 'expected a list of variable name patterns',
+    })
+    .meta({ description: 'Variables removed from the worker environment (default SLURM_*, PMI_*, PMIX_*).' }),
 };
 
 const optionalFields = <T extends Record<string, z.ZodType>>(fields: T) =>
@@ -145,7 +166,9 @@ export const defaultsSchema = z.strictObject(optionalFields(workerFields));
 
 export const nodeSchema = z.strictObject({
   transport: z.enum(['local', 'ssh', 'srun'], { error: "expected one of 'local', 'ssh', 'srun'" }).optional(),
-  gpus: count(1024).optional().meta({ description: `GPUs available on the node (default ${DEFAULTS.node.gpus}).` }),
+  gpus: count(1024)
+    .optional()
+    .meta({ description: `GPUs available on the node (default ${DEFAULTS.node.gpus}).` }),
   host: nonEmpty.optional().meta({ description: 'ssh: host name or address.' }),
   address: nonEmpty.optional().meta({ description: 'Address workers on this node are reached at (default: host, or head.address for local).' }),
   port: port.optional().meta({ description: `ssh: port (default ${DEFAULTS.node.port}).` }),
@@ -159,14 +182,17 @@ export const nodeSchema = z.strictObject({
     .max(1000, { error: 'expected a whole number of at most 1000' })
     .optional()
     .meta({
-      description:
-        "ssh: the node's sshd MaxSessions. Accepted for older files; dynsup now uses one channel per node whatever the number of workers.",
+      description: "ssh: the node's sshd MaxSessions. Accepted for older files; dynsup now uses one channel per node whatever the number of workers.",
     }),
-  setup: z.array(nonEmpty, { error: 'expected a list of shell commands' }).optional().meta({ description: 'Commands run once on the node before its workers start.' }),
-  runDir: nonEmpty.optional().meta({ description: 'Where dynsup keeps runtime files on the node (default /tmp/dynsup-<user>/<cluster>).' }),
-  node: nonEmpty
+  setup: z
+    .array(nonEmpty, { error: 'expected a list of shell commands' })
     .optional()
-    .meta({ description: "Node.js (>= 20) that runs dynsup's agent on the node (default: node on PATH; for ssh nodes without one, the head's own node binary is copied to ~/.cache/dynsup on the node)." }),
+    .meta({ description: 'Commands run once on the node before its workers start.' }),
+  runDir: nonEmpty.optional().meta({ description: 'Where dynsup keeps runtime files on the node (default /tmp/dynsup-<user>/<cluster>).' }),
+  node: nonEmpty.optional().meta({
+    description:
+      "Node.js (>= 20) that runs dynsup's agent on the node (default: node on PATH; for ssh nodes without one, the head's own node binary is copied to ~/.cache/dynsup on the node).",
+  }),
 });
 
 const serviceFields = {
@@ -175,7 +201,7 @@ const serviceFields = {
   args: z.array(z.string(), { error: 'expected a list of strings' }).optional().meta({ description: 'Extra command-line arguments.' }),
 };
 
-const ROLE_ERROR = "expected a node set: head, all, rest, {first: K}, {last: K}, {indices: [i, ...]}, or a list of these";
+const ROLE_ERROR = 'expected a node set: head, all, rest, {first: K}, {last: K}, {indices: [i, ...]}, or a list of these';
 const roleSelector = z.union(
   [
     z.enum(['head', 'all', 'rest']),
@@ -187,13 +213,14 @@ const roleSelector = z.union(
   ],
   { error: ROLE_ERROR },
 );
-const sbatchText = (what: string) =>
-  nonEmpty.regex(/^[^\n\r"\\]*$/, { error: `${what} must not contain line breaks, '"' or '\\'` });
+const sbatchText = (what: string) => nonEmpty.regex(/^[^\n\r"\\]*$/, { error: `${what} must not contain line breaks, '"' or '\\'` });
 
 export const slurmSchema = z
   .strictObject({
     nodes: posInt(100_000).optional().meta({ description: 'sbatch --nodes (default: the fewest nodes the roles need).' }),
-    gpusPerNode: count(64).optional().meta({ description: 'GPUs per node: sbatch --gpus-per-node, and the GPUs placement hands out (default: SLURM_GPUS_ON_NODE, else 0).' }),
+    gpusPerNode: count(64)
+      .optional()
+      .meta({ description: 'GPUs per node: sbatch --gpus-per-node, and the GPUs placement hands out (default: SLURM_GPUS_ON_NODE, else 0).' }),
     time: z
       .string({ error: SLURM_TIME_ERROR })
       .refine((v) => slurmTime(v) !== null, { error: SLURM_TIME_ERROR })
@@ -206,7 +233,10 @@ export const slurmSchema = z
       description: "sbatch --output, relative to the file's directory; %j, %x, ... as in sbatch (default <stateDir>/logs/slurm-%j.out).",
     }),
     signalLead: duration.optional().meta({ description: 'Stop gracefully this long before the time limit (sbatch --signal=B:TERM@N).' }),
-    exclusive: z.boolean({ error: 'expected true or false' }).optional().meta({ description: `Whole nodes (sbatch --exclusive, default ${DEFAULTS.slurm.exclusive}).` }),
+    exclusive: z
+      .boolean({ error: 'expected true or false' })
+      .optional()
+      .meta({ description: `Whole nodes (sbatch --exclusive, default ${DEFAULTS.slurm.exclusive}).` }),
     extraArgs: z
       .array(z.string().regex(/^[^\n\r\0]*$/, { error: 'must not contain line breaks' }), { error: 'expected a list of sbatch options' })
       .optional()
@@ -229,14 +259,15 @@ export const clusterSchema = z
     name: z
       .string()
       .regex(CLUSTER_NAME_RE, {
-        error: "expected a cluster name: letters, digits, '_' or '-' (no '.': the name is one NATS subject token), starting with a letter or digit, at most 63 characters",
+        error:
+          "expected a cluster name: letters, digits, '_' or '-' (no '.': the name is one NATS subject token), starting with a letter or digit, at most 63 characters",
       })
       .meta({ description: 'Cluster name: namespaces runtime files, etcd keys and NATS subjects.' }),
     head: z
       .strictObject({
-        address: nonEmpty
-          .optional()
-          .meta({ description: 'Address workers use to reach NATS and etcd on the head node. Required, except in Slurm mode (default: the batch host\'s address).' }),
+        address: nonEmpty.optional().meta({
+          description: "Address workers use to reach NATS and etcd on the head node. Required, except in Slurm mode (default: the batch host's address).",
+        }),
       })
       .optional(),
     stateDir: nonEmpty.optional().meta({ description: "Logs, data dirs and runtime files (default ./.dynsup/<name>, relative to the file's directory)." }),
@@ -247,12 +278,16 @@ export const clusterSchema = z
           .strictObject({
             ...serviceFields,
             port: port.optional().meta({ description: `Client port (default ${DEFAULTS.controlPlane.nats.port}).` }),
-            monitorPort: port.optional().meta({ description: `HTTP monitoring port (default ${DEFAULTS.controlPlane.nats.monitorPort}), bound to the head address.` }),
+            monitorPort: port
+              .optional()
+              .meta({ description: `HTTP monitoring port (default ${DEFAULTS.controlPlane.nats.monitorPort}), bound to the head address.` }),
             jetstream: z.boolean({ error: 'expected true or false' }).optional(),
-            workerCredentials: z.boolean({ error: 'expected true or false' }).optional().meta({
-              description:
-                `Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default ${DEFAULTS.controlPlane.nats.workerCredentials}: workers connect anonymously, into a NATS account of their own, with its own JetStream, that cannot see or reach the control plane's).`,
-            }),
+            workerCredentials: z
+              .boolean({ error: 'expected true or false' })
+              .optional()
+              .meta({
+                description: `Give workers the cluster credentials in NATS_SERVER and refuse anonymous clients (default ${DEFAULTS.controlPlane.nats.workerCredentials}: workers connect anonymously, into a NATS account of their own, with its own JetStream, that cannot see or reach the control plane's).`,
+              }),
           })
           .optional(),
         etcd: z
@@ -260,10 +295,12 @@ export const clusterSchema = z
             ...serviceFields,
             port: port.optional().meta({ description: `Client port (default ${DEFAULTS.controlPlane.etcd.port}).` }),
             peerPort: port.optional().meta({ description: `Peer port (default ${DEFAULTS.controlPlane.etcd.peerPort}), bound to 127.0.0.1.` }),
-            auth: z.boolean({ error: 'expected true or false' }).optional().meta({
-              description:
-                `Turn on etcd's authentication (default ${DEFAULTS.controlPlane.etcd.auth}: whoever reaches the port can read and write). dynsup then uses etcd's root user, and workers get the user \`workers\` (ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD), which may read and write every key except dynsup's own (dynsup/...); anonymous clients are refused.`,
-            }),
+            auth: z
+              .boolean({ error: 'expected true or false' })
+              .optional()
+              .meta({
+                description: `Turn on etcd's authentication (default ${DEFAULTS.controlPlane.etcd.auth}: whoever reaches the port can read and write). dynsup then uses etcd's root user, and workers get the user \`workers\` (ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD), which may read and write every key except dynsup's own (dynsup/...); anonymous clients are refused.`,
+              }),
           })
           .optional(),
       })
@@ -275,14 +312,23 @@ export const clusterSchema = z
             error: "expected a size: bytes as a number, or a string like '100MB', '1GiB'",
           })
           .optional()
-          .meta({ description: `Largest size of a replica log file; it is rotated before a line would cross it, so no line is split and no file is larger (except one holding a single longer line). Default ${DEFAULTS.logs.maxSize}; 0 = never.` }),
-        keep: z.int({ error: 'expected a whole number ≥ 1' }).min(1, { error: 'expected a whole number ≥ 1' }).max(1000).optional().meta({ description: `Rotated files kept (default ${DEFAULTS.logs.keep}).` }),
+          .meta({
+            description: `Largest size of a replica log file; it is rotated before a line would cross it, so no line is split and no file is larger (except one holding a single longer line). Default ${DEFAULTS.logs.maxSize}; 0 = never.`,
+          }),
+        keep: z
+          .int({ error: 'expected a whole number ≥ 1' })
+          .min(1, { error: 'expected a whole number ≥ 1' })
+          .max(1000)
+          .optional()
+          .meta({ description: `Rotated files kept (default ${DEFAULTS.logs.keep}).` }),
       })
       .optional(),
     metrics: z
       .strictObject({
         enabled: z.boolean({ error: 'expected true or false' }).optional(),
-        port: port.optional().meta({ description: `Prometheus /metrics port on head.address (default ${DEFAULTS.metrics.port}); the web view (ui) is served on it too.` }),
+        port: port
+          .optional()
+          .meta({ description: `Prometheus /metrics port on head.address (default ${DEFAULTS.metrics.port}); the web view (ui) is served on it too.` }),
         gpuInterval: duration.optional().meta({
           description: `How often the agent of each node with GPUs samples nvidia-smi for status and /metrics (default ${DEFAULTS.metrics.gpuInterval}; 0 = never). One call per node, whatever the number of replicas.`,
         }),
@@ -290,13 +336,16 @@ export const clusterSchema = z
       .optional(),
     ui: z
       .strictObject({
-        enabled: z.boolean({ error: 'expected true or false' }).optional().meta({ description: `The live web view at http://<head.address>:<metrics.port>/ (default ${DEFAULTS.ui.enabled}).` }),
+        enabled: z
+          .boolean({ error: 'expected true or false' })
+          .optional()
+          .meta({ description: `The live web view at http://<head.address>:<metrics.port>/ (default ${DEFAULTS.ui.enabled}).` }),
       })
       .optional(),
     nodes: z
       .record(name('node'), nodeSchema, { error: 'expected a map of nodes' })
       .optional()
-      .meta({ description: 'The machines. Required, except in Slurm mode, where the allocation\'s nodes replace them.' }),
+      .meta({ description: "The machines. Required, except in Slurm mode, where the allocation's nodes replace them." }),
     slurm: slurmSchema.optional(),
     defaults: defaultsSchema.optional(),
     workers: z.record(name('worker group'), workerSchema, { error: 'expected a map of worker groups' }),

@@ -42,10 +42,7 @@ function shownKey(k: string): string {
 }
 
 /** Parse a cluster file. Returns the source (possibly with issues) — never throws for bad content. */
-export function loadSource(
-  file: string,
-  env: Readonly<Record<string, string | undefined>>,
-): { source: ConfigSource | null; issues: ConfigIssue[] } {
+export function loadSource(file: string, env: Readonly<Record<string, string | undefined>>): { source: ConfigSource | null; issues: ConfigIssue[] } {
   let bytes: Buffer;
   try {
     bytes = readFileSync(file);

@@ -62,7 +62,10 @@ export async function readCredentials(file: string, opts: { partial?: boolean } 
   }
   if (typeof c?.natsUser !== 'string' || typeof c.natsPassword !== 'string') throw new DynsupError('E_USAGE', `${file}: not a dynsup credentials file`);
   if (typeof c.controlKey !== 'string' && !opts.partial) {
-    throw new DynsupError('E_AUTH', `${file}: has no control key (written by an older dynsup): copy <stateDir>/run/credentials.json from the head again (the running supervisor added one)`);
+    throw new DynsupError(
+      'E_AUTH',
+      `${file}: has no control key (written by an older dynsup): copy <stateDir>/run/credentials.json from the head again (the running supervisor added one)`,
+    );
   }
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
   return {

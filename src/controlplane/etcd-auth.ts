@@ -30,7 +30,10 @@ export function etcdAccess(cluster: ClusterConfig, creds: Pick<Credentials, 'etc
 }
 
 /** What workers connect to etcd with (null without authentication). */
-export function etcdWorkerAuth(cluster: ClusterConfig, creds: Pick<Credentials, 'etcdWorkerPassword'> | null | undefined): { user: string; password: string } | null {
+export function etcdWorkerAuth(
+  cluster: ClusterConfig,
+  creds: Pick<Credentials, 'etcdWorkerPassword'> | null | undefined,
+): { user: string; password: string } | null {
   return cluster.etcd.auth && creds?.etcdWorkerPassword ? { user: ETCD_WORKER_USER, password: creds.etcdWorkerPassword } : null;
 }
 
@@ -48,13 +51,16 @@ export async function ensureEtcdAuth(cluster: ClusterConfig, creds: Credentials)
   const anonymous = new Etcd3({ hosts: endpoint, dialTimeout: 3000 });
   try {
     // Is authentication on? Anonymous requests are refused when it is.
-    const on = await anonymous.get('dynsup/').exists().then(
-      () => false,
-      (err: unknown) => {
-        if (REFUSED_ANONYMOUS.test(errorMessage(err))) return true;
-        throw err;
-      },
-    );
+    const on = await anonymous
+      .get('dynsup/')
+      .exists()
+      .then(
+        () => false,
+        (err: unknown) => {
+          if (REFUSED_ANONYMOUS.test(errorMessage(err))) return true;
+          throw err;
+        },
+      );
     if (!cluster.etcd.auth) {
       if (!on) return null;
       if (!asRoot) {

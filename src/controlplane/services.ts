@@ -73,7 +73,14 @@ export function natsService(cluster: ClusterConfig, creds: Credentials): Service
       await writeFile(conf, lines.join('\n'), { mode: 0o600 });
     },
     async probe(signal) {
-      const nc = await connect({ servers: natsUrl(cluster), user: creds.natsUser, pass: creds.natsPassword, timeout: 1500, reconnect: false, maxReconnectAttempts: 0 });
+      const nc = await connect({
+        servers: natsUrl(cluster),
+        user: creds.natsUser,
+        pass: creds.natsPassword,
+        timeout: 1500,
+        reconnect: false,
+        maxReconnectAttempts: 0,
+      });
       const onAbort = () => void nc.close();
       signal.addEventListener('abort', onAbort);
       try {
@@ -99,14 +106,22 @@ export function etcdService(cluster: ClusterConfig): ServiceSpec {
     name: 'etcd',
     argv: [
       which(cluster.etcd.binary),
-      '--name', name,
-      '--data-dir', join(dir, 'data'),
-      '--listen-client-urls', client,
-      '--advertise-client-urls', client,
-      '--listen-peer-urls', peer,
-      '--initial-advertise-peer-urls', peer,
-      '--initial-cluster', `${name}=${peer}`,
-      '--initial-cluster-state', 'new',
+      '--name',
+      name,
+      '--data-dir',
+      join(dir, 'data'),
+      '--listen-client-urls',
+      client,
+      '--advertise-client-urls',
+      client,
+      '--listen-peer-urls',
+      peer,
+      '--initial-advertise-peer-urls',
+      peer,
+      '--initial-cluster',
+      `${name}=${peer}`,
+      '--initial-cluster-state',
+      'new',
       // With controlPlane.etcd.auth: a token of the supervisor's idle for etcd's default 5 min would lapse
       // under a watch or keep-alive stream that does not re-authenticate (unary calls do).
       ...(cluster.etcd.auth ? ['--auth-token-ttl', '86400'] : []),

@@ -77,7 +77,13 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
     );
   } else await forgetAllocation(cluster.stateDir);
   const lock: LockInfo = { pid: process.pid, host: hostname(), startedAt: Date.now(), file: cluster.file };
-  const mux = opts.terminal ? new TerminalMux(process.stdout, cluster.replicas.map((r) => r.name), redact) : undefined;
+  const mux = opts.terminal
+    ? new TerminalMux(
+        process.stdout,
+        cluster.replicas.map((r) => r.name),
+        redact,
+      )
+    : undefined;
 
   let dirty = false;
   let writing = false;
@@ -200,10 +206,14 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
     await sup.up();
     // "is up" once the last replica is (ready, for groups with a health check), not when the last group was
     // started; a replica that fails first keeps it from being said (its failure is).
-    void Promise.all(sup.replicas.map((r) => r.waitFor((x) => x.up || x.state === 'failed', upWait.signal))).then(() => {
-      const n = sup.replicas.length;
-      if (!shuttingDown && sup.replicas.every((r) => r.up)) logger.info(`cluster ${cluster.name} is up: ${n} replica${n === 1 ? '' : 's'} (dynsup status ${cluster.file})`);
-    }, () => undefined);
+    void Promise.all(sup.replicas.map((r) => r.waitFor((x) => x.up || x.state === 'failed', upWait.signal))).then(
+      () => {
+        const n = sup.replicas.length;
+        if (!shuttingDown && sup.replicas.every((r) => r.up))
+          logger.info(`cluster ${cluster.name} is up: ${n} replica${n === 1 ? '' : 's'} (dynsup status ${cluster.file})`);
+      },
+      () => undefined,
+    );
   } catch (err) {
     logger.error(errorMessage(err));
     code = err instanceof DynsupError ? err.exitCode : EXIT_RUNTIME;

@@ -19,7 +19,9 @@ export function formatEvent(line: string, opts: { colour?: boolean; date?: boole
   }
   const at = new Date(e.time ?? Date.now());
   // Local time, as a terminal's clock shows it; with the date where events span days (the log file).
-  const time = opts.date ? `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} ${at.toTimeString().slice(0, 8)}` : at.toTimeString().slice(0, 8);
+  const time = opts.date
+    ? `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} ${at.toTimeString().slice(0, 8)}`
+    : at.toTimeString().slice(0, 8);
   const level = e.level ?? 30;
   const tag = level >= 50 ? 'error: ' : level >= 40 ? 'warning: ' : '';
   const text = `${time} dynsup | ${tag}${escapeTerminal(String(e.msg ?? ''))}`;

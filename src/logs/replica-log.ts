@@ -82,7 +82,10 @@ export class ReplicaLog {
     if (this.#failedAt && Date.now() - this.#failedAt < RETRY_MS) return null;
     try {
       await mkdir(dirname(this.file), { recursive: true });
-      this.#size = await stat(this.file).then((s) => s.size, () => 0);
+      this.#size = await stat(this.file).then(
+        (s) => s.size,
+        () => 0,
+      );
     } catch (err) {
       this.#fail(err as Error);
       return null;
@@ -96,7 +99,8 @@ export class ReplicaLog {
   #fail(err: Error): void {
     this.stats.writeErrors++;
     this.stats.lastError = err.message;
-    if (!this.#failedAt) this.#o.onError?.(this.replica, `cannot write ${this.file}: ${err.message}; the worker keeps running, its output is dropped until the disk recovers`);
+    if (!this.#failedAt)
+      this.#o.onError?.(this.replica, `cannot write ${this.file}: ${err.message}; the worker keeps running, its output is dropped until the disk recovers`);
     this.#failedAt = Date.now();
   }
 

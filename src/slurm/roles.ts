@@ -27,8 +27,7 @@ export interface RoleError {
 }
 
 export type RolesResult =
-  | { readonly ok: true; readonly nodes: ReadonlyMap<string, readonly string[]> }
-  | { readonly ok: false; readonly errors: readonly RoleError[] };
+  { readonly ok: true; readonly nodes: ReadonlyMap<string, readonly string[]> } | { readonly ok: false; readonly errors: readonly RoleError[] };
 
 const list = (spec: RoleSpec): readonly RoleSelector[] => (Array.isArray(spec) ? spec : [spec as RoleSelector]);
 

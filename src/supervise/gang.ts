@@ -89,7 +89,11 @@ export class Gang implements Supervised {
   }
 
   get up(): boolean {
-    return this.#leader.replica.up && this.#state !== 'stopping' && this.#members.every((m) => !m.live || m.replica.state === 'running' || m.replica.state === 'ready');
+    return (
+      this.#leader.replica.up &&
+      this.#state !== 'stopping' &&
+      this.#members.every((m) => !m.live || m.replica.state === 'running' || m.replica.state === 'ready')
+    );
   }
 
   get logNames(): readonly string[] {
@@ -192,7 +196,6 @@ export class Gang implements Supervised {
     return this.#waiters.until(() => pred(this), signal);
   }
 
-
   /**
    * The leader's mpirun asks for its daemon on the member of `rank`: run `spec` there. Resolves once it
    * runs; rejects when it ended first or the gang is not starting.
@@ -206,7 +209,9 @@ export class Gang implements Supervised {
     m.replica.start(this.#restarts);
     await m.replica.waitFor((r) => r.state === 'running' || r.state === 'ready' || r.state === 'stopped' || r.state === 'failed' || !m.live);
     if (m.replica.state !== 'running' && m.replica.state !== 'ready') {
-      throw new Error(`${m.replica.name} on ${m.replica.status().node} ended before it ran${m.replica.status().message ? `: ${m.replica.status().message}` : ''}`);
+      throw new Error(
+        `${m.replica.name} on ${m.replica.status().node} ended before it ran${m.replica.status().message ? `: ${m.replica.status().message}` : ''}`,
+      );
     }
   }
 

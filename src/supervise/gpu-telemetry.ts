@@ -5,7 +5,12 @@ export interface ReplicaGpuTelemetry {
   /** When the node sampled (its clock). */
   readonly at: number;
   /** The replica's GPUs, by placement index; null where nvidia-smi could not tell. */
-  readonly gpus: readonly { readonly index: number; readonly memoryUsedMiB: number | null; readonly memoryTotalMiB: number | null; readonly utilizationPct: number | null }[];
+  readonly gpus: readonly {
+    readonly index: number;
+    readonly memoryUsedMiB: number | null;
+    readonly memoryTotalMiB: number | null;
+    readonly utilizationPct: number | null;
+  }[];
   /** Sums over its GPUs, and the mean utilisation; null when any GPU's value is unknown. */
   readonly memoryUsedMiB: number | null;
   readonly memoryTotalMiB: number | null;

@@ -184,17 +184,22 @@ export class Replica implements Supervised {
     }
     this.#active = true;
     if (this.#state === 'pending' || this.#state === 'stopped' || this.#state === 'failed') this.#set('starting');
-    this.#o.agent.run(this.name, spec, {
-      report: (r) => this.#onReport(r),
-      event: (ev) => {
-        if (ev.kind === 'started') this.#asked = null; // what was asked of the last process is done
-        if (ev.kind !== 'exited' || this.#asked === null) return this.#emit(ev);
-        const asked = this.#asked;
-        this.#asked = null;
-        this.#emit({ ...ev, asked });
+    this.#o.agent.run(
+      this.name,
+      spec,
+      {
+        report: (r) => this.#onReport(r),
+        event: (ev) => {
+          if (ev.kind === 'started') this.#asked = null; // what was asked of the last process is done
+          if (ev.kind !== 'exited' || this.#asked === null) return this.#emit(ev);
+          const asked = this.#asked;
+          this.#asked = null;
+          this.#emit({ ...ev, asked });
+        },
+        data: (bytes) => this.#o.log.append(bytes),
       },
-      data: (bytes) => this.#o.log.append(bytes),
-    }, restarts);
+      restarts,
+    );
   }
 
   /** Stop: signal, grace, kill of everything the replica started. Resolves once the agent says so. */
@@ -270,7 +275,6 @@ export class Replica implements Supervised {
   waitFor(pred: (r: this) => boolean, signal?: AbortSignal): Promise<void> {
     return this.#waiters.until(() => pred(this), signal);
   }
-
 
   #onReport(r: WorkerReport): void {
     const prevPid = this.#report?.pid ?? null;

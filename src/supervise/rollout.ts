@@ -103,20 +103,52 @@ export function groupFieldChanges(a: WorkerGroup, b: WorkerGroup): string[] {
  * `runningSpec` gives the hash of the spec a replica actually runs, where known: after a rollout that
  * stopped half-way, the replicas it did not reach still run the old spec, and a new apply replaces them.
  */
-export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], next: ClusterConfig, runningSpec?: (name: string) => string | undefined): PlanResult {
+export function planApply(
+  cur: ClusterConfig,
+  running: readonly ReplicaPlan[],
+  next: ClusterConfig,
+  runningSpec?: (name: string) => string | undefined,
+): PlanResult {
   // A gang's replica holds all its nodes.
   const used = new Set(running.flatMap((r) => r.gangNodes ?? [r.node]));
   const cp = controlPlaneChanges(cur, next, used);
-  if (cp.length) return { ok: false, errors: [`${cp.join(', ')} changed: the control plane and how nodes are reached change only with 'dynsup down' and 'dynsup up'`] };
+  if (cp.length)
+    return { ok: false, errors: [`${cp.join(', ')} changed: the control plane and how nodes are reached change only with 'dynsup down' and 'dynsup up'`] };
 
   const nodeOf = (name: string) => next.nodes.find((n) => n.name === name);
   const byGroup = (g: string) => running.filter((r) => r.group === g).sort((a, b) => a.index - b.index);
-  const drafts: { group: string; change: GroupChange; fields: string[]; keep: ReplicaPlan[]; replace: ReplicaPlan[]; stop: string[]; recreate: boolean; toPlace: number; firstIndex: number; from: number; to: number; maxUnavailable: number }[] = [];
+  const drafts: {
+    group: string;
+    change: GroupChange;
+    fields: string[];
+    keep: ReplicaPlan[];
+    replace: ReplicaPlan[];
+    stop: string[];
+    recreate: boolean;
+    toPlace: number;
+    firstIndex: number;
+    from: number;
+    to: number;
+    maxUnavailable: number;
+  }[] = [];
 
   for (const g of cur.groups) {
     if (!next.groups.some((x) => x.name === g.name)) {
       const rs = byGroup(g.name);
-      drafts.push({ group: g.name, change: 'removed', fields: [], keep: [], replace: [], stop: rs.map((r) => r.name), recreate: false, toPlace: 0, firstIndex: 0, from: rs.length, to: 0, maxUnavailable: 1 });
+      drafts.push({
+        group: g.name,
+        change: 'removed',
+        fields: [],
+        keep: [],
+        replace: [],
+        stop: rs.map((r) => r.name),
+        recreate: false,
+        toPlace: 0,
+        firstIndex: 0,
+        from: rs.length,
+        to: 0,
+        maxUnavailable: 1,
+      });
     }
   }
   for (const g of next.groups) {
@@ -124,7 +156,20 @@ export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], n
     const rs = byGroup(g.name);
     const maxUnavailable = g.rollout?.maxUnavailable ?? 1;
     if (!old) {
-      drafts.push({ group: g.name, change: 'added', fields: [], keep: [], replace: [], stop: [], recreate: false, toPlace: g.replicas, firstIndex: 0, from: 0, to: g.replicas, maxUnavailable });
+      drafts.push({
+        group: g.name,
+        change: 'added',
+        fields: [],
+        keep: [],
+        replace: [],
+        stop: [],
+        recreate: false,
+        toPlace: g.replicas,
+        firstIndex: 0,
+        from: 0,
+        to: g.replicas,
+        maxUnavailable,
+      });
       continue;
     }
     const fields = groupFieldChanges(old, g);
@@ -133,7 +178,20 @@ export function planApply(cur: ClusterConfig, running: readonly ReplicaPlan[], n
     // How a gang's ranks are launched is not in the one spec compared below: a change replaces every replica.
     const relaunch = ['launch', 'ranksPerNode', 'mpiArgs'].some((f) => fields.includes(f));
     if (recreate) {
-      drafts.push({ group: g.name, change: 'changed', fields, keep: [], replace: [], stop: rs.map((r) => r.name), recreate, toPlace: g.replicas, firstIndex: 0, from: rs.length, to: g.replicas, maxUnavailable });
+      drafts.push({
+        group: g.name,
+        change: 'changed',
+        fields,
+        keep: [],
+        replace: [],
+        stop: rs.map((r) => r.name),
+        recreate,
+        toPlace: g.replicas,
+        firstIndex: 0,
+        from: rs.length,
+        to: g.replicas,
+        maxUnavailable,
+      });
       continue;
     }
     const stays = rs.slice(0, g.replicas);
@@ -264,12 +322,15 @@ export async function rollReplicas(
   while (pending.length || inFlight.size) {
     opts.signal?.throwIfAborted();
     for (const [u, since] of inFlight) {
-      if (u.failed) throw new Error(`${u.name} failed after its replacement; rollout stopped (not replaced: ${pending.map((p) => p.name).join(', ') || 'none'})`);
+      if (u.failed)
+        throw new Error(`${u.name} failed after its replacement; rollout stopped (not replaced: ${pending.map((p) => p.name).join(', ') || 'none'})`);
       if (u.up) {
         inFlight.delete(u);
         opts.onReplaced?.(u.name);
       } else if (Date.now() - since > opts.readyTimeoutMs) {
-        throw new Error(`${u.name} not ready ${Math.round(opts.readyTimeoutMs / 1000)}s after its replacement; rollout stopped (not replaced: ${pending.map((p) => p.name).join(', ') || 'none'})`);
+        throw new Error(
+          `${u.name} not ready ${Math.round(opts.readyTimeoutMs / 1000)}s after its replacement; rollout stopped (not replaced: ${pending.map((p) => p.name).join(', ') || 'none'})`,
+        );
       }
     }
     let down = all.filter((u) => !u.up).length;

@@ -57,7 +57,16 @@ const ROLLOUT_READY_TIMEOUT_MS = 20 * 60_000;
 /** How long `down` waits for an unreachable node before leaving its workers to their lease. */
 const DOWN_UNREACHABLE_MS = 5000;
 /** The control plane restarts quickly, but a service that cannot start at all ends `failed`, with the reason. */
-const CONTROL_PLANE_RESTART = { policy: 'always', initialDelayMs: 200, factor: 2, maxDelayMs: 2000, jitter: 0.1, maxRestarts: 10, windowMs: 60_000, resetAfterMs: 30_000 } as const;
+const CONTROL_PLANE_RESTART = {
+  policy: 'always',
+  initialDelayMs: 200,
+  factor: 2,
+  maxDelayMs: 2000,
+  jitter: 0.1,
+  maxRestarts: 10,
+  windowMs: 60_000,
+  resetAfterMs: 30_000,
+} as const;
 
 export class Supervisor {
   /** Options; `cluster` is replaced by `apply` (the file as now applied). */
@@ -159,7 +168,13 @@ export class Supervisor {
     a.onLaunch((req) => this.#launchRequest(req));
     await a.connect(this.#stop.signal);
     if (a.adoptable.some((w) => w.state === 'running')) {
-      this.#o.logger.info({ node: n.name }, `node ${n.name}: agent pid ${a.agentPid} still runs ${a.adoptable.filter((w) => w.state === 'running').map((w) => w.name).join(', ')}: adopting`);
+      this.#o.logger.info(
+        { node: n.name },
+        `node ${n.name}: agent pid ${a.agentPid} still runs ${a.adoptable
+          .filter((w) => w.state === 'running')
+          .map((w) => w.name)
+          .join(', ')}: adopting`,
+      );
     }
     return a;
   }
@@ -274,7 +289,10 @@ export class Supervisor {
       clearTimeout(timer);
       const bad = this.#services
         .filter((s) => s.replica.state !== 'ready')
-        .map((s) => `${s.spec.name} (${s.replica.state}${s.replica.status().message ? `: ${s.replica.status().message}` : ''}; see ${join(cluster.stateDir, 'logs', `${s.spec.name}.log`)})`);
+        .map(
+          (s) =>
+            `${s.spec.name} (${s.replica.state}${s.replica.status().message ? `: ${s.replica.status().message}` : ''}; see ${join(cluster.stateDir, 'logs', `${s.spec.name}.log`)})`,
+        );
       throw new DynsupError('E_CONTROL_PLANE', `control plane not healthy after ${timeout / 1000}s: ${bad.join(', ')}`);
     }
     clearTimeout(timer);
@@ -388,7 +406,10 @@ export class Supervisor {
   readonly #fatal = new Map<string, { source: string; re: RegExp }[]>();
 
   #setFatal(name: string, group: WorkerGroup): void {
-    this.#fatal.set(name, (group.restart.onLog ?? []).map((p) => ({ source: p, re: new RegExp(p) })));
+    this.#fatal.set(
+      name,
+      (group.restart.onLog ?? []).map((p) => ({ source: p, re: new RegExp(p) })),
+    );
   }
 
   /** What a replica runs and how its health is checked, by the cluster as applied now. */
@@ -427,7 +448,13 @@ export class Supervisor {
     return this.#exclusive('an apply', async () => {
       const cur = this.#o.cluster;
       // What only the supervisor knows stays its own: where its state is, the redaction list.
-      const target: ClusterConfig = { ...next, file: cur.file, stateDir: cur.stateDir, secrets: [...new Set([...cur.secrets, ...next.secrets])], allocation: cur.allocation };
+      const target: ClusterConfig = {
+        ...next,
+        file: cur.file,
+        stateDir: cur.stateDir,
+        secrets: [...new Set([...cur.secrets, ...next.secrets])],
+        allocation: cur.allocation,
+      };
       const runningSpec = (name: string): string | undefined => {
         const r = this.#replicas.get(name);
         return r instanceof Replica ? specHash(r.launchSpec()) : undefined;
@@ -450,7 +477,11 @@ export class Supervisor {
       }
       for (const group of target.groups) {
         const g = plan.groups.find((x) => x.group === group.name)!;
-        for (const name of [...g.keep, ...g.replace]) this.#plans.set(name, plan.replicas.find((r) => r.name === name)!);
+        for (const name of [...g.keep, ...g.replace])
+          this.#plans.set(
+            name,
+            plan.replicas.find((r) => r.name === name)!,
+          );
         if (g.start.length) {
           if (g.change === 'added' || g.recreate) await this.#waitForDependencies(group);
           for (const p of g.start) for (const n of p.gangNodes ?? [p.node]) await this.#connect(target.nodes.find((x) => x.name === n)!);
@@ -459,7 +490,9 @@ export class Supervisor {
         }
         if (g.replace.length) {
           const units = g.replace.map((name) => this.#unit(this.#replicas.get(name)!, () => this.#replace(name, group)));
-          const others = this.select(group.name).filter((r) => !g.replace.includes(r.name)).map((r) => this.#unit(r, async () => undefined));
+          const others = this.select(group.name)
+            .filter((r) => !g.replace.includes(r.name))
+            .map((r) => this.#unit(r, async () => undefined));
           await rollReplicas(units, others, g.maxUnavailable, {
             readyTimeoutMs: ROLLOUT_READY_TIMEOUT_MS,
             signal: this.#stop.signal,
@@ -509,9 +542,16 @@ export class Supervisor {
   async rollingRestart(groupName: string): Promise<string[]> {
     return this.#exclusive('a rolling restart', async () => {
       const group = this.#o.cluster.groups.find((g) => g.name === groupName);
-      if (!group) throw new DynsupError('E_USAGE', `--rolling restarts a worker group; no group named '${groupName}' (groups: ${this.#o.cluster.groups.map((g) => g.name).join(', ')})`);
+      if (!group)
+        throw new DynsupError(
+          'E_USAGE',
+          `--rolling restarts a worker group; no group named '${groupName}' (groups: ${this.#o.cluster.groups.map((g) => g.name).join(', ')})`,
+        );
       const rs = this.select(groupName);
-      this.#o.logger.info({ group: groupName }, `rolling restart of ${groupName}: ${rs.map((r) => r.name).join(', ')}, ${group.rollout?.maxUnavailable ?? 1} at a time`);
+      this.#o.logger.info(
+        { group: groupName },
+        `rolling restart of ${groupName}: ${rs.map((r) => r.name).join(', ')}, ${group.rollout?.maxUnavailable ?? 1} at a time`,
+      );
       await rollReplicas(
         rs.map((r) => this.#unit(r, () => r.restart())),
         [],
@@ -561,7 +601,11 @@ export class Supervisor {
     const placed = place(cluster.nodes, [{ ...group, replicas: count - current.length, firstIndex: nextIndex }], { existing });
     if (!placed.ok) throw new DynsupError('E_USAGE', `cannot scale ${groupName} to ${count}: ${placed.errors.map((e) => e.message).join('; ')}`);
     const plans = placed.replicas;
-    const clashes = portClashes([...existing, ...plans], controlPlaneNodes(cluster.nodes, !!cluster.allocation), new Map(controlPlanePorts(cluster).map(([path, port]) => [port, path.join('.')])));
+    const clashes = portClashes(
+      [...existing, ...plans],
+      controlPlaneNodes(cluster.nodes, !!cluster.allocation),
+      new Map(controlPlanePorts(cluster).map(([path, port]) => [port, path.join('.')])),
+    );
     if (clashes.length) throw new DynsupError('E_USAGE', `cannot scale ${groupName} to ${count}: ${clashes.map((c) => c.message).join('; ')}`);
     for (const p of plans) for (const n of p.gangNodes ?? [p.node]) await this.#connect(cluster.nodes.find((x) => x.name === n)!);
     for (const p of plans) this.#createReplica(p).start();
@@ -592,12 +636,18 @@ export class Supervisor {
         // cluster going down or a worker ending with code 0 is news, not trouble.
         const asked = 'asked' in ev ? ev.asked : undefined;
         const expected = this.#stopping || asked !== undefined || (ev.exit.code === 0 && !ev.exit.signal);
-        return log[expected ? 'info' : 'warn']({ ...k, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at }, `${name} ${how}${asked ? ` (${asked})` : ''}`);
+        return log[expected ? 'info' : 'warn'](
+          { ...k, code: ev.exit.code, signal: ev.exit.signal, uptimeMs: ev.uptimeMs, at: ev.at },
+          `${name} ${how}${asked ? ` (${asked})` : ''}`,
+        );
       }
       case 'launch-failed':
         return log.error(k, `${name} could not be started: ${ev.error}`);
       case 'restarting':
-        return log.warn({ ...k, delayMs: ev.delayMs, restarts: ev.restarts }, `${name} restarting in ${(ev.delayMs / 1000).toFixed(1)}s (restart ${ev.restarts})`);
+        return log.warn(
+          { ...k, delayMs: ev.delayMs, restarts: ev.restarts },
+          `${name} restarting in ${(ev.delayMs / 1000).toFixed(1)}s (restart ${ev.restarts})`,
+        );
       case 'failed':
         return log.error(k, `${name} failed: ${ev.reason}`);
       case 'ready':
@@ -605,16 +655,25 @@ export class Supervisor {
       case 'unhealthy':
         return log.warn({ ...k, failures: ev.failures }, `${name} unhealthy after ${ev.failures} failed checks, restarting it`);
       case 'gpu-wait':
-        return log.info({ ...k, gpu: ev.gpu, pid: ev.pid }, `${name} waits for GPU ${ev.gpu} to be released by pid ${ev.pid} (its last run's) before it starts again`);
+        return log.info(
+          { ...k, gpu: ev.gpu, pid: ev.pid },
+          `${name} waits for GPU ${ev.gpu} to be released by pid ${ev.pid} (its last run's) before it starts again`,
+        );
       case 'gpu-blocked':
-        return log.error({ ...k, gpu: ev.gpu, pid: ev.pid }, `${name} blocked: GPU ${ev.gpu} still held by pid ${ev.pid} after ${Math.round(ev.waitedMs / 1000)}s (restart.gpuReleaseTimeout); it starts once the GPU is free`);
+        return log.error(
+          { ...k, gpu: ev.gpu, pid: ev.pid },
+          `${name} blocked: GPU ${ev.gpu} still held by pid ${ev.pid} after ${Math.round(ev.waitedMs / 1000)}s (restart.gpuReleaseTimeout); it starts once the GPU is free`,
+        );
       case 'gpu-released':
         return log.info({ ...k, waitedMs: ev.waitedMs }, `${name}: its GPUs are free after ${(ev.waitedMs / 1000).toFixed(1)}s: starting`);
       case 'gpu-unchecked':
         return log.info({ ...k }, `GPU release before restarts not checked on ${name}'s node: ${ev.reason}`);
       case 'rank-exited': {
         const how = ev.exit.signal ? `was killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
-        return log[this.#stopping ? 'info' : 'warn']({ ...k, member: ev.member, node: ev.node }, `${name}: ${ev.member} on ${ev.node} ${how}: stopping the whole gang`);
+        return log[this.#stopping ? 'info' : 'warn'](
+          { ...k, member: ev.member, node: ev.node },
+          `${name}: ${ev.member} on ${ev.node} ${how}: stopping the whole gang`,
+        );
       }
       case 'fatal-log':
         return log.warn({ ...k, pattern: ev.pattern }, `${name} printed a fatal line (restart.onLog /${ev.pattern}/), restarting it: ${ev.line.slice(0, 300)}`);

@@ -30,7 +30,13 @@ export function createPipe(cluster: ClusterConfig, node: NodeConfig, onNotice?: 
     case 'ssh':
       return new SshPipe({ node, cluster: cluster.name, onNotice });
     case 'srun':
-      return new SrunPipe({ node: node.name, jobId: cluster.allocation?.jobId, runDir: node.runDir ?? srunRunDir(cluster, node.name), nodeBinary: node.node, onNotice });
+      return new SrunPipe({
+        node: node.name,
+        jobId: cluster.allocation?.jobId,
+        runDir: node.runDir ?? srunRunDir(cluster, node.name),
+        nodeBinary: node.node,
+        onNotice,
+      });
     default:
       throw new DynsupError('E_NODE', `node ${node.name}: transport '${node.transport}' is not supported by this build`);
   }

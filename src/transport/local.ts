@@ -23,7 +23,11 @@ export class LocalPipe implements AgentPipe {
   async open(opts: { spawn: boolean; signal?: AbortSignal | undefined }): Promise<AgentStream | null> {
     let sock: Socket | null;
     try {
-      sock = await dialAgent({ dir: this.runDir, spawn: opts.spawn ? [process.execPath, AGENT_BUNDLE, 'serve', this.runDir] : null, ...(opts.signal ? { signal: opts.signal } : {}) });
+      sock = await dialAgent({
+        dir: this.runDir,
+        spawn: opts.spawn ? [process.execPath, AGENT_BUNDLE, 'serve', this.runDir] : null,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
     } catch (err) {
       throw new DynsupError('E_NODE', `node ${this.node}: ${errorMessage(err)}`, { cause: err });
     }

@@ -156,7 +156,16 @@ export class NodeAgent {
       if (this.#stream === stream) this.#lost();
     });
     stream.output.on('error', () => stream.destroy());
-    stream.output.write(encodeMessage({ t: 'hello', v: PROTOCOL_VERSION, cluster: this.#o.cluster, node: this.node, leaseMs: this.#o.leaseMs, gpuIntervalMs: this.#o.gpuIntervalMs ?? 0 }));
+    stream.output.write(
+      encodeMessage({
+        t: 'hello',
+        v: PROTOCOL_VERSION,
+        cluster: this.#o.cluster,
+        node: this.node,
+        leaseMs: this.#o.leaseMs,
+        gpuIntervalMs: this.#o.gpuIntervalMs ?? 0,
+      }),
+    );
     const timeout = setTimeout(() => helloReject(new DynsupError('E_NODE', `node ${this.node}: no hello from the agent within 60s`)), 60_000);
     let h: Extract<AgentMessage, { t: 'hello' }>;
     try {
@@ -358,7 +367,7 @@ export class NodeAgent {
     this.#onUp.add(send);
     try {
       for (;;) {
-        const unreachable = this.#stream ? null : this.#lostSince ?? Date.now();
+        const unreachable = this.#stream ? null : (this.#lostSince ?? Date.now());
         const wait = unreachable === null ? 1000 : Math.max(0, unreachable + unreachableMs - Date.now());
         if (unreachable !== null && wait === 0) return false;
         const stopped = await Promise.race([done.then(() => true), sleep(Math.min(wait, 1000), false)]);

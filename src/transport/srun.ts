@@ -31,7 +31,8 @@ export interface SrunPipeOptions {
 }
 
 /** srun's own chatter on stderr, not worth a notice. */
-const NOISE = /lacks support for cpu binding|^srun: (Job step \d+\.\d+ )?(step creation temporarily disabled|Step created for)|^srun: error: \S+: tasks? [\d,-]+: (Exited with exit code \d+|Killed|Terminated)/i;
+const NOISE =
+  /lacks support for cpu binding|^srun: (Job step \d+\.\d+ )?(step creation temporarily disabled|Step created for)|^srun: error: \S+: tasks? [\d,-]+: (Exited with exit code \d+|Killed|Terminated)/i;
 
 export class SrunPipe implements AgentPipe {
   readonly kind = 'srun' as const;
@@ -85,13 +86,15 @@ export class SrunPipe implements AgentPipe {
     for (;;) {
       const r = await this.#bridge(nodeBin, bundle, opts.signal);
       if (r.stream) return r.stream;
-      if (r.code !== 3) throw new DynsupError('E_NODE', `node ${this.node}: cannot reach the dynsup agent through a job step: ${r.said || `srun exited with ${r.code}`}`);
+      if (r.code !== 3)
+        throw new DynsupError('E_NODE', `node ${this.node}: cannot reach the dynsup agent through a job step: ${r.said || `srun exited with ${r.code}`}`);
       if (!opts.spawn) return null;
       if (!started) {
         this.#startDaemon(nodeBin, bundle);
         started = true;
       }
-      if (Date.now() > deadline || opts.signal?.aborted) throw new DynsupError('E_NODE', `node ${this.node}: the dynsup agent step did not start (see ${join(this.#o.runDir, 'agent.log')})`);
+      if (Date.now() > deadline || opts.signal?.aborted)
+        throw new DynsupError('E_NODE', `node ${this.node}: the dynsup agent step did not start (see ${join(this.#o.runDir, 'agent.log')})`);
       await sleep(200);
     }
   }

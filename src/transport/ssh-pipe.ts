@@ -109,7 +109,10 @@ export class SshPipe implements AgentPipe {
       const need = /dynsup-need (\S+)(?: (\S+) (\S+))?/.exec(r.said);
       if (r.code === 3 && !need && !opts.spawn) return null;
       if (!need) {
-        throw new DynsupError('E_NODE', `node ${this.node}: cannot start the dynsup agent (exit ${r.code ?? 'by signal'}): ${r.said.trim().split('\n').slice(-5).join('; ') || 'no output'}`);
+        throw new DynsupError(
+          'E_NODE',
+          `node ${this.node}: cannot start the dynsup agent (exit ${r.code ?? 'by signal'}): ${r.said.trim().split('\n').slice(-5).join('; ') || 'no output'}`,
+        );
       }
       if (need[1] === 'agent') await this.#upload(conn);
       else await this.#uploadNode(conn, need[2] ?? '?', need[3] ?? '?');
@@ -194,7 +197,9 @@ export class SshPipe implements AgentPipe {
     channel.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const closed = new Promise<void>((r) => channel.once('close', () => r()));
     // Streamed through gzip: never the whole binary in memory.
-    createReadStream(process.execPath).pipe(createGzip({ level: 1 })).pipe(channel);
+    createReadStream(process.execPath)
+      .pipe(createGzip({ level: 1 }))
+      .pipe(channel);
     await closed;
     if (!out.includes('ok')) throw new DynsupError('E_NODE', `node ${this.node}: cannot copy Node.js to the node's cache: ${err.trim() || 'failed'}`);
   }

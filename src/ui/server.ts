@@ -255,7 +255,14 @@ export class WebUi {
       res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end(`the web view is not built (${this.#assetsDir}${file} missing): npm run build\n`);
       return;
     }
-    const headers: Record<string, string> = { 'content-type': a.type, etag: a.etag, 'cache-control': 'no-cache', 'content-security-policy': CSP, 'x-content-type-options': 'nosniff', vary: 'accept-encoding' };
+    const headers: Record<string, string> = {
+      'content-type': a.type,
+      etag: a.etag,
+      'cache-control': 'no-cache',
+      'content-security-policy': CSP,
+      'x-content-type-options': 'nosniff',
+      vary: 'accept-encoding',
+    };
     if (req.headers['if-none-match'] === a.etag) {
       res.writeHead(304, headers).end();
       return;
@@ -267,7 +274,12 @@ export class WebUi {
   }
 
   #openSse(req: IncomingMessage, res: ServerResponse, onClose: () => void): () => void {
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
     res.socket?.setNoDelay(true);
     res.write('retry: 2000\n\n');
     let closed = false;

@@ -41,7 +41,21 @@ export interface TimelineEvent {
   readonly signal?: string | null;
 }
 
-const KINDS = new Set<string>(['started', 'exited', 'restarting', 'failed', 'ready', 'unhealthy', 'fatal-log', 'adopted', 'stopped', 'launch-failed', 'stop-escalated', 'leftovers', 'hook-failed']);
+const KINDS = new Set<string>([
+  'started',
+  'exited',
+  'restarting',
+  'failed',
+  'ready',
+  'unhealthy',
+  'fatal-log',
+  'adopted',
+  'stopped',
+  'launch-failed',
+  'stop-escalated',
+  'leftovers',
+  'hook-failed',
+]);
 
 /** Kinds of events without a `kind` field, told by their message. First match wins. */
 const BY_MESSAGE: readonly [RegExp, TimelineKind][] = [
@@ -75,7 +89,8 @@ export function parseEventLine(line: string, id: number): TimelineEvent | null {
   const msg = typeof e.msg === 'string' ? e.msg : null;
   if (!level || msg === null) return null;
   const t = typeof e.time === 'number' ? e.time : Date.now();
-  const kind: TimelineKind = typeof e.kind === 'string' && KINDS.has(e.kind) ? (e.kind as TimelineKind) : (BY_MESSAGE.find(([re]) => re.test(msg))?.[1] ?? 'other');
+  const kind: TimelineKind =
+    typeof e.kind === 'string' && KINDS.has(e.kind) ? (e.kind as TimelineKind) : (BY_MESSAGE.find(([re]) => re.test(msg))?.[1] ?? 'other');
   const replica = typeof e.replica === 'string' ? e.replica : undefined;
   const node = typeof e.node === 'string' ? e.node : /^node (\S+):/.exec(msg)?.[1];
   return {

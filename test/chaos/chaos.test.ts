@@ -120,10 +120,15 @@ it(`keeps every promise under a seeded fault schedule (seed ${SEED}, ${SECONDS}s
       bump(r.name);
       injected.set(fault, (injected.get(fault) ?? 0) + 1);
       pending.push(
-        waitFor(`${r.name} back`, async () => {
-          const x = (await st()).replicas.find((y) => y.name === r.name)!;
-          return x.pid !== r.pid && x.state === 'running';
-        }, 60_000, 50).then(() => {
+        waitFor(
+          `${r.name} back`,
+          async () => {
+            const x = (await st()).replicas.find((y) => y.name === r.name)!;
+            return x.pid !== r.pid && x.state === 'running';
+          },
+          60_000,
+          50,
+        ).then(() => {
           recovered(fault, Date.now() - t0);
           busy.delete(r.name);
         }),
@@ -138,10 +143,15 @@ it(`keeps every promise under a seeded fault schedule (seed ${SEED}, ${SECONDS}s
       expectedCp[svc]++;
       injected.set(fault, (injected.get(fault) ?? 0) + 1);
       pending.push(
-        waitFor(`${svc} back`, async () => {
-          const x = (await st()).controlPlane.find((y) => y.name === svc)!;
-          return x.pid !== cp.pid && x.state === 'ready';
-        }, 60_000, 50).then(() => {
+        waitFor(
+          `${svc} back`,
+          async () => {
+            const x = (await st()).controlPlane.find((y) => y.name === svc)!;
+            return x.pid !== cp.pid && x.state === 'ready';
+          },
+          60_000,
+          50,
+        ).then(() => {
           recovered(fault, Date.now() - t0);
           busy.delete(svc);
         }),
@@ -164,10 +174,15 @@ it(`keeps every promise under a seeded fault schedule (seed ${SEED}, ${SECONDS}s
           await sleep(downFor);
           await lab.link(node, true);
           const t0 = Date.now();
-          await waitFor(`${node} replicas back`, async () => {
-            const now = (await st()).replicas.filter((r) => r.node === node);
-            return now.every((r) => r.state === 'running' && (long ? r.pid !== before.get(r.name) : r.pid === before.get(r.name)));
-          }, 90_000, 100);
+          await waitFor(
+            `${node} replicas back`,
+            async () => {
+              const now = (await st()).replicas.filter((r) => r.node === node);
+              return now.every((r) => r.state === 'running' && (long ? r.pid !== before.get(r.name) : r.pid === before.get(r.name)));
+            },
+            90_000,
+            100,
+          );
           recovered(fault, Date.now() - t0);
           for (const r of onNode) busy.delete(r.name);
           partitioned = null;
@@ -186,16 +201,41 @@ it(`keeps every promise under a seeded fault schedule (seed ${SEED}, ${SECONDS}s
         (async () => {
           // Every sshd of the node, sessions included: the head's connection drops.
           const pids = execFileSync('ip', ['netns', 'pids', node.netns], { encoding: 'utf8' }).split(/\s+/).filter(Boolean);
-          for (const p of pids) if (readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'sshd') try { process.kill(Number(p), 'SIGKILL'); } catch { /* gone */ }
+          for (const p of pids)
+            if (readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'sshd')
+              try {
+                process.kill(Number(p), 'SIGKILL');
+              } catch {
+                /* gone */
+              }
           await sleep(4000);
           const nd = join(lab.dir, 'nodes', node.name);
-          execFileSync('ip', ['netns', 'exec', node.netns, 'unshare', '--uts', 'sh', '-c', 'hostname "$1" && exec "$2" -f "$3" -E "$4"', 'sh', node.name, '/usr/sbin/sshd', join(nd, 'sshd_config'), join(nd, 'sshd.log')]);
+          execFileSync('ip', [
+            'netns',
+            'exec',
+            node.netns,
+            'unshare',
+            '--uts',
+            'sh',
+            '-c',
+            'hostname "$1" && exec "$2" -f "$3" -E "$4"',
+            'sh',
+            node.name,
+            '/usr/sbin/sshd',
+            join(nd, 'sshd_config'),
+            join(nd, 'sshd.log'),
+          ]);
           const t0 = Date.now();
-          await waitFor(`${node.name} re-adopted`, async () => {
-            const ev = readFileSync(join(dir, 'state/logs/dynsup.log'), 'utf8');
-            const now = (await st()).replicas.filter((r) => r.node === node.name);
-            return ev.includes(`node ${node.name}: reconnected`) && now.every((r) => r.state === 'running' && r.pid === before.get(r.name));
-          }, 60_000, 100);
+          await waitFor(
+            `${node.name} re-adopted`,
+            async () => {
+              const ev = readFileSync(join(dir, 'state/logs/dynsup.log'), 'utf8');
+              const now = (await st()).replicas.filter((r) => r.node === node.name);
+              return ev.includes(`node ${node.name}: reconnected`) && now.every((r) => r.state === 'running' && r.pid === before.get(r.name));
+            },
+            60_000,
+            100,
+          );
           recovered(fault, Date.now() - t0);
           for (const r of onNode) busy.delete(r.name);
           partitioned = null;
@@ -206,10 +246,15 @@ it(`keeps every promise under a seeded fault schedule (seed ${SEED}, ${SECONDS}s
   await Promise.all(pending);
 
   // Quiescence: everything back.
-  const final = await waitFor('all running', async () => {
-    const s = await st();
-    return s.replicas.length === 12 && s.replicas.every((r) => r.state === 'running') && s.controlPlane.every((c) => c.state === 'ready') ? s : null;
-  }, 90_000, 200);
+  const final = await waitFor(
+    'all running',
+    async () => {
+      const s = await st();
+      return s.replicas.length === 12 && s.replicas.every((r) => r.state === 'running') && s.controlPlane.every((c) => c.state === 'ready') ? s : null;
+    },
+    90_000,
+    200,
+  );
   await sleep(1000); // let the last lines reach the log files
 
   // 1. Exactly the configured replicas, per group.
@@ -269,5 +314,8 @@ it(`keeps every promise under a seeded fault schedule (seed ${SEED}, ${SECONDS}s
   ].join('\n');
   console.log(`\n${table}\n`);
   mkdirSync(join(ROOT, 'docs'), { recursive: true });
-  writeFileSync(join(ROOT, 'docs', 'chaos-report.md'), `${table}\n\nRun on ${new Date().toISOString()} (${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores).\n`);
+  writeFileSync(
+    join(ROOT, 'docs', 'chaos-report.md'),
+    `${table}\n\nRun on ${new Date().toISOString()} (${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores).\n`,
+  );
 });

@@ -104,7 +104,18 @@ export interface StatusJson {
   running: boolean;
   supervisor: { pid: number } | null;
   controlPlane: { name: string; state: string; pid: number | null; restarts: number }[];
-  replicas: { name: string; group: string; node: string; state: string; pid: number | null; restarts: number; gpus: number[]; lastExit: { code: number | null; signal: string | null } | null; message: string | null; adopted?: boolean }[];
+  replicas: {
+    name: string;
+    group: string;
+    node: string;
+    state: string;
+    pid: number | null;
+    restarts: number;
+    gpus: number[];
+    lastExit: { code: number | null; signal: string | null } | null;
+    message: string | null;
+    adopted?: boolean;
+  }[];
 }
 
 export async function status(file: string): Promise<StatusJson> {

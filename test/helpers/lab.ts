@@ -75,10 +75,7 @@ async function script(file: string, args: string[], timeoutMs: number): Promise<
     return stdout;
   } catch (err) {
     const e = err as Error & { stderr?: string; stdout?: string; code?: unknown };
-    throw new Error(
-      `${file} ${args.join(' ')} failed (${String(e.code ?? e.message)}):\n${e.stderr ?? ''}${e.stdout ?? ''}`,
-      { cause: err },
-    );
+    throw new Error(`${file} ${args.join(' ')} failed (${String(e.code ?? e.message)}):\n${e.stderr ?? ''}${e.stdout ?? ''}`, { cause: err });
   }
 }
 
@@ -178,15 +175,24 @@ async function describeLab(dir: string, release: () => Promise<void>): Promise<L
   });
   const key = join(dir, 'id_ed25519');
   const sshOptions = [
-    '-F', '/dev/null',
-    '-i', key,
-    '-o', 'IdentitiesOnly=yes',
-    '-o', 'BatchMode=yes',
-    '-o', `UserKnownHostsFile=${knownHosts}`,
-    '-o', 'GlobalKnownHostsFile=/dev/null',
-    '-o', 'StrictHostKeyChecking=yes',
-    '-o', 'ConnectTimeout=5',
-    '-o', 'LogLevel=ERROR',
+    '-F',
+    '/dev/null',
+    '-i',
+    key,
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    `UserKnownHostsFile=${knownHosts}`,
+    '-o',
+    'GlobalKnownHostsFile=/dev/null',
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    'ConnectTimeout=5',
+    '-o',
+    'LogLevel=ERROR',
   ];
 
   const node = (name: string): LabNode => {
@@ -263,11 +269,10 @@ export async function startSlurm(n: number, dir: string = DEFAULT_SLURM_DIR, loc
   }
 }
 
-async function describeSlurm(n: number, dir: string, release: () => Promise<void>): Promise<SlurmTestbed> {  // SLURM_* from our own environment (tests run inside a real job, say) would
+async function describeSlurm(n: number, dir: string, release: () => Promise<void>): Promise<SlurmTestbed> {
+  // SLURM_* from our own environment (tests run inside a real job, say) would
   // make srun/sbatch attach to that job; the testbed's variables replace them.
-  const env: NodeJS.ProcessEnv = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith('SLURM_')),
-  );
+  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SLURM_')));
   // slurm.env is `export KEY=VALUE` lines.
   for (const line of (await readFile(join(dir, 'slurm.env'), 'utf8')).split('\n')) {
     const m = /^export ([A-Z_][A-Z0-9_]*)=(.*)$/.exec(line.trim());

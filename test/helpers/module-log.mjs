@@ -19,6 +19,11 @@ if (log) {
   register(`data:text/javascript,${encodeURIComponent(hook)}`, import.meta.url);
   const cache = createRequire(import.meta.url).cache;
   process.on('exit', () => {
-    appendFileSync(log, Object.keys(cache).map((p) => `cjs ${p}\n`).join(''));
+    appendFileSync(
+      log,
+      Object.keys(cache)
+        .map((p) => `cjs ${p}\n`)
+        .join(''),
+    );
   });
 }

@@ -127,7 +127,9 @@ function launch(configFile: string, port: number, address: string, hide: readonl
     const sshd = [SSHD, '-D', '-e', '-f', configFile];
     const cover = 'n=$1; shift; while [ "$n" -gt 0 ]; do mount --bind /dev/null "$1" || exit 1; shift; n=$((n-1)); done; exec "$@"';
     const child = hide.length
-      ? spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', cover, 'sh', String(hide.length), ...hide, ...sshd], { stdio: ['ignore', 'ignore', 'pipe'] })
+      ? spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', cover, 'sh', String(hide.length), ...hide, ...sshd], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        })
       : spawn(sshd[0]!, sshd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     let settled = false;
@@ -190,11 +192,7 @@ export async function startSshd(options: StartSshdOptions): Promise<Sshd> {
     const workDir = join(dir, 'work');
     await mkdir(workDir);
     await giveTo(testUser, workDir);
-    await Promise.all([
-      keygen(join(dir, 'host_ed25519'), 'ed25519'),
-      keygen(join(dir, 'host_ecdsa'), 'ecdsa'),
-      keygen(join(dir, 'id_ed25519'), 'ed25519'),
-    ]);
+    await Promise.all([keygen(join(dir, 'host_ed25519'), 'ed25519'), keygen(join(dir, 'host_ecdsa'), 'ecdsa'), keygen(join(dir, 'id_ed25519'), 'ed25519')]);
     const hostKeys = [await readPub(join(dir, 'host_ed25519.pub')), await readPub(join(dir, 'host_ecdsa.pub'))];
     const clientPub = await readFile(join(dir, 'id_ed25519.pub'), 'utf8');
     await writeFile(join(dir, `authorized_keys.${testUser.name}`), clientPub, { mode: 0o644 });

@@ -69,10 +69,15 @@ workers:
     expect(up.code, up.stderr).toBe(0);
     const st = async (): Promise<StatusJson> => JSON.parse((await dynsup(['status', v1, '--json'])).stdout) as StatusJson;
     const side = (await st()).replicas.find((r) => r.name === 'side-0')!;
-    const before = await waitFor('both ranks', async () => {
-      const rs = await ranks(name);
-      return rs.length === 2 ? rs : null;
-    }, 60_000, 200);
+    const before = await waitFor(
+      'both ranks',
+      async () => {
+        const rs = await ranks(name);
+        return rs.length === 2 ? rs : null;
+      },
+      60_000,
+      200,
+    );
     expect(before.map((r) => r.node)).toEqual(['lab1', 'lab2']);
 
     const dry = await dynsup(['apply', v2, '--dry-run']);
@@ -82,10 +87,15 @@ workers:
 
     const applied = await dynsup(['apply', v2]);
     expect(applied.code, applied.stderr).toBe(0);
-    const after = await waitFor('both new ranks with the new command', async () => {
-      const rs = await ranks(name);
-      return rs.length === 2 && rs.every((r) => r.cmd.includes('--engine-config v2')) ? rs : null;
-    }, 60_000, 200);
+    const after = await waitFor(
+      'both new ranks with the new command',
+      async () => {
+        const rs = await ranks(name);
+        return rs.length === 2 && rs.every((r) => r.cmd.includes('--engine-config v2')) ? rs : null;
+      },
+      60_000,
+      200,
+    );
     expect(after.map((r) => r.node)).toEqual(['lab1', 'lab2']);
     for (const r of before) expect(pidAlive(r.pid), `old rank on ${r.node}`).toBe(false);
     const s = await st();
@@ -95,10 +105,15 @@ workers:
     const rolled = await dynsup(['restart', v1, 'engine', '--rolling']);
     expect(rolled.code, rolled.stderr).toBe(0);
     expect(rolled.stdout).toBe('restarted (rolling) engine-0\n');
-    const again = await waitFor('both ranks restarted', async () => {
-      const rs = await ranks(name);
-      return rs.length === 2 && rs.every((r) => !after.some((a) => a.pid === r.pid)) ? rs : null;
-    }, 60_000, 200);
+    const again = await waitFor(
+      'both ranks restarted',
+      async () => {
+        const rs = await ranks(name);
+        return rs.length === 2 && rs.every((r) => !after.some((a) => a.pid === r.pid)) ? rs : null;
+      },
+      60_000,
+      200,
+    );
     expect(again.map((r) => r.node)).toEqual(['lab1', 'lab2']);
     expect((await st()).replicas.find((r) => r.name === 'side-0')!.pid).toBe(side.pid);
   }, 240_000);

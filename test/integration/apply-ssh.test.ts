@@ -23,7 +23,8 @@ afterAll(async () => {
 
 async function write(name: string, edit: (y: string) => string = (y) => y): Promise<string> {
   const [n, m, e, p, mp] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(lab.head)]);
-  const ssh = (x: (typeof lab.nodes)[number]) => `{ transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts} }`;
+  const ssh = (x: (typeof lab.nodes)[number]) =>
+    `{ transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts} }`;
   const yaml = `name: sapply
 head: { address: ${lab.head} }
 stateDir: ${dir}/state

@@ -27,7 +27,9 @@ function demoFile(name: string, edit: (yaml: string) => string = (y) => y): stri
 const v1 = demoFile('v1.yaml');
 // decode's command changes (an argument the demo worker ignores), prefill goes 2 → 3, frontend stays.
 const v2 = demoFile('v2.yaml', (y) =>
-  y.replace('command: [node, scripts/demo/decode.mjs]', 'command: [node, scripts/demo/decode.mjs, --engine-config=v2]').replace('replicas: 2 # prefill', 'replicas: 3 # prefill'),
+  y
+    .replace('command: [node, scripts/demo/decode.mjs]', 'command: [node, scripts/demo/decode.mjs, --engine-config=v2]')
+    .replace('replicas: 2 # prefill', 'replicas: 3 # prefill'),
 );
 // Five prefill replicas of one GPU each on a node of four.
 const tooBig = demoFile('too-big.yaml', (y) => y.replace('replicas: 2 # prefill', 'replicas: 5 # prefill'));
@@ -167,6 +169,8 @@ describe('apply and rolling restarts on the demo cluster', () => {
     expect(a['decode-1']).not.toBe(b['decode-1']);
     expect(a['frontend-0']).toBe(b['frontend-0']);
     // An operator's restart is not a crash.
-    expect(after.replicas.filter((x) => x.group === 'decode').map((x) => x.restarts)).toEqual(before.replicas.filter((x) => x.group === 'decode').map((x) => x.restarts));
+    expect(after.replicas.filter((x) => x.group === 'decode').map((x) => x.restarts)).toEqual(
+      before.replicas.filter((x) => x.group === 'decode').map((x) => x.restarts),
+    );
   });
 });

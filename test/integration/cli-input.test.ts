@@ -10,12 +10,15 @@ import { dynsup, pidAlive, pidsWithCmdline, tempCluster, waitFor, type TempClust
 
 const clusters: TempCluster[] = [];
 async function cluster(): Promise<TempCluster> {
-  const c = await tempCluster(`nodes:
+  const c = await tempCluster(
+    `nodes:
   head: { transport: local }
 workers:
   w:
     command: "sleep 600"
-`, { name: `cli${Math.random().toString(36).slice(2, 7)}` });
+`,
+    { name: `cli${Math.random().toString(36).slice(2, 7)}` },
+  );
   clusters.push(c);
   return c;
 }
@@ -92,11 +95,14 @@ describe('up while the cluster is up', () => {
 
 describe('known conditions are not internal errors', () => {
   it('a credentials file that is not JSON: exit 2 naming it', async () => {
-    const c = await tempCluster(`nodes:
+    const c = await tempCluster(
+      `nodes:
   head: { transport: local }
 workers:
   w: { command: "sleep 600" }
-`, { controlPlane: true });
+`,
+      { controlPlane: true },
+    );
     clusters.push(c);
     const creds = join(c.dir, 'creds.json');
     writeFileSync(creds, 'not json');

@@ -30,11 +30,14 @@ const events = (c: TempCluster) =>
 
 describe('status: running, running but not for these credentials, stopped, never started', () => {
   it('says which, with exit 0, 2, 1 and 1', async () => {
-    const c = await cluster(`nodes:
+    const c = await cluster(
+      `nodes:
   head: { transport: local }
 workers:
   w: { command: "exec sleep 600" }
-`, { controlPlane: true });
+`,
+      { controlPlane: true },
+    );
     let r = await dynsup(['status', c.file]);
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/: never started on this machine \(no state in .*state\)/);
@@ -68,7 +71,8 @@ workers:
 describe('events say what happened, when it happened', () => {
   it('a requested restart and an orderly down warn of nothing; "is up" comes after the last replica is ready', async () => {
     // s is ready (health check) a while after it starts; the cluster is not up before that.
-    const c = await cluster(`nodes:
+    const c = await cluster(
+      `nodes:
   head: { transport: local }
 workers:
   w: { command: "exec sleep 600" }
@@ -77,7 +81,8 @@ workers:
     port: PORT
     health: { url: "http://127.0.0.1:{port}/", interval: 200ms }
     dependsOn: [w]
-`.replace('PORT', String(20000 + Math.floor(Math.random() * 20000))));
+`.replace('PORT', String(20000 + Math.floor(Math.random() * 20000))),
+    );
     const up = await dynsup(['up', '-d', c.file, '--timeout', '60']);
     expect(up.code, up.stderr).toBe(0);
     const msgs = () => events(c).map((e) => e.msg);
@@ -106,12 +111,15 @@ workers:
 
 describe('logs', () => {
   it('-n interleaves replicas by time (here and from another machine) and shows a last line not ended yet', async () => {
-    const c = await cluster(`nodes:
+    const c = await cluster(
+      `nodes:
   head: { transport: local }
 workers:
   a: { command: "for i in 1 2 3; do echo a$i; sleep 0.4; done; exec sleep 600" }
   b: { command: "sleep 0.2; for i in 1 2 3; do echo b$i; sleep 0.4; done; printf 'b unended'; exec sleep 600" }
-`, { controlPlane: true });
+`,
+      { controlPlane: true },
+    );
     const up = await dynsup(['up', '-d', c.file, '--timeout', '60']);
     expect(up.code, up.stderr).toBe(0);
     await waitFor('b unended in the log', () => readFileSync(join(c.dir, 'state/logs/b-0.log'), 'utf8').endsWith('b unended'), 20_000);
@@ -156,7 +164,10 @@ workers:
     });
     const missing = await dynsup(['validate', '/nonexistent/c.yaml', '--json']);
     expect(missing.code).toBe(2);
-    expect(JSON.parse(missing.stdout)).toMatchObject({ ok: false, errors: [{ file: '/nonexistent/c.yaml', message: 'cannot read cluster file: no such file' }] });
+    expect(JSON.parse(missing.stdout)).toMatchObject({
+      ok: false,
+      errors: [{ file: '/nonexistent/c.yaml', message: 'cannot read cluster file: no such file' }],
+    });
   });
 
   it('a mistyped command gets "did you mean"', async () => {

@@ -18,11 +18,14 @@ afterEach(async () => {
 
 describe('control plane', () => {
   it('starts NATS (JetStream) and etcd healthy, restarts each after kill -9, and down leaves nothing', async () => {
-    const c = await tempCluster(`nodes:
+    const c = await tempCluster(
+      `nodes:
   head: { transport: local }
 workers:
   w: { command: "exec sleep 600" }
-`, { controlPlane: true });
+`,
+      { controlPlane: true },
+    );
     started.push(c);
     const r = await dynsup(['up', '-d', c.file, '--timeout', '60']);
     expect(r.code, r.stderr).toBe(0);
@@ -49,10 +52,15 @@ workers:
       const before = (await status(c.file)).controlPlane.find((s) => s.name === name)!;
       expect(before.state).toBe('ready');
       process.kill(before.pid!, 'SIGKILL');
-      const after = await waitFor(`${name} restarted`, async () => {
-        const s = (await status(c.file)).controlPlane.find((x) => x.name === name)!;
-        return s.state === 'ready' && s.pid !== before.pid ? s : null;
-      }, 30_000, 100);
+      const after = await waitFor(
+        `${name} restarted`,
+        async () => {
+          const s = (await status(c.file)).controlPlane.find((x) => x.name === name)!;
+          return s.state === 'ready' && s.pid !== before.pid ? s : null;
+        },
+        30_000,
+        100,
+      );
       expect(after.restarts).toBe(1);
       expect(pidAlive(before.pid!)).toBe(false);
     }
@@ -61,11 +69,14 @@ workers:
   });
 
   it('names the port and the process holding it when a port is taken', async () => {
-    const c = await tempCluster(`nodes:
+    const c = await tempCluster(
+      `nodes:
   head: { transport: local }
 workers:
   w: { command: "exec sleep 600" }
-`, { controlPlane: true });
+`,
+      { controlPlane: true },
+    );
     started.push(c);
     const blocker: Server = createServer();
     await new Promise<void>((r) => blocker.listen(c.etcdPort, '127.0.0.1', r));
@@ -83,10 +94,16 @@ workers:
     const dir = mkdtempSync(join(tmpdir(), 'dynsup-cp-'));
     const fake = join(dir, 'nats-server');
     // What nats-server does when the head's address is gone.
-    writeFileSync(fake, '#!/bin/sh\necho "[FTL] Error listening on port: 10.255.0.1:4222, listen tcp 10.255.0.1:4222: bind: cannot assign requested address" >&2\nexit 1\n', { mode: 0o755 });
+    writeFileSync(
+      fake,
+      '#!/bin/sh\necho "[FTL] Error listening on port: 10.255.0.1:4222, listen tcp 10.255.0.1:4222: bind: cannot assign requested address" >&2\nexit 1\n',
+      { mode: 0o755 },
+    );
     const file = join(dir, 'cluster.yaml');
     const [p1, p2, p3] = await Promise.all([freePort(), freePort(), freePort()]);
-    writeFileSync(file, `name: cpfail
+    writeFileSync(
+      file,
+      `name: cpfail
 head: { address: 127.0.0.1 }
 stateDir: ./state
 metrics: { port: ${p3} }
@@ -97,7 +114,8 @@ nodes:
   head: { transport: local }
 workers:
   w: { command: "exec sleep 600" }
-`);
+`,
+    );
     started.push({ dir, file, natsPort: p1, etcdPort: 0, metricsPort: p3 });
     const r = await dynsup(['up', file], { timeoutMs: 90_000 });
     expect(r.code).toBe(1);

@@ -29,7 +29,12 @@ interface Replica {
   restarts: number;
   lastExit: { code: number | null; signal: string | null; reason?: string } | null;
   gpus: number[];
-  gpu?: { memoryUsedMiB: number | null; memoryTotalMiB: number | null; utilizationPct: number | null; others: { pid: number; gpu: number; usedMemoryMiB: number | null; owner: string | null }[] };
+  gpu?: {
+    memoryUsedMiB: number | null;
+    memoryTotalMiB: number | null;
+    utilizationPct: number | null;
+    others: { pid: number; gpu: number; usedMemoryMiB: number | null; owner: string | null }[];
+  };
 }
 async function replicas(c: TempCluster, env?: NodeJS.ProcessEnv): Promise<Replica[]> {
   const r = await dynsup(['status', c.file, '--json'], { env });
@@ -65,14 +70,29 @@ workers:
     const w1 = first.find((r) => r.name === 'w-1')!;
     expect([w0.gpus, w1.gpus]).toEqual([[0], [1]]);
     // w-0's own process on GPU 0; on GPU 1 a process of nobody here (a leak of an earlier run).
-    fake.setState({ gpus, processes: [{ pid: w0.pid!, gpuUuid: U0, usedMemoryMiB: 4000 }, { pid: 4_194_301, gpuUuid: U1, usedMemoryMiB: 20000 }] });
-    const seen = await waitFor('telemetry with the processes', async () => {
-      const rs = await replicas(c, env);
-      const a = rs.find((r) => r.name === 'w-1');
-      return a?.gpu?.others.length ? rs : null;
-    }, 30_000, 100);
+    fake.setState({
+      gpus,
+      processes: [
+        { pid: w0.pid!, gpuUuid: U0, usedMemoryMiB: 4000 },
+        { pid: 4_194_301, gpuUuid: U1, usedMemoryMiB: 20000 },
+      ],
+    });
+    const seen = await waitFor(
+      'telemetry with the processes',
+      async () => {
+        const rs = await replicas(c, env);
+        const a = rs.find((r) => r.name === 'w-1');
+        return a?.gpu?.others.length ? rs : null;
+      },
+      30_000,
+      100,
+    );
     expect(seen.find((r) => r.name === 'w-0')!.gpu).toMatchObject({ memoryUsedMiB: 4096, memoryTotalMiB: 143771, utilizationPct: 37, others: [] });
-    expect(seen.find((r) => r.name === 'w-1')!.gpu).toMatchObject({ memoryUsedMiB: 20480, utilizationPct: null, others: [{ pid: 4_194_301, gpu: 1, usedMemoryMiB: 20000, owner: null }] });
+    expect(seen.find((r) => r.name === 'w-1')!.gpu).toMatchObject({
+      memoryUsedMiB: 20480,
+      utilizationPct: null,
+      others: [{ pid: 4_194_301, gpu: 1, usedMemoryMiB: 20000, owner: null }],
+    });
 
     const text = (await dynsup(['status', c.file], { env })).stdout;
     expect(text).toMatch(/GPU MEM +GPU UTIL +OTHER PROCS/);
@@ -112,7 +132,12 @@ workers:
     const env = { ...process.env, PATH: '/usr/local/bin:/usr/bin:/bin' };
     // `up -d` says the cluster did not come up whole (bad-0 failed): exit 1, the rest running.
     await up(c, env, 1);
-    const h = await waitFor('h-0 running after its preStart', async () => (await replicas(c, env)).find((r) => r.name === 'h-0' && r.state === 'running'), 30_000, 100);
+    const h = await waitFor(
+      'h-0 running after its preStart',
+      async () => (await replicas(c, env)).find((r) => r.name === 'h-0' && r.state === 'running'),
+      30_000,
+      100,
+    );
     await waitFor('worker line', () => log(c, 'h-0').includes('worker kv='), 10_000);
     expect(log(c, 'h-0')).toBe(`preStart for h-0 kv=${kv}\nworker kv=${kv}\n`);
     expect(existsSync(join(c.dir, 'pre-h-0'))).toBe(true);
@@ -148,10 +173,15 @@ workers:
     restart: { initialDelay: 100ms, jitter: 0, onLog: ["NCCL .*timeout", "CUDA error"] }
 `);
     await up(c);
-    const again = await waitFor('restarted and serving again', async () => {
-      const r = (await replicas(c)).find((x) => x.name === 'w-0')!;
-      return r.restarts >= 1 && r.state === 'running' && log(c, 'w-0').split('serving').length === 3 ? r : null;
-    }, 30_000, 100);
+    const again = await waitFor(
+      'restarted and serving again',
+      async () => {
+        const r = (await replicas(c)).find((x) => x.name === 'w-0')!;
+        return r.restarts >= 1 && r.state === 'running' && log(c, 'w-0').split('serving').length === 3 ? r : null;
+      },
+      30_000,
+      100,
+    );
     expect(again.restarts).toBe(1);
     expect(again.lastExit).toMatchObject({ signal: 'SIGTERM', reason: 'log line matched /CUDA error/' });
     const text = (await dynsup(['status', c.file])).stdout;

@@ -36,19 +36,29 @@ describe('demo cluster (clusters/local.yaml)', () => {
     process.kill(victim.pid!, 'SIGKILL');
     // Replaced: a new pid, counted as one restart, the crash recorded; the other replicas untouched.
     // (How fast a restart is: scripts/bench/restart.mjs. The deadline only stops a hung test.)
-    const replaced = await waitFor('decode-0 replaced', async () => {
-      const now = JSON.parse((await dynsup(['status', file, ...args, '--json'])).stdout) as Awaited<ReturnType<typeof status>>;
-      const r = now.replicas.find((x) => x.name === 'decode-0')!;
-      return r.pid && r.pid !== victim.pid && (r.state === 'running' || r.state === 'ready') ? { r, now } : null;
-    }, 60_000, 20);
+    const replaced = await waitFor(
+      'decode-0 replaced',
+      async () => {
+        const now = JSON.parse((await dynsup(['status', file, ...args, '--json'])).stdout) as Awaited<ReturnType<typeof status>>;
+        const r = now.replicas.find((x) => x.name === 'decode-0')!;
+        return r.pid && r.pid !== victim.pid && (r.state === 'running' || r.state === 'ready') ? { r, now } : null;
+      },
+      60_000,
+      20,
+    );
     expect(replaced.r.restarts).toBe(1);
     expect(replaced.r.lastExit).toMatchObject({ signal: 'SIGKILL' });
     const others = (x: typeof s) => x.replicas.filter((r) => r.name !== 'decode-0').map((r) => [r.name, r.pid, r.restarts]);
     expect(others(replaced.now)).toEqual(others(s));
-    const again = await waitFor('completion after restart', async () => {
-      const r = await complete('after the crash');
-      return r.status === 200 ? r : null;
-    }, 15_000, 200);
+    const again = await waitFor(
+      'completion after restart',
+      async () => {
+        const r = await complete('after the crash');
+        return r.status === 200 ? r : null;
+      },
+      15_000,
+      200,
+    );
     expect(again.body.object).toBe('text_completion');
 
     const down = await dynsup(['down', file, ...args]);

@@ -104,10 +104,15 @@ describe('gangs on two ssh nodes', () => {
 
     // kill -9 of the rank on lab2: the leader on lab1 is stopped too, and both come back.
     process.kill(before.find((r) => r.node === 'lab2')!.pid, 'SIGKILL');
-    g = await waitFor('gang restarted', async () => {
-      const s = await gang(c.file);
-      return s.restarts === 1 && s.state === 'running' ? s : null;
-    }, 60_000, 200);
+    g = await waitFor(
+      'gang restarted',
+      async () => {
+        const s = await gang(c.file);
+        return s.restarts === 1 && s.state === 'running' ? s : null;
+      },
+      60_000,
+      200,
+    );
     expect(g.lastExit?.reason).toMatch(/engine-0\/1 on lab2 was killed by SIGKILL/);
     await waitFor('they met again', () => (logOf(c.dir, 'engine-0/0').match(/rank 0 of 2 met/g) ?? []).length === 2, 60_000, 200);
     const after = await ranksOn(c.name, 'gang_ranks.py');
@@ -119,10 +124,15 @@ describe('gangs on two ssh nodes', () => {
     await waitFor('supervisor gone', () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
     const again = await dynsup(['up', '-d', c.file, '--timeout', '60']);
     expect(again.code, again.stderr).toBe(0);
-    g = await waitFor('gang adopted', async () => {
-      const s = await gang(c.file);
-      return s.state === 'running' && s.ranks!.every((r) => r.state === 'running') ? s : null;
-    }, 60_000, 200);
+    g = await waitFor(
+      'gang adopted',
+      async () => {
+        const s = await gang(c.file);
+        return s.state === 'running' && s.ranks!.every((r) => r.state === 'running') ? s : null;
+      },
+      60_000,
+      200,
+    );
     expect(g.restarts).toBe(1);
     expect(g.ranks!.map((r) => r.pid).sort()).toEqual(after.map((r) => r.pid).sort());
     expect((await ranksOn(c.name, 'gang_ranks.py')).map((r) => r.pid).sort()).toEqual(after.map((r) => r.pid).sort());
@@ -150,10 +160,15 @@ describe('gangs on two ssh nodes', () => {
     expect(before.map((r) => r.node).sort()).toEqual(['lab1', 'lab1', 'lab2', 'lab2']);
 
     process.kill(before.find((r) => r.node === 'lab2')!.pid, 'SIGKILL');
-    await waitFor('gang restarted', async () => {
-      const s = await gang(c.file);
-      return s.restarts === 1 && s.state === 'running' ? s : null;
-    }, 90_000, 200);
+    await waitFor(
+      'gang restarted',
+      async () => {
+        const s = await gang(c.file);
+        return s.restarts === 1 && s.state === 'running' ? s : null;
+      },
+      90_000,
+      200,
+    );
     await waitFor('4 new ranks', () => ready(logOf(c.dir, 'engine-0/0')) === 8, 120_000, 200);
     const after = await ranksOn(c.name, 'mpi_allreduce.py');
     expect(after.map((r) => r.node).sort()).toEqual(['lab1', 'lab1', 'lab2', 'lab2']);
@@ -161,7 +176,7 @@ describe('gangs on two ssh nodes', () => {
 
     const down = await dynsup(['down', c.file]);
     expect(down.code, down.stderr).toBe(0);
-    await waitFor("supervisor exits", () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
+    await waitFor('supervisor exits', () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
     expect(await pidsWithEnv(`DYNSUP_CLUSTER=${c.name}`)).toEqual([]);
   }, 300_000);
 });

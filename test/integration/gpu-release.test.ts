@@ -64,20 +64,30 @@ describe('GPU release before a restart', () => {
     // The driver still lists the process after it died (as it does while it frees a large allocation).
     fake.setState({ gpus: GPUS, processes: [{ pid: first.pid!, gpuUuid: U0, usedMemoryMiB: 70000 }] });
     process.kill(first.pid!, 'SIGKILL');
-    const waiting = await waitFor('w-0 waiting for its GPU', async () => {
-      const r = await replica(c, env);
-      return r.message?.includes('waiting for GPU 0') ? r : null;
-    }, 30_000, 100);
+    const waiting = await waitFor(
+      'w-0 waiting for its GPU',
+      async () => {
+        const r = await replica(c, env);
+        return r.message?.includes('waiting for GPU 0') ? r : null;
+      },
+      30_000,
+      100,
+    );
     expect(waiting.state).toBe('starting');
     expect(waiting.message).toContain(`released by pid ${first.pid}`);
     expect(waiting.pid).toBeNull();
     expect(starts(c)).toBe(1);
     // A process of someone else on the GPU does not hold it back; only the last run's does.
     fake.setState({ gpus: GPUS, processes: [{ pid: 4_194_301, gpuUuid: U0, usedMemoryMiB: 1000 }] });
-    const again = await waitFor('w-0 running again', async () => {
-      const r = await replica(c, env);
-      return r.state === 'running' && r.pid !== first.pid ? r : null;
-    }, 30_000, 100);
+    const again = await waitFor(
+      'w-0 running again',
+      async () => {
+        const r = await replica(c, env);
+        return r.state === 'running' && r.pid !== first.pid ? r : null;
+      },
+      30_000,
+      100,
+    );
     expect(again.restarts).toBe(1);
     expect(starts(c)).toBe(2);
     const events = readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8');
@@ -90,10 +100,15 @@ describe('GPU release before a restart', () => {
     const first = await waitFor('w-0 running', async () => ((await replica(c, env)).state === 'running' ? replica(c, env) : null), 30_000, 100);
     fake.setState({ gpus: GPUS, processes: [{ pid: first.pid!, gpuUuid: U0, usedMemoryMiB: 70000 }] });
     process.kill(first.pid!, 'SIGKILL');
-    const blocked = await waitFor('w-0 blocked', async () => {
-      const r = await replica(c, env);
-      return r.state === 'blocked' ? r : null;
-    }, 30_000, 100);
+    const blocked = await waitFor(
+      'w-0 blocked',
+      async () => {
+        const r = await replica(c, env);
+        return r.state === 'blocked' ? r : null;
+      },
+      30_000,
+      100,
+    );
     expect(blocked.message).toMatch(new RegExp(`^blocked: GPU 0 still held by pid ${first.pid} `));
     expect(starts(c)).toBe(1);
     const text = (await dynsup(['status', c.file], { env })).stdout;

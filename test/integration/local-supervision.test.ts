@@ -55,7 +55,10 @@ workers:
     expect(e1.CUDA_VISIBLE_DEVICES).toBe('2,3');
     for (const e of [e0, e1]) expect(Object.keys(e).filter((k) => /^(SLURM_|PMI_|PMIX_)/.test(k))).toEqual([]);
     const s = await status(c.file);
-    expect(s.replicas.map((r) => r.gpus)).toEqual([[0, 1], [2, 3]]);
+    expect(s.replicas.map((r) => r.gpus)).toEqual([
+      [0, 1],
+      [2, 3],
+    ]);
   });
 
   it('restarts a killed worker and counts it; stop escalates to SIGKILL of the whole group', async () => {
@@ -108,7 +111,11 @@ workers:
     if (lines.length !== 200_000) console.error(`LOG ${log}`);
     expect(lines.length).toBe(200_000);
     let bad = -1;
-    for (let i = 0; i < lines.length; i++) if (lines[i] !== String(i + 1)) { bad = i; break; }
+    for (let i = 0; i < lines.length; i++)
+      if (lines[i] !== String(i + 1)) {
+        bad = i;
+        break;
+      }
     expect(bad).toBe(-1);
     const s = (await status(c.file)).replicas[0]!;
     expect(s.restarts).toBe(1);
@@ -155,7 +162,10 @@ workers:
     await up(c);
     const st = await status(c.file);
     expect(st.replicas.map((r) => r.pid)).toEqual(pids);
-    expect(st.replicas.map((r) => [r.restarts, r.adopted])).toEqual([[0, true], [0, true]]);
+    expect(st.replicas.map((r) => [r.restarts, r.adopted])).toEqual([
+      [0, true],
+      [0, true],
+    ]);
     const log = join(c.dir, 'state/logs/w-0.log');
     const lines = await waitFor('log goes on', () => {
       const l = readFileSync(log, 'utf8').split('\n').filter(Boolean);
@@ -190,21 +200,31 @@ workers:
 
   it('stops gracefully on SIGTERM with exit 0 and leaves nothing behind', async () => {
     const name = `g${Math.random().toString(36).slice(2, 8)}`;
-    const c = await cluster(`nodes:
+    const c = await cluster(
+      `nodes:
   head: { transport: local }
 workers:
   a: { command: "sleep 600 & sleep 600 & wait", replicas: 2 }
   b: { command: "exec sleep 600", dependsOn: [a] }
-`, { name });
+`,
+      { name },
+    );
     const sup = spawnUp(c.file);
-    await waitFor('running', async () => (await status(c.file)).replicas.length === 3 && (await status(c.file)).replicas.every((r) => r.state === 'running'), 30_000, 100);
+    await waitFor(
+      'running',
+      async () => (await status(c.file)).replicas.length === 3 && (await status(c.file)).replicas.every((r) => r.state === 'running'),
+      30_000,
+      100,
+    );
     expect((await pidsWithEnv(`DYNSUP_CLUSTER=${name}`)).length).toBeGreaterThanOrEqual(5);
     sup.kill('SIGTERM');
     const code = await new Promise<number | null>((r) => sup.once('exit', (c) => r(c)));
     expect(code).toBe(0);
     expect(await pidsWithEnv(`DYNSUP_CLUSTER=${name}`)).toEqual([]);
     // Reverse dependency order: b stopped before a.
-    const events = readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8').split('\n').filter((l) => /stopped: cluster stopping/.test(l));
+    const events = readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8')
+      .split('\n')
+      .filter((l) => /stopped: cluster stopping/.test(l));
     expect(events[0]).toMatch(/b-0 stopped/);
   });
 

@@ -109,11 +109,14 @@ workers:
     expect(job).toMatch(/^\d+$/);
     jobs.push(job);
     const log = join(dir, 'state/logs/trtllm-0.log');
-    const out = await waitFor('the worker to print OK or fail', () => (/^OK spawned child \d+$|MPI_ERR|Error/m.test(read(log)) ? read(log) : null), 90_000, 200).catch(
-      (err: Error) => {
-        throw new Error(`${err.message}\n--- worker log:\n${read(log)}\n--- job output:\n${read(join(dir, `job-${job}.out`)).slice(-4000)}`);
-      },
-    );
+    const out = await waitFor(
+      'the worker to print OK or fail',
+      () => (/^OK spawned child \d+$|MPI_ERR|Error/m.test(read(log)) ? read(log) : null),
+      90_000,
+      200,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\n--- worker log:\n${read(log)}\n--- job output:\n${read(join(dir, `job-${job}.out`)).slice(-4000)}`);
+    });
     expect(out).toMatch(/^env clean$/m);
     expect(out).toMatch(/^OK spawned child \d+$/m);
     expect(out).not.toMatch(/MPI_ERR/);

@@ -16,7 +16,8 @@ const remoteStatus = async () => JSON.parse((await remote(['status', c.file, '--
 
 beforeAll(async () => {
   healthPort = await freePort();
-  c = await tempCluster(`nodes:
+  c = await tempCluster(
+    `nodes:
   head: { transport: local, gpus: 2 }
 workers:
   w:
@@ -33,7 +34,9 @@ workers:
     health: { url: "http://127.0.0.1:{port}/health", interval: 200ms, timeout: 300ms, failureThreshold: 3 }
     restart: { initialDelay: 100ms, maxRestarts: 0 }
     stop: { grace: 1s }
-`, { controlPlane: true, name: NAME });
+`,
+    { controlPlane: true, name: NAME },
+  );
   const r = await dynsup(['up', '-d', c.file, '--timeout', '60']);
   expect(r.code, r.stderr).toBe(0);
 }, 120_000);
@@ -98,7 +101,12 @@ describe('operating a cluster over NATS and etcd', () => {
       const x = await remoteStatus();
       return x.replicas.find((y) => y.name === 'w-1' && y.state === 'running') ? x : null;
     });
-    expect(s.replicas.filter((y) => y.group === 'w').map((y) => y.gpus).sort()).toEqual([[0], [1]]);
+    expect(
+      s.replicas
+        .filter((y) => y.group === 'w')
+        .map((y) => y.gpus)
+        .sort(),
+    ).toEqual([[0], [1]]);
   });
 
   it('rejects control requests with wrong or missing credentials, and anonymous NATS clients', async () => {
@@ -146,10 +154,15 @@ describe('operating a cluster over NATS and etcd', () => {
 
   it('restarts a worker that is alive but stops answering its health check', async () => {
     const first = (await remoteStatus()).replicas.find((r) => r.name === 'hung-0')!;
-    const s = await waitFor('hung worker replaced', async () => {
-      const x = (await remoteStatus()).replicas.find((r) => r.name === 'hung-0')!;
-      return x.restarts >= 1 && x.pid !== first.pid ? x : null;
-    }, 30_000, 100);
+    const s = await waitFor(
+      'hung worker replaced',
+      async () => {
+        const x = (await remoteStatus()).replicas.find((r) => r.name === 'hung-0')!;
+        return x.restarts >= 1 && x.pid !== first.pid ? x : null;
+      },
+      30_000,
+      100,
+    );
     expect(s.restarts).toBeGreaterThanOrEqual(1);
     expect(pidAlive(first.pid!)).toBe(false);
     expect(readFileSync(join(c.dir, 'state/logs/dynsup.log'), 'utf8')).toMatch(/hung-0 unhealthy after 3 failed checks/);
@@ -159,14 +172,17 @@ describe('operating a cluster over NATS and etcd', () => {
 describe('scale and ports', () => {
   it('refuses (exit 2, nothing changed) a replica whose port another replica or the control plane uses', async () => {
     const [base, other] = [await freePort(), await freePort()];
-    const d = await tempCluster(`nodes:
+    const d = await tempCluster(
+      `nodes:
   head: { transport: local }
 workers:
   a: { command: "exec sleep 600", port: ${base} }
   b: { command: "exec sleep 600", port: ${base + 1} }
   m: { command: "exec sleep 600", port: MPORT }
   o: { command: "exec sleep 600", port: ${other} }
-`, { name: `sp${Math.random().toString(36).slice(2, 7)}` });
+`,
+      { name: `sp${Math.random().toString(36).slice(2, 7)}` },
+    );
     // The metrics port is only known once the file is written: m's base sits right below it.
     writeFileSync(d.file, readFileSync(d.file, 'utf8').replace('MPORT', String(d.metricsPort - 1)));
     try {
@@ -197,18 +213,26 @@ workers:
 
 describe('supervisor death with etcd state', () => {
   it('status reports the supervisor gone with the last known states; a new up takes over', async () => {
-    const d = await tempCluster(`nodes:
+    const d = await tempCluster(
+      `nodes:
   head: { transport: local }
 workers:
   w: { command: "exec sleep 600", replicas: 2 }
-`, { controlPlane: true, name: `dd${Math.random().toString(36).slice(2, 7)}` });
+`,
+      { controlPlane: true, name: `dd${Math.random().toString(36).slice(2, 7)}` },
+    );
     const sup = spawnUp(d.file);
     try {
-      await waitFor('up', async () => {
-        const r = await dynsup(['status', d.file, '--json']);
-        const reps = (JSON.parse(r.stdout) as StatusJson).replicas ?? [];
-        return r.code === 0 && reps.length === 2 && reps.every((x) => x.state === 'running');
-      }, 60_000, 200);
+      await waitFor(
+        'up',
+        async () => {
+          const r = await dynsup(['status', d.file, '--json']);
+          const reps = (JSON.parse(r.stdout) as StatusJson).replicas ?? [];
+          return r.code === 0 && reps.length === 2 && reps.every((x) => x.state === 'running');
+        },
+        60_000,
+        200,
+      );
       sup.kill('SIGKILL');
       await new Promise((r) => sup.once('exit', r));
       const r = await dynsup(['status', d.file]);

@@ -34,10 +34,15 @@ workers:
 `);
     const sup = spawnUp(c.file);
     try {
-      const failed = await waitFor('crash-0 failed', async () => {
-        const r = (await status(c.file)).replicas.find((x) => x.name === 'crash-0');
-        return r?.state === 'failed' ? r : null;
-      }, 20_000, 50);
+      const failed = await waitFor(
+        'crash-0 failed',
+        async () => {
+          const r = (await status(c.file)).replicas.find((x) => x.name === 'crash-0');
+          return r?.state === 'failed' ? r : null;
+        },
+        20_000,
+        50,
+      );
       expect(failed.restarts).toBe(3);
       expect(failed.message).toMatch(/crash loop: 3 restarts within 60s/);
       const ev = events(c).filter((e) => e.replica === 'crash-0');
@@ -69,10 +74,15 @@ workers:
     const sup = spawnUp(c.file);
     try {
       const first = await waitFor('running', async () => (await status(c.file)).replicas.find((r) => r.state === 'running'), 30_000, 50);
-      const again = await waitFor('restarted', async () => {
-        const r = (await status(c.file)).replicas[0]!;
-        return r.restarts >= 1 && r.pid !== first.pid ? r : null;
-      }, 30_000, 50);
+      const again = await waitFor(
+        'restarted',
+        async () => {
+          const r = (await status(c.file)).replicas[0]!;
+          return r.restarts >= 1 && r.pid !== first.pid ? r : null;
+        },
+        30_000,
+        50,
+      );
       expect(again.lastExit).toMatchObject({ signal: 'SIGTERM', reason: 'log line matched /CUDA error/' });
       const ev = events(c).filter((e) => e.replica === 'w-0' && /fatal line/.test(e.msg));
       expect(ev[0]!.msg).toContain('w-0 printed a fatal line (restart.onLog /CUDA error/), restarting it: RuntimeError: CUDA error');
@@ -96,10 +106,14 @@ workers:
     try {
       await waitFor('first failure', async () => ((await status(c.file)).replicas[0]?.restarts ?? 0) >= 1, 20_000);
       writeFileSync(join(c.dir, 'ready'), '');
-      const r = await waitFor('recovered', async () => {
-        const x = (await status(c.file)).replicas[0]!;
-        return x.state === 'running' && readFileSync(join(c.dir, 'state/logs/needs-0.log'), 'utf8').includes('connected') ? x : null;
-      }, 20_000);
+      const r = await waitFor(
+        'recovered',
+        async () => {
+          const x = (await status(c.file)).replicas[0]!;
+          return x.state === 'running' && readFileSync(join(c.dir, 'state/logs/needs-0.log'), 'utf8').includes('connected') ? x : null;
+        },
+        20_000,
+      );
       expect(r.restarts).toBeGreaterThanOrEqual(1);
     } finally {
       sup.kill('SIGTERM');
@@ -124,7 +138,9 @@ workers:
         .map((f) => readFileSync(join(dir, f), 'utf8'))
         .join('');
     await waitFor('all lines', () => all().includes('\n60000\n'), 20_000, 100);
-    const rotated = readdirSync(dir).filter((f) => /^chatty-0\.log\.\d+$/.test(f)).sort((a, b) => Number(b.split('.').pop()) - Number(a.split('.').pop()));
+    const rotated = readdirSync(dir)
+      .filter((f) => /^chatty-0\.log\.\d+$/.test(f))
+      .sort((a, b) => Number(b.split('.').pop()) - Number(a.split('.').pop()));
     expect(rotated.length).toBe(3); // 348,894 bytes in files of at most 100,000
     const parts = [...rotated, 'chatty-0.log'].map((f) => readFileSync(join(dir, f), 'utf8'));
     for (const p of parts) expect(p === '' || p.endsWith('\n')).toBe(true); // no line split across files (the current file may be empty right after a rotation)
@@ -186,7 +202,9 @@ workers:
       expect(restartsB - restartsA).toBeGreaterThan(50); // it really churned
       expect(b.fds - a.fds).toBeLessThanOrEqual(4);
       expect(b.rss - a.rss).toBeLessThan(40 * 2 ** 20);
-      console.log(`hygiene: fds ${a.fds} -> ${b.fds}, rss ${(a.rss / 2 ** 20).toFixed(1)} -> ${(b.rss / 2 ** 20).toFixed(1)} MiB over ${restartsB - restartsA} restarts`);
+      console.log(
+        `hygiene: fds ${a.fds} -> ${b.fds}, rss ${(a.rss / 2 ** 20).toFixed(1)} -> ${(b.rss / 2 ** 20).toFixed(1)} MiB over ${restartsB - restartsA} restarts`,
+      );
     } finally {
       sup.kill('SIGTERM');
     }

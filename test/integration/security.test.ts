@@ -48,7 +48,16 @@ describe('etcd leader key', () => {
     try {
       const client = new Etcd3({ hosts: `http://127.0.0.1:${c.etcdPort}` });
       try {
-        await waitFor('etcd', () => client.put(`dynsup/${name}/supervisor`).value(FAKE).then(() => true), 30_000, 200);
+        await waitFor(
+          'etcd',
+          () =>
+            client
+              .put(`dynsup/${name}/supervisor`)
+              .value(FAKE)
+              .then(() => true),
+          30_000,
+          200,
+        );
       } finally {
         client.close();
       }
@@ -165,7 +174,10 @@ workers:
 
   it('an anonymous stream on dynsup.<cluster>.> and a subscription to > read no control request, reply or log line', async () => {
     const jsm = await anon.jetstreamManager();
-    const snoop = await jsm.streams.add({ name: 'SNOOP', subjects: [`dynsup.${name}.>`] }).then(() => true, () => false);
+    const snoop = await jsm.streams.add({ name: 'SNOOP', subjects: [`dynsup.${name}.>`] }).then(
+      () => true,
+      () => false,
+    );
     const seen: string[] = [];
     const all = anon.subscribe('>');
     void (async () => {
@@ -262,7 +274,11 @@ workers:
     expect(JSON.parse(unsigned.string())).toMatchObject({ ok: false, code: 'E_AUTH' });
     const guessed = signControlRequest(newControlKey(), name, { op: 'scale', group: 'w', count: 4 });
     const refused = await nc.request(control, JSON.stringify(guessed), { timeout: 5000 });
-    expect(JSON.parse(refused.string())).toMatchObject({ ok: false, code: 'E_AUTH', error: expect.stringMatching(/not signed with this cluster's control key/) });
+    expect(JSON.parse(refused.string())).toMatchObject({
+      ok: false,
+      code: 'E_AUTH',
+      error: expect.stringMatching(/not signed with this cluster's control key/),
+    });
     // The republish attack of issue 17, inside the control account this time.
     const jsm = await nc.jetstreamManager();
     await jsm.streams.add({ name: 'EVIL', subjects: ['evil.ctl'], republish: { src: 'evil.ctl', dest: control } });
@@ -305,7 +321,13 @@ workers:
   }, 60_000);
 
   it('forged answers are ignored: status, restart and logs -f show only what the supervisor sent', async () => {
-    const fakeStatus = { cluster: name, controlPlane: [], replicas: [{ name: 'evil-0', group: 'w', node: 'head', state: 'running', pid: 1, restarts: 0, lastExit: null, gpus: [], startedAt: 1, since: 1, message: null }] };
+    const fakeStatus = {
+      cluster: name,
+      controlPlane: [],
+      replicas: [
+        { name: 'evil-0', group: 'w', node: 'head', state: 'running', pid: 1, restarts: 0, lastExit: null, gpus: [], startedAt: 1, since: 1, message: null },
+      ],
+    };
     // Answer every control request first: unsigned, and signed with a guessed key for the request's own nonce.
     const liar = nc.subscribe(control, {
       callback: (_e, m) => {

@@ -101,7 +101,9 @@ workers:
 
     process.kill(before.find((r) => r.node === 'node2')!.pid, 'SIGKILL');
     await waitFor('4 new ranks', () => worlds() === 8, 120_000, 200);
-    const st = JSON.parse((await dynsup(['status', file, '--json'], { env: slurm.env })).stdout) as { replicas: { name: string; restarts: number; state: string }[] };
+    const st = JSON.parse((await dynsup(['status', file, '--json'], { env: slurm.env })).stdout) as {
+      replicas: { name: string; restarts: number; state: string }[];
+    };
     expect(st.replicas[0]).toMatchObject({ name: 'engine-0', restarts: 1 });
     const after = await ranks();
     expect(after.map((r) => r.node).sort()).toEqual(['node1', 'node1', 'node2', 'node2']);

@@ -147,7 +147,9 @@ workers:
   it('brings up NATS, etcd and every worker, placed by role, under one agent step per node', async () => {
     const all = ['prefill-0', 'prefill-1', 'decode-0', 'frontend-0'];
     await waitFor('every worker to report', () => all.every((r) => report(r)), 60_000, 200).catch(async (err: Error) => {
-      throw new Error(`${err.message}\njob ${jobId}: ${await squeue('-j', jobId, '-o', '%T %r').catch(() => '?')}\n--- job output:\n${(await jobOutput()).slice(-4000)}`);
+      throw new Error(
+        `${err.message}\njob ${jobId}: ${await squeue('-j', jobId, '-o', '%T %r').catch(() => '?')}\n--- job output:\n${(await jobOutput()).slice(-4000)}`,
+      );
     });
     for (const r of all.map((x) => report(x)!)) {
       expect(r.nats, r.name).toBe('ok');
@@ -157,7 +159,12 @@ workers:
     }
     const s = await steps();
     expect(s.find((x) => x.name === 'batch')?.node).toBe('node1');
-    expect(s.filter((x) => x.name === 'dynsup-agent').map((x) => x.node).sort()).toEqual(['node1', 'node2', 'node3']);
+    expect(
+      s
+        .filter((x) => x.name === 'dynsup-agent')
+        .map((x) => x.node)
+        .sort(),
+    ).toEqual(['node1', 'node2', 'node3']);
     // Each worker runs under its node's agent, itself the agent step's task (worker → agent → slurmstepd: [J.S]).
     const where: Record<string, string> = { 'frontend-0': 'node1', 'decode-0': 'node2', 'prefill-0': 'node3', 'prefill-1': 'node3' };
     for (const r of all) {
@@ -167,10 +174,15 @@ workers:
       expect((await readFile(`/proc/${stepd}/cmdline`, 'utf8')).replace(/\0/g, ' ').trim(), r).toBe(`slurmstepd: [${step.id}]`);
     }
     // The job's output file is the supervisor's terminal: every worker's lines, prefixed.
-    await waitFor('prefixed worker lines in the job output', async () => {
-      const out = await jobOutput();
-      return all.every((r) => new RegExp(`^${r} +\\| ready ${r} nats=ok etcd=true$`, 'm').test(out));
-    }, 10_000, 100);
+    await waitFor(
+      'prefixed worker lines in the job output',
+      async () => {
+        const out = await jobOutput();
+        return all.every((r) => new RegExp(`^${r} +\\| ready ${r} nats=ok etcd=true$`, 'm').test(out));
+      },
+      10_000,
+      100,
+    );
   });
 
   it('restarts a worker killed inside the job on its node, under the same agent step', async () => {
@@ -239,16 +251,25 @@ workers:
   it('in an allocation, a supervisor killed and started again adopts every worker: same pids, restarts kept', async () => {
     // An allocation held by a plain job (as salloc holds one); the supervisor is run in it by hand.
     const cleanup: ReturnType<typeof spawn>[] = [];
-    const held = (await execFileP('sbatch', ['--parsable', '-N', '3', '-o', '/dev/null', '--wrap', 'sleep 600'], { env: slurm.env })).stdout.trim().split(';')[0]!;
+    const held = (await execFileP('sbatch', ['--parsable', '-N', '3', '-o', '/dev/null', '--wrap', 'sleep 600'], { env: slurm.env })).stdout
+      .trim()
+      .split(';')[0]!;
     try {
-      const nodelist = await waitFor('allocation running', async () => {
-        const [state, nodes] = (await squeue('-j', held, '-o', '%T|%N')).trim().split('|');
-        return state === 'RUNNING' ? nodes : null;
-      }, 60_000, 200);
+      const nodelist = await waitFor(
+        'allocation running',
+        async () => {
+          const [state, nodes] = (await squeue('-j', held, '-o', '%T|%N')).trim().split('|');
+          return state === 'RUNNING' ? nodes : null;
+        },
+        60_000,
+        200,
+      );
       const adir = mkdtempSync(join(tmpdir(), 'dynsup-slurm-adopt-'));
       const afile = join(adir, 'cluster.yaml');
       const [m] = await Promise.all([freePort()]);
-      writeFileSync(afile, `name: adopt${process.pid}
+      writeFileSync(
+        afile,
+        `name: adopt${process.pid}
 head: { address: 127.0.0.1 }
 stateDir: ./state
 lease: 20s
@@ -256,29 +277,46 @@ metrics: { port: ${m} }
 controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
 workers:
   w: { command: "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.02; done", replicas: 3 }
-`);
+`,
+      );
       const env = { ...slurm.env, SLURM_JOB_ID: held, SLURM_JOB_NODELIST: nodelist };
       const start = () => spawn(process.execPath, [join(ROOT, 'bin/dynsup.js'), 'up', '--slurm', afile], { env, stdio: 'ignore' });
-      const st = async () => JSON.parse((await dynsup(['status', afile, '--json'], { env })).stdout) as { replicas: { name: string; node: string; pid: number; restarts: number; state: string; adopted?: boolean }[] };
+      const st = async () =>
+        JSON.parse((await dynsup(['status', afile, '--json'], { env })).stdout) as {
+          replicas: { name: string; node: string; pid: number; restarts: number; state: string; adopted?: boolean }[];
+        };
       const first = start();
       cleanup.push(first);
-      const before = await waitFor('workers running', async () => {
-        const r = (await st()).replicas;
-        return r.length === 3 && r.every((x) => x.state === 'running') ? r : null;
-      }, 90_000, 200);
+      const before = await waitFor(
+        'workers running',
+        async () => {
+          const r = (await st()).replicas;
+          return r.length === 3 && r.every((x) => x.state === 'running') ? r : null;
+        },
+        90_000,
+        200,
+      );
       first.kill('SIGKILL');
       await new Promise((r) => first.once('exit', r));
       const second = start();
       cleanup.push(second);
       try {
-        const after = await waitFor('adopted', async () => {
-          const r = (await st()).replicas;
-          return r.length === 3 && r.every((x) => x.adopted && x.state === 'running') ? r : null;
-        }, 90_000, 200);
+        const after = await waitFor(
+          'adopted',
+          async () => {
+            const r = (await st()).replicas;
+            return r.length === 3 && r.every((x) => x.adopted && x.state === 'running') ? r : null;
+          },
+          90_000,
+          200,
+        );
         expect(after.map((r) => [r.name, r.pid, r.restarts])).toEqual(before.map((r) => [r.name, r.pid, r.restarts]));
         const log = join(adir, 'state/logs/w-1.log');
         await waitFor('log goes on', () => readFileSync(log, 'utf8').split('\n').length > 200, 60_000, 100);
-        readFileSync(log, 'utf8').split('\n').filter(Boolean).forEach((l, i) => expect(l).toBe(`line ${i + 1}`));
+        readFileSync(log, 'utf8')
+          .split('\n')
+          .filter(Boolean)
+          .forEach((l, i) => expect(l).toBe(`line ${i + 1}`));
       } finally {
         second.kill('SIGTERM');
         await new Promise((r) => second.once('exit', r));

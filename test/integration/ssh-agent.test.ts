@@ -83,10 +83,15 @@ describe('resident agent over ssh (clean and slow, noisy logins)', () => {
 
     // A crash on the noisy node is restarted by its agent: new pid, counted.
     process.kill(onRc.pid!, 'SIGKILL');
-    const again = await waitFor('restart on lab2', async () => {
-      const r = (await status(c.file)).replicas.find((x) => x.name === onRc.name)!;
-      return r.restarts === 1 && r.state === 'running' && r.pid !== onRc.pid ? r : null;
-    }, 60_000, 50);
+    const again = await waitFor(
+      'restart on lab2',
+      async () => {
+        const r = (await status(c.file)).replicas.find((x) => x.name === onRc.name)!;
+        return r.restarts === 1 && r.state === 'running' && r.pid !== onRc.pid ? r : null;
+      },
+      60_000,
+      50,
+    );
 
     // Supervisor killed; a new one adopts: same pids, same restart counts, logs go on where they were.
     const pids = (await status(c.file)).replicas.map((r) => [r.name, r.pid, r.restarts]);

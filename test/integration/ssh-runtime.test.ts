@@ -32,7 +32,20 @@ describe('a node without Node.js', () => {
     // The node really has none: a session finds no usable node.
     const probe = execFileSync(
       'ssh',
-      ['-F', '/dev/null', '-i', sshd.identityFile, '-p', String(sshd.port), '-o', `UserKnownHostsFile=${sshd.knownHostsFile}`, '-o', 'BatchMode=yes', `${sshd.user}@127.0.0.1`, 'node -e 0 >/dev/null 2>&1 && echo has-node || echo no-node'],
+      [
+        '-F',
+        '/dev/null',
+        '-i',
+        sshd.identityFile,
+        '-p',
+        String(sshd.port),
+        '-o',
+        `UserKnownHostsFile=${sshd.knownHostsFile}`,
+        '-o',
+        'BatchMode=yes',
+        `${sshd.user}@127.0.0.1`,
+        'node -e 0 >/dev/null 2>&1 && echo has-node || echo no-node',
+      ],
       { encoding: 'utf8' },
     );
     expect(probe.trim()).toBe('no-node');

@@ -58,10 +58,15 @@ workers:
     const victim = s.replicas.find((r) => r.name === `w-${REPLICAS - 1}`)!;
     const r = await dynsup(['restart', c.file, victim.name]);
     expect(r.code, r.stderr).toBe(0);
-    await waitFor('w-11 restarted', async () => {
-      const x = (await status(c.file)).replicas.find((y) => y.name === victim.name);
-      return x && x.pid !== victim.pid && x.state === 'running' ? x : null;
-    }, 60_000, 100);
+    await waitFor(
+      'w-11 restarted',
+      async () => {
+        const x = (await status(c.file)).replicas.find((y) => y.name === victim.name);
+        return x && x.pid !== victim.pid && x.state === 'running' ? x : null;
+      },
+      60_000,
+      100,
+    );
     await waitFor("w-11's second run's lines", () => log(REPLICAS - 1) === expected(REPLICAS - 1).repeat(2), 60_000, 100);
 
     const down = await dynsup(['down', c.file]);

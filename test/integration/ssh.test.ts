@@ -77,12 +77,17 @@ ${
 
 const report = (m: Made, r: string) => {
   const f = join(m.dir, `${r}.json`);
-  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as { pid: number; hostname: string; env: Record<string, string>; nats: boolean; etcd: boolean; errors: string[] }) : null;
+  return existsSync(f)
+    ? (JSON.parse(readFileSync(f, 'utf8')) as { pid: number; hostname: string; env: Record<string, string>; nats: boolean; etcd: boolean; errors: string[] })
+    : null;
 };
 
 /** Lines `line N` of a replica's log: each run counts from 1; within a run every number once, in order. */
 function checkRuns(log: string): { runs: number; lines: number } {
-  const nums = readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('line ')).map((l) => Number(l.slice(5)));
+  const nums = readFileSync(log, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('line '))
+    .map((l) => Number(l.slice(5)));
   let runs = 0;
   let prev = 0;
   for (const n of nums) {
@@ -118,10 +123,15 @@ describe('ssh transport on a 3-node lab', () => {
     // other replicas untouched. (How fast: scripts/bench/restart.mjs.)
     const victim = reps[1]!.pid;
     process.kill(victim, 'SIGKILL'); // the lab shares this machine's pid namespace
-    const restarted = await waitFor('restart', async () => {
-      const s = (await status(m.file)).replicas.find((x) => x.name === 'w-1')!;
-      return s.restarts === 1 && s.pid !== victim && s.state === 'running' ? s : null;
-    }, 60_000, 20);
+    const restarted = await waitFor(
+      'restart',
+      async () => {
+        const s = (await status(m.file)).replicas.find((x) => x.name === 'w-1')!;
+        return s.restarts === 1 && s.pid !== victim && s.state === 'running' ? s : null;
+      },
+      60_000,
+      20,
+    );
     expect(pidAlive(restarted.pid!)).toBe(true);
     expect(restarted.lastExit).toMatchObject({ signal: 'SIGKILL' });
     expect((await status(m.file)).replicas.filter((x) => x.name !== 'w-1').map((x) => [x.name, x.pid, x.restarts])).toEqual(
@@ -161,12 +171,16 @@ describe('ssh transport on a 3-node lab', () => {
   }, 300_000);
 
   it('a partition longer than the lease stops the workers on the node; they are restarted when it is back', async () => {
-    const m = await make({ lease: '4s', controlPlane: false, workers: `  w:
+    const m = await make({
+      lease: '4s',
+      controlPlane: false,
+      workers: `  w:
     command: "echo started; exec sleep 600"
     replicas: 3
     gpus: 2
     restart: { initialDelay: 100ms }
-    stop: { grace: 1s }` });
+    stop: { grace: 1s }`,
+    });
     const r = await dynsup(['up', '-d', m.file, '--timeout', '60']);
     expect(r.code, r.stderr).toBe(0);
     const old = (await status(m.file)).replicas.find((x) => x.node === 'lab2')!;
@@ -175,10 +189,15 @@ describe('ssh transport on a 3-node lab', () => {
     await waitFor('worker stopped on the cut-off node', () => !pidAlive(old.pid!), 60_000, 100);
     await sleep(6000); // let the head also conclude the node is gone (lease + margin)
     await lab.link('lab2', true);
-    const fresh = await waitFor('restarted after reconnect', async () => {
-      const s = (await status(m.file)).replicas.find((x) => x.name === old.name)!;
-      return s.pid && s.pid !== old.pid && s.state === 'running' ? s : null;
-    }, 90_000, 100);
+    const fresh = await waitFor(
+      'restarted after reconnect',
+      async () => {
+        const s = (await status(m.file)).replicas.find((x) => x.name === old.name)!;
+        return s.pid && s.pid !== old.pid && s.state === 'running' ? s : null;
+      },
+      90_000,
+      100,
+    );
     expect(fresh.restarts).toBeGreaterThanOrEqual(1);
     expect(pidAlive(fresh.pid!)).toBe(true);
     // The other nodes were not disturbed.
@@ -186,10 +205,14 @@ describe('ssh transport on a 3-node lab', () => {
   }, 240_000);
 
   it('kill -9 of the supervisor: nothing is left on any node after the lease', async () => {
-    const m = await make({ lease: '3s', controlPlane: false, workers: `  w:
+    const m = await make({
+      lease: '3s',
+      controlPlane: false,
+      workers: `  w:
     command: "sleep 600 & exec sleep 600"
     replicas: 3
-    gpus: 2` });
+    gpus: 2`,
+    });
     const sup = spawnUp(m.file);
     await waitFor('running', async () => (await status(m.file)).replicas.filter((x) => x.state === 'running').length === 3, 90_000, 100);
     expect((await pidsWithEnv(`DYNSUP_CLUSTER=${m.name}`)).length).toBeGreaterThanOrEqual(6);
@@ -219,7 +242,9 @@ describe('ssh transport on a 3-node lab', () => {
     expect(r.stderr + r.stdout).toMatch(new RegExp(`lab2 \\(${lab.user}@10\\.99\\.0\\.12:22\\): .*(does not match|mismatch|CHANGED|changed)`, 'i'));
 
     const nodes = [
-      ...lab.nodes.map((x) => `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}, gpus: 2 }`),
+      ...lab.nodes.map(
+        (x) => `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}, gpus: 2 }`,
+      ),
       `  ghost: { transport: ssh, host: 10.99.0.250, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}, gpus: 2 }`,
     ].join('\n');
     const gone = await make({ lease: '10s', controlPlane: false, nodes, workers: `  w: { command: "exec sleep 600", replicas: 4, gpus: 2 }` });
@@ -261,7 +286,13 @@ describe('ssh transport on a 3-node lab', () => {
   });
 
   it('the example cluster files validate', async () => {
-    for (const f of ['clusters/lab-ssh.yaml', 'clusters/dynamo-trtllm-disagg.yaml', 'clusters/slurm-disagg.yaml', 'clusters/gpu-local.yaml', 'clusters/local.yaml']) {
+    for (const f of [
+      'clusters/lab-ssh.yaml',
+      'clusters/dynamo-trtllm-disagg.yaml',
+      'clusters/slurm-disagg.yaml',
+      'clusters/gpu-local.yaml',
+      'clusters/local.yaml',
+    ]) {
       const r = await dynsup(['validate', join(ROOT, f)], { env: { ...process.env, HF_TOKEN: 'hf_example' } });
       expect(r.code, `${f}: ${r.stderr}`).toBe(0);
     }

@@ -39,7 +39,11 @@ workers:
     });
     expect(stored.equals(Buffer.concat([Buffer.from('before '), EVIL, Buffer.from(' after\n')]))).toBe(true);
 
-    for (const args of [['logs', c.file, 'w-0'], ['logs', c.file, 'w-0', '-n', '5'], ['logs', c.file]]) {
+    for (const args of [
+      ['logs', c.file, 'w-0'],
+      ['logs', c.file, 'w-0', '-n', '5'],
+      ['logs', c.file],
+    ]) {
       const r = await dynsup(args);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout, args.join(' ')).toContain('before \\e]0;pwned\\a\\e[2J after');

@@ -82,7 +82,10 @@ describe('lab (scripts/testbed/lab.sh)', { timeout: 120_000 }, () => {
     expect(stdout.split('\n')).toEqual(['dynsup-t', 'sh', '0', 'readable', '']);
     expect(stderr).toBe('');
     // The packages the workers import resolve from the share, as the test user.
-    const mods = await lab.ssh('lab2', `cd ${join(lab.share, 'test/fixtures/workers')} && node --input-type=module -e "await import('nats'); await import('etcd3'); console.log('ok')"`);
+    const mods = await lab.ssh(
+      'lab2',
+      `cd ${join(lab.share, 'test/fixtures/workers')} && node --input-type=module -e "await import('nats'); await import('etcd3'); console.log('ok')"`,
+    );
     expect(mods.stdout).toBe('ok\n');
     // Only the test users have keys: root is refused.
     const err = await lab.ssh('lab1', 'true', { user: 'root' }).catch((e: unknown) => e);
@@ -149,11 +152,9 @@ describe('slurm testbed (scripts/testbed/slurm-testbed.sh)', { timeout: 120_000 
 
   it('runs an sbatch -N 3 job with one step task on each node', async () => {
     const out = join(slurm.dir, 'testbed-%j.out');
-    const { stdout } = await execFileP(
-      'sbatch',
-      ['--parsable', '-N', '3', '-o', out, '--wrap', 'srun --overlap -N3 bash -c "echo \\$SLURMD_NODENAME"'],
-      { env: slurm.env },
-    );
+    const { stdout } = await execFileP('sbatch', ['--parsable', '-N', '3', '-o', out, '--wrap', 'srun --overlap -N3 bash -c "echo \\$SLURMD_NODENAME"'], {
+      env: slurm.env,
+    });
     const jobId = stdout.trim().split(';')[0]!;
     expect(jobId).toMatch(/^\d+$/);
 

@@ -85,7 +85,7 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     await page.close();
   });
 
-  it('kill -9 of decode-0: its tile goes through backoff to ready with restarts 1, and its replica view shows the new run\'s lines, without a reload', async () => {
+  it("kill -9 of decode-0: its tile goes through backoff to ready with restarts 1, and its replica view shows the new run's lines, without a reload", async () => {
     const overview = await browser!.newPage();
     await overview.goto(url);
     await until(overview, '5 replicas ready', `document.querySelectorAll('.group .tile[data-state="ready"]').length === 5`);
@@ -109,7 +109,11 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     expect(await view.$eval('#log', (e) => e.textContent)).toContain(`"pid":${before.pid}`);
 
     process.kill(before.pid!, 'SIGKILL');
-    await until(overview, 'decode-0 ready again with restarts 1', `(() => { const t = document.getElementById('tile-decode-0'); return t.dataset.state === 'ready' && t.dataset.restarts === '1'; })()`);
+    await until(
+      overview,
+      'decode-0 ready again with restarts 1',
+      `(() => { const t = document.getElementById('tile-decode-0'); return t.dataset.state === 'ready' && t.dataset.restarts === '1'; })()`,
+    );
     const seen = await overview.evaluate(() => (window as unknown as { seen: string[] }).seen);
     expect(seen).toContain('backoff');
     expect(seen.indexOf('backoff')).toBeLessThan(seen.lastIndexOf('ready'));
@@ -120,8 +124,16 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     expect(after.pid).not.toBe(before.pid);
     // The open replica view followed: the new run's start-up line (with its pid) arrived live.
     await until(view, 'the new run in the log view', `document.getElementById('log').textContent.includes('"pid":${after.pid}')`);
-    await until(view, 'the restart in the history', `[...document.querySelectorAll('#history tr')].some((r) => r.dataset.kind === 'exited' && r.textContent.includes('SIGKILL'))`);
-    await until(view, 'the badge and restarts', `document.getElementById('state').dataset.state === 'ready' && document.querySelector('[data-field="restarts"]').textContent === '1'`);
+    await until(
+      view,
+      'the restart in the history',
+      `[...document.querySelectorAll('#history tr')].some((r) => r.dataset.kind === 'exited' && r.textContent.includes('SIGKILL'))`,
+    );
+    await until(
+      view,
+      'the badge and restarts',
+      `document.getElementById('state').dataset.state === 'ready' && document.querySelector('[data-field="restarts"]').textContent === '1'`,
+    );
     if (SHOTS) {
       await overview.setViewport({ width: 1280, height: 860 });
       await overview.screenshot({ path: join(SHOTS, 'ui-overview.png') });
@@ -134,7 +146,11 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     await overview.click('a[data-nav="events"]');
     await until(overview, 'the events view', `document.getElementById('filter') !== null`);
     await overview.select('#filter', 'restarts');
-    await until(overview, 'the kill in the timeline', `[...document.querySelectorAll('#events .ev')].some((e) => e.dataset.kind === 'exited' && e.textContent.includes('decode-0 killed by SIGKILL'))`);
+    await until(
+      overview,
+      'the kill in the timeline',
+      `[...document.querySelectorAll('#events .ev')].some((e) => e.dataset.kind === 'exited' && e.textContent.includes('decode-0 killed by SIGKILL'))`,
+    );
     const kinds = await overview.$$eval('#events .ev', (l) => l.map((e) => (e as HTMLElement).dataset.kind));
     expect(new Set(kinds)).toEqual(new Set(['exited', 'restarting']));
     expect(kinds.indexOf('restarting')).toBeLessThan(kinds.lastIndexOf('exited')); // newest first
@@ -149,13 +165,26 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     await page.click('#pause');
     const shown = await page.$$eval('#log .ln', (l) => l.length);
     // New lines for decode-1: completions through the frontend until one lands on it (queue group).
-    await waitFor('decode-1 logged a request while paused', async () => {
-      await fetch('http://127.0.0.1:8000/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'demo', prompt: 'paused', max_tokens: 2 }) });
-      return /paused \(\d+ new\)/.test(await page.$eval('#log-info', (e) => e.textContent ?? ''));
-    }, 60_000, 200);
+    await waitFor(
+      'decode-1 logged a request while paused',
+      async () => {
+        await fetch('http://127.0.0.1:8000/v1/completions', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'demo', prompt: 'paused', max_tokens: 2 }),
+        });
+        return /paused \(\d+ new\)/.test(await page.$eval('#log-info', (e) => e.textContent ?? ''));
+      },
+      60_000,
+      200,
+    );
     expect(await page.$$eval('#log .ln', (l) => l.length)).toBe(shown);
     await page.click('#pause');
-    await until(page, 'the held lines shown', `document.querySelectorAll('#log .ln').length > ${shown} && document.getElementById('pause').getAttribute('aria-pressed') === 'false'`);
+    await until(
+      page,
+      'the held lines shown',
+      `document.querySelectorAll('#log .ln').length > ${shown} && document.getElementById('pause').getAttribute('aria-pressed') === 'false'`,
+    );
     expect(await page.$eval('#log', (e) => e.textContent)).toMatch(/decode-1 decode \{/);
     await page.close();
   });
@@ -199,10 +228,19 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     await until(page, 'the overview', `document.querySelectorAll('.group .tile[data-state="ready"]').length === 5`);
     const decode = (await statusNow()).replicas.filter((r) => r.group === 'decode').map((r) => r.pid);
     await page.click('#group-decode button[data-op="rolling"]');
-    await until(page, 'the rolling restart done', `document.getElementById('notice').textContent === 'rolling restart decode: done (decode-0, decode-1)'`, 120_000);
+    await until(
+      page,
+      'the rolling restart done',
+      `document.getElementById('notice').textContent === 'rolling restart decode: done (decode-0, decode-1)'`,
+      120_000,
+    );
     const rolled = (await statusNow()).replicas.filter((r) => r.group === 'decode');
     for (const [i, r] of rolled.entries()) expect(r.pid).not.toBe(decode[i]);
-    await until(page, 'the events timeline has it', `[...document.querySelectorAll('#recent .ev')].some((e) => e.textContent.includes('rolling restart of decode'))`);
+    await until(
+      page,
+      'the events timeline has it',
+      `[...document.querySelectorAll('#recent .ev')].some((e) => e.textContent.includes('rolling restart of decode'))`,
+    );
     await page.close();
   });
 
@@ -217,7 +255,11 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
     }
     expect(await tabs[0]!.$eval('#conn', (e) => e.textContent)).toBe('paused (tab hidden)');
     await tabs[1]!.bringToFront();
-    await until(tabs[1]!, 'the replica view live again, its log reloaded', `document.getElementById('conn').textContent === 'live' && document.querySelectorAll('#log .ln').length > 0`);
+    await until(
+      tabs[1]!,
+      'the replica view live again, its log reloaded',
+      `document.getElementById('conn').textContent === 'live' && document.querySelectorAll('#log .ln').length > 0`,
+    );
     expect(await tabs[7]!.$eval('#conn', (e) => e.textContent)).toBe('paused (tab hidden)');
     for (const t of tabs) await t.close();
   });
@@ -237,7 +279,7 @@ describe('web view on the demo cluster (chromium)', { timeout: 240_000 }, () => 
 });
 
 describe('web view with GPU telemetry (fake nvidia-smi)', { timeout: 180_000 }, () => {
-  it('tiles and the replica view show each replica\'s GPU memory and utilisation; the log view renders colours and shows other escapes as text', async () => {
+  it("tiles and the replica view show each replica's GPU memory and utilisation; the log view renders colours and shows other escapes as text", async () => {
     const c = await tempCluster(`
 nodes: { local: { transport: local, gpus: 2 } }
 workers:
@@ -337,13 +379,22 @@ function w() { while (i < ${LINES}) { if (!process.stdout.write('line ' + ++i + 
       await stream.ready;
       writeFileSync(join(c.dir, 'go'), '');
       const logFile = join(c.dir, 'state/logs/chatty-0.log');
-      await waitFor('every line in the log file', () => {
-        try {
-          return readFileSync(logFile, 'utf8').split('\n').filter((l) => l.startsWith(`line ${LINES} `)).length >= 1;
-        } catch {
-          return false;
-        }
-      }, 120_000, 200);
+      await waitFor(
+        'every line in the log file',
+        () => {
+          try {
+            return (
+              readFileSync(logFile, 'utf8')
+                .split('\n')
+                .filter((l) => l.startsWith(`line ${LINES} `)).length >= 1
+            );
+          } catch {
+            return false;
+          }
+        },
+        120_000,
+        200,
+      );
       const st = JSON.parse((await dynsup(['status', c.file, '--json'])).stdout) as StatusJson;
       expect(st.replicas[0]!.state).toBe('stopped');
       stream.resume();

@@ -287,7 +287,11 @@ describe('a file that is not a cluster file (the real CLI)', () => {
     const link = join(tmp, name);
     rmSync(link, { force: true });
     symlinkSync(target, link);
-    const r = spawnSync(process.execPath, [bin, 'validate', link], { env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, [bin, 'validate', link], {
+      env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toContain(`${link}:`);
     expect(r.stderr).not.toContain(secret);
@@ -297,7 +301,11 @@ describe('a file that is not a cluster file (the real CLI)', () => {
   it('a file name with escape sequences is shown escaped', () => {
     const name = join(tmp, 'evil\u001b]0;pwned\u0007\u001b[2J.yaml');
     writeFileSync(name, 'name: x\n');
-    const r = spawnSync(process.execPath, [bin, 'validate', name], { env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, [bin, 'validate', name], {
+      env: { ...ENV, PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toContain('evil\\e]0;pwned\\a\\e[2J.yaml');
     expect(r.stderr).not.toMatch(/[\u0007\u001b]/);

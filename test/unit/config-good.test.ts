@@ -245,8 +245,22 @@ describe('good cluster files', () => {
     const c = load('defaults-merge.yaml');
 
     it('merges restart and stop field by field over defaults', () => {
-      expect(group(c, 'a-group').restart).toEqual({ ...DEFAULT_RESTART, policy: 'on-failure', initialDelayMs: 2000, maxDelayMs: 300_000, jitter: 0, maxRestarts: 3 });
-      expect(group(c, 'b-group').restart).toEqual({ ...DEFAULT_RESTART, policy: 'on-failure', initialDelayMs: 2000, maxDelayMs: 60_000, jitter: 0, maxRestarts: 3 });
+      expect(group(c, 'a-group').restart).toEqual({
+        ...DEFAULT_RESTART,
+        policy: 'on-failure',
+        initialDelayMs: 2000,
+        maxDelayMs: 300_000,
+        jitter: 0,
+        maxRestarts: 3,
+      });
+      expect(group(c, 'b-group').restart).toEqual({
+        ...DEFAULT_RESTART,
+        policy: 'on-failure',
+        initialDelayMs: 2000,
+        maxDelayMs: 60_000,
+        jitter: 0,
+        maxRestarts: 3,
+      });
       expect(group(c, 'c-group').restart).toEqual({
         policy: 'never',
         initialDelayMs: 2000,
@@ -276,7 +290,13 @@ describe('good cluster files', () => {
     });
 
     it('takes health whole from defaults or from the group (not merged)', () => {
-      expect(group(c, 'a-group').health).toEqual({ url: 'http://{node}:{port}/health', intervalMs: 500, timeoutMs: 2000, startPeriodMs: 0, failureThreshold: 3 });
+      expect(group(c, 'a-group').health).toEqual({
+        url: 'http://{node}:{port}/health',
+        intervalMs: 500,
+        timeoutMs: 2000,
+        startPeriodMs: 0,
+        failureThreshold: 3,
+      });
       expect(group(c, 'c-group').health).toEqual({ url: 'http://x/{replica}', intervalMs: 1000, timeoutMs: 250, startPeriodMs: 60_000, failureThreshold: 7 });
     });
 
@@ -327,7 +347,15 @@ describe('good cluster files', () => {
     expect(c.headAddress).toBe('fd00::1');
     expect(natsUrl(c)).toBe('nats://[fd00::1]:4333');
     expect(etcdUrl(c)).toBe('http://[fd00::1]:2479');
-    expect(c.nats).toEqual({ enabled: true, binary: 'nats-server', args: ['--debug'], port: 4333, monitorPort: 8333, jetstream: false, workerCredentials: false });
+    expect(c.nats).toEqual({
+      enabled: true,
+      binary: 'nats-server',
+      args: ['--debug'],
+      port: 4333,
+      monitorPort: 8333,
+      jetstream: false,
+      workerCredentials: false,
+    });
     expect(c.etcd).toEqual({ enabled: true, binary: '/opt/etcd/bin/etcd', args: [], port: 2479, peerPort: 2480, auth: false });
     expect(c.nodes.map((n) => [n.name, n.address])).toEqual([
       ['head', 'fd00::1'],

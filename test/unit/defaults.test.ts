@@ -45,7 +45,10 @@ const ROWS: [key: string, shown: string][] = [
   ['`restart.resetAfter`', w.restart.resetAfter],
   ['`restart.gpuReleaseTimeout`', w.restart.gpuReleaseTimeout],
   ['`stop.signal`, `stop.grace`', `${w.stop.signal}, ${w.stop.grace}`],
-  ['`health.interval`, `timeout`, `startPeriod`, `failureThreshold`', `${w.health.interval}, ${w.health.timeout}, ${w.health.startPeriod}, ${w.health.failureThreshold}`],
+  [
+    '`health.interval`, `timeout`, `startPeriod`, `failureThreshold`',
+    `${w.health.interval}, ${w.health.timeout}, ${w.health.startPeriod}, ${w.health.failureThreshold}`,
+  ],
   ['`exclusive`', `${DEFAULTS.slurm.exclusive}`],
 ];
 

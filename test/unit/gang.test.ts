@@ -75,7 +75,15 @@ describe('Gang', () => {
     h.follower.started('g-0/1', 200);
     expect(h.gang.state).toBe('running');
     expect(h.gang.up).toBe(true);
-    expect(h.gang.status()).toMatchObject({ pid: 100, node: 'n1', restarts: 0, ranks: [{ name: 'g-0/0', node: 'n1', pid: 100 }, { name: 'g-0/1', node: 'n2', pid: 200 }] });
+    expect(h.gang.status()).toMatchObject({
+      pid: 100,
+      node: 'n1',
+      restarts: 0,
+      ranks: [
+        { name: 'g-0/0', node: 'n1', pid: 100 },
+        { name: 'g-0/1', node: 'n2', pid: 200 },
+      ],
+    });
   });
 
   it.each([
@@ -140,7 +148,10 @@ describe('Gang', () => {
     h.clock.advance(1000);
     memberEnds(h.follower, 'g-0/1');
     await h.gang.waitFor((g) => g.state === 'failed');
-    expect(h.gang.status()).toMatchObject({ restarts: 2, message: expect.stringMatching(/^crash loop: 2 restarts within 60s \(restart.maxRestarts 2\); last: g-0\/1 on n2 exited with code 1/) });
+    expect(h.gang.status()).toMatchObject({
+      restarts: 2,
+      message: expect.stringMatching(/^crash loop: 2 restarts within 60s \(restart.maxRestarts 2\); last: g-0\/1 on n2 exited with code 1/),
+    });
     expect(h.events.filter((e) => e.kind === 'failed')).toHaveLength(1);
     expect(h.leader.calls.filter((c) => c.startsWith('run'))).toHaveLength(3);
     expect(h.gang.up).toBe(false);

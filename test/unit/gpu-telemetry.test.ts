@@ -27,28 +27,40 @@ describe('replicaGpuTelemetry', () => {
   const cases: Array<[string, string, number[], NodeGpuSample | null, unknown]> = [
     ['no sample (no nvidia-smi): nothing', 'decode-0', [0], null, undefined],
     ['no GPUs: nothing', 'frontend-0', [], sample, undefined],
-    ['its GPUs summed and averaged, its own process not listed', 'decode-0', [0, 1], sample, {
-      at: 1000,
-      gpus: [
-        { index: 0, memoryUsedMiB: 71680, memoryTotalMiB: 143771, utilizationPct: 90 },
-        { index: 1, memoryUsedMiB: 10240, memoryTotalMiB: 143771, utilizationPct: 10 },
-      ],
-      memoryUsedMiB: 81920,
-      memoryTotalMiB: 287542,
-      utilizationPct: 50,
-      others: [
-        { pid: 12, gpu: 1, usedMemoryMiB: 10000, owner: null },
-        { pid: 13, gpu: 1, usedMemoryMiB: 200, owner: 'prefill-0' },
-      ],
-    }],
-    ['an unknown value makes the sum unknown', 'x-0', [2], sample, {
-      at: 1000,
-      gpus: [{ index: 2, memoryUsedMiB: null, memoryTotalMiB: 143771, utilizationPct: null }],
-      memoryUsedMiB: null,
-      memoryTotalMiB: 143771,
-      utilizationPct: null,
-      others: [],
-    }],
+    [
+      'its GPUs summed and averaged, its own process not listed',
+      'decode-0',
+      [0, 1],
+      sample,
+      {
+        at: 1000,
+        gpus: [
+          { index: 0, memoryUsedMiB: 71680, memoryTotalMiB: 143771, utilizationPct: 90 },
+          { index: 1, memoryUsedMiB: 10240, memoryTotalMiB: 143771, utilizationPct: 10 },
+        ],
+        memoryUsedMiB: 81920,
+        memoryTotalMiB: 287542,
+        utilizationPct: 50,
+        others: [
+          { pid: 12, gpu: 1, usedMemoryMiB: 10000, owner: null },
+          { pid: 13, gpu: 1, usedMemoryMiB: 200, owner: 'prefill-0' },
+        ],
+      },
+    ],
+    [
+      'an unknown value makes the sum unknown',
+      'x-0',
+      [2],
+      sample,
+      {
+        at: 1000,
+        gpus: [{ index: 2, memoryUsedMiB: null, memoryTotalMiB: 143771, utilizationPct: null }],
+        memoryUsedMiB: null,
+        memoryTotalMiB: 143771,
+        utilizationPct: null,
+        others: [],
+      },
+    ],
   ];
   it.each(cases)('%s', (_n, name, gpus, s, want) => {
     expect(replicaGpuTelemetry(name, gpus, s)).toEqual(want);
@@ -82,11 +94,18 @@ describe('ownerOf (a fake /proc)', () => {
 
   it('toSample: NaN becomes null, owners attached', () => {
     const s = toSample(
-      { gpus: [{ index: 0, uuid: 'GPU-0', memoryUsedMiB: NaN, memoryTotalMiB: 100, utilizationPct: 5 }], processes: [{ pid: 100, gpuUuid: 'GPU-0', gpuIndex: 0, usedMemoryMiB: NaN }] },
+      {
+        gpus: [{ index: 0, uuid: 'GPU-0', memoryUsedMiB: NaN, memoryTotalMiB: 100, utilizationPct: 5 }],
+        processes: [{ pid: 100, gpuUuid: 'GPU-0', gpuIndex: 0, usedMemoryMiB: NaN }],
+      },
       7,
       (pid) => ownerOf(pid, workers, proc),
     );
-    expect(s).toEqual({ at: 7, gpus: [{ index: 0, uuid: 'GPU-0', memoryUsedMiB: null, memoryTotalMiB: 100, utilizationPct: 5 }], processes: [{ pid: 100, gpuIndex: 0, usedMemoryMiB: null, owner: 'decode-0' }] });
+    expect(s).toEqual({
+      at: 7,
+      gpus: [{ index: 0, uuid: 'GPU-0', memoryUsedMiB: null, memoryTotalMiB: 100, utilizationPct: 5 }],
+      processes: [{ pid: 100, gpuIndex: 0, usedMemoryMiB: null, owner: 'decode-0' }],
+    });
   });
 });
 

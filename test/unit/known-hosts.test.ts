@@ -119,7 +119,13 @@ describe('parseKnownHosts', () => {
     const [e] = parseKnownHosts(`@revoked a,!b ${ED} ${K1} some comment`, 'f');
     expect(e).toMatchObject({ file: 'f', line: 1, marker: 'revoked', keyType: ED, comment: 'some comment' });
     expect(e?.keyBlob.toString('base64')).toBe(K1);
-    expect(e?.hosts).toEqual({ kind: 'patterns', patterns: [{ pattern: 'a', negated: false }, { pattern: 'b', negated: true }] });
+    expect(e?.hosts).toEqual({
+      kind: 'patterns',
+      patterns: [
+        { pattern: 'a', negated: false },
+        { pattern: 'b', negated: true },
+      ],
+    });
   });
 
   it('rejects hashed fields with a wrong hash length', () => {

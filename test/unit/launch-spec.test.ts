@@ -158,7 +158,7 @@ describe('buildLaunchSpec', () => {
       env: {
         NATS_SERVER: 'nats://10.0.0.1:4222',
         ETCD_ENDPOINTS: 'http://10.0.0.1:2379',
-      CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
+        CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
         DYNSUP_PORT: '9001',
         LOG: '/logs/decode-1.log',
         DYNSUP_CLUSTER: 'demo',
@@ -221,7 +221,11 @@ describe('named ports and hooks', () => {
   it('DYNSUP_PORT_<NAME> per named port (a file env cannot override it), {ports.name} in env and argv', () => {
     const env = workerEnv(cluster(), gr, r);
     expect(env).toMatchObject({ DYNSUP_PORT: '9301', DYNSUP_PORT_SYSTEM: '9091', DYNSUP_PORT_KV: '20081', KV: '20081' });
-    expect(buildLaunchSpec(cluster(), { ...gr, argv: ['serve', '--system-port={ports.system}', '--x={ports.nope}'] }, r).argv).toEqual(['serve', '--system-port=9091', '--x={ports.nope}']);
+    expect(buildLaunchSpec(cluster(), { ...gr, argv: ['serve', '--system-port={ports.system}', '--x={ports.nope}'] }, r).argv).toEqual([
+      'serve',
+      '--system-port=9091',
+      '--x={ports.nope}',
+    ]);
   });
 
   it('hooks are in the spec, placeholders expanded, only when set (a spec without them hashes as before)', () => {

@@ -7,7 +7,13 @@ import { installFakeNvidiaSmi } from '../helpers/fake-nvidia-smi.js';
 
 const U0 = 'GPU-5b3c1f0e-0000-1111-2222-333344445555';
 const U1 = 'GPU-aa3c1f0e-0000-1111-2222-333344446666';
-const g = (index: number, uuid: string, used: number, total: number, util: number): GpuSample => ({ index, uuid, memoryUsedMiB: used, memoryTotalMiB: total, utilizationPct: util });
+const g = (index: number, uuid: string, used: number, total: number, util: number): GpuSample => ({
+  index,
+  uuid,
+  memoryUsedMiB: used,
+  memoryTotalMiB: total,
+  utilizationPct: util,
+});
 
 describe('parseGpuCsv', () => {
   const cases: Array<[string, string, GpuSample[]]> = [
@@ -34,10 +40,14 @@ describe('parseComputeAppsCsv', () => {
   const cases: Array<[string, string, ReturnType<typeof parseComputeAppsCsv>]> = [
     ['blank output (no compute process)', '', []],
     ['one process', `4242, ${U1}, 70000\n`, [{ pid: 4242, gpuUuid: U1, gpuIndex: 1, usedMemoryMiB: 70000 }]],
-    ['two processes on one GPU, trailing spaces', `1, ${U0}, 10  \n2, ${U0}, 20 \n`, [
-      { pid: 1, gpuUuid: U0, gpuIndex: 0, usedMemoryMiB: 10 },
-      { pid: 2, gpuUuid: U0, gpuIndex: 0, usedMemoryMiB: 20 },
-    ]],
+    [
+      'two processes on one GPU, trailing spaces',
+      `1, ${U0}, 10  \n2, ${U0}, 20 \n`,
+      [
+        { pid: 1, gpuUuid: U0, gpuIndex: 0, usedMemoryMiB: 10 },
+        { pid: 2, gpuUuid: U0, gpuIndex: 0, usedMemoryMiB: 20 },
+      ],
+    ],
     ['[N/A] used memory (another container)', `77, ${U0}, [N/A]\n`, [{ pid: 77, gpuUuid: U0, gpuIndex: 0, usedMemoryMiB: NaN }]],
     ['[Not Supported] used memory', `77, ${U0}, [Not Supported]\n`, [{ pid: 77, gpuUuid: U0, gpuIndex: 0, usedMemoryMiB: NaN }]],
     ['a uuid not among the GPUs: index -1', `9, GPU-other, 5\n`, [{ pid: 9, gpuUuid: 'GPU-other', gpuIndex: -1, usedMemoryMiB: 5 }]],

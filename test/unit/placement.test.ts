@@ -19,14 +19,7 @@ const brief = (r: ReturnType<typeof place>) => ok(r).map((x) => `${x.name}@${x.n
 
 describe('place', () => {
   it('packs replicas onto the first node with room, in node order', () => {
-    expect(brief(place(nodes(['n1', 4], ['n2', 4]), [g('w', 6, 1)]))).toEqual([
-      'w-0@n1[0]',
-      'w-1@n1[1]',
-      'w-2@n1[2]',
-      'w-3@n1[3]',
-      'w-4@n2[0]',
-      'w-5@n2[1]',
-    ]);
+    expect(brief(place(nodes(['n1', 4], ['n2', 4]), [g('w', 6, 1)]))).toEqual(['w-0@n1[0]', 'w-1@n1[1]', 'w-2@n1[2]', 'w-3@n1[3]', 'w-4@n2[0]', 'w-5@n2[1]']);
   });
 
   it('gives distinct GPU indices on a node across groups, in the order the groups are given', () => {
@@ -39,19 +32,11 @@ describe('place', () => {
   });
 
   it('never splits a multi-GPU replica across nodes; a later smaller group fills the gap', () => {
-    expect(brief(place(nodes(['n1', 3], ['n2', 4]), [g('big', 2, 2), g('small', 1, 1)]))).toEqual([
-      'big-0@n1[0,1]',
-      'big-1@n2[0,1]',
-      'small-0@n1[2]',
-    ]);
+    expect(brief(place(nodes(['n1', 3], ['n2', 4]), [g('big', 2, 2), g('small', 1, 1)]))).toEqual(['big-0@n1[0,1]', 'big-1@n2[0,1]', 'small-0@n1[2]']);
   });
 
   it('follows a group node preference list, in its order', () => {
-    expect(brief(place(nodes(['n1', 2], ['n2', 2], ['n3', 2]), [g('w', 3, 1, { nodes: ['n3', 'n1'] })]))).toEqual([
-      'w-0@n3[0]',
-      'w-1@n3[1]',
-      'w-2@n1[0]',
-    ]);
+    expect(brief(place(nodes(['n1', 2], ['n2', 2], ['n3', 2]), [g('w', 3, 1, { nodes: ['n3', 'n1'] })]))).toEqual(['w-0@n3[0]', 'w-1@n3[1]', 'w-2@n1[0]']);
   });
 
   it('puts every GPU-less replica on the first candidate, with CUDA_VISIBLE_DEVICES-style empty ids', () => {
@@ -140,7 +125,11 @@ describe('place next to running replicas (scale)', () => {
 
 describe('portClashes', () => {
   const r = (name: string, node: string, port?: number): ReplicaPlan => ({ name, group: name.replace(/-\d+$/, ''), index: 0, node, gpuIds: [], port });
-  const cp = controlPlanePorts({ metrics: { enabled: true, port: 9464 }, nats: { enabled: true, port: 4222, monitorPort: 8222 }, etcd: { enabled: false, port: 2379, peerPort: 2380 } });
+  const cp = controlPlanePorts({
+    metrics: { enabled: true, port: 9464 },
+    nats: { enabled: true, port: 4222, monitorPort: 8222 },
+    etcd: { enabled: false, port: 2379, peerPort: 2380 },
+  });
   const reserved = new Map(cp.map(([path, port]) => [port, path.join('.')]));
 
   it('lists the control plane ports of the enabled services by config path', () => {
@@ -152,9 +141,19 @@ describe('portClashes', () => {
   });
 
   it('finds a port used twice on a node and a control plane port on the head, reporting the later replica', () => {
-    const head = controlPlaneNodes([{ name: 'head', transport: 'local' }, { name: 'n2', transport: 'ssh' }], false);
+    const head = controlPlaneNodes(
+      [
+        { name: 'head', transport: 'local' },
+        { name: 'n2', transport: 'ssh' },
+      ],
+      false,
+    );
     expect([...head]).toEqual(['head']);
-    const clashes = portClashes([r('a-0', 'n2', 9000), r('b-0', 'n2', 9000), r('c-0', 'head', 9000), r('d-0', 'head', 8222), r('e-0', 'n2', 8222), r('f-0', 'n2')], head, reserved);
+    const clashes = portClashes(
+      [r('a-0', 'n2', 9000), r('b-0', 'n2', 9000), r('c-0', 'head', 9000), r('d-0', 'head', 8222), r('e-0', 'n2', 8222), r('f-0', 'n2')],
+      head,
+      reserved,
+    );
     expect(clashes.map((c) => c.message)).toEqual([
       'replica b-0 would use port 9000 on node n2, already used by replica a-0',
       'replica d-0 would use port 8222 on node head, already used by controlPlane.nats.monitorPort',
@@ -163,7 +162,15 @@ describe('portClashes', () => {
 
   it('refuses a port above 65535; in Slurm mode the first node is the head', () => {
     expect(portClashes([r('a-0', 'x', 65536)], new Set(), reserved).map((c) => c.message)).toEqual(['replica a-0 would get port 65536, above 65535']);
-    expect([...controlPlaneNodes([{ name: 'c1', transport: 'srun' }, { name: 'c2', transport: 'srun' }], true)]).toEqual(['c1']);
+    expect([
+      ...controlPlaneNodes(
+        [
+          { name: 'c1', transport: 'srun' },
+          { name: 'c2', transport: 'srun' },
+        ],
+        true,
+      ),
+    ]).toEqual(['c1']);
   });
 });
 
@@ -211,8 +218,20 @@ describe('named ports', () => {
   });
 
   it('clash across groups and with the one port, naming the field', () => {
-    const r = (name: string, node: string, port: number | undefined, ports: Record<string, number>): ReplicaPlan => ({ name, group: name.split('-')[0]!, index: 0, node, gpuIds: [], port, ports });
-    const clashes = portClashes([r('a-0', 'n1', 9000, { kv: 9100 }), r('b-0', 'n1', undefined, { system: 9100 }), r('c-0', 'n2', 9100, { kv: 9100 }), r('d-0', 'n1', 9090, { x: 70000 })], new Set(), new Map());
+    const r = (name: string, node: string, port: number | undefined, ports: Record<string, number>): ReplicaPlan => ({
+      name,
+      group: name.split('-')[0]!,
+      index: 0,
+      node,
+      gpuIds: [],
+      port,
+      ports,
+    });
+    const clashes = portClashes(
+      [r('a-0', 'n1', 9000, { kv: 9100 }), r('b-0', 'n1', undefined, { system: 9100 }), r('c-0', 'n2', 9100, { kv: 9100 }), r('d-0', 'n1', 9090, { x: 70000 })],
+      new Set(),
+      new Map(),
+    );
     expect(clashes.map((c) => [c.field, c.message])).toEqual([
       [['ports', 'system'], 'replica b-0 would use port 9100 (ports.system) on node n1, already used by replica a-0 (ports.kv)'],
       [['ports', 'kv'], 'replica c-0 would use port 9100 (ports.kv) on node n2, already used by replica c-0'],

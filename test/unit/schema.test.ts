@@ -17,13 +17,63 @@ const schema = clusterJsonSchema() as Obj;
 
 /** Keywords of the draft 2020-12 vocabularies (core, applicator, validation, meta-data, format, content, unevaluated). */
 const KEYWORDS = new Set([
-  '$schema', '$id', '$ref', '$defs', '$comment', '$anchor', '$dynamicRef', '$dynamicAnchor', '$vocabulary',
-  'allOf', 'anyOf', 'oneOf', 'not', 'if', 'then', 'else', 'dependentSchemas', 'prefixItems', 'items', 'contains',
-  'properties', 'patternProperties', 'additionalProperties', 'propertyNames', 'unevaluatedItems', 'unevaluatedProperties',
-  'type', 'enum', 'const', 'multipleOf', 'maximum', 'exclusiveMaximum', 'minimum', 'exclusiveMinimum', 'maxLength',
-  'minLength', 'pattern', 'maxItems', 'minItems', 'uniqueItems', 'maxContains', 'minContains', 'maxProperties',
-  'minProperties', 'required', 'dependentRequired', 'title', 'description', 'default', 'deprecated', 'readOnly',
-  'writeOnly', 'examples', 'format', 'contentEncoding', 'contentMediaType', 'contentSchema',
+  '$schema',
+  '$id',
+  '$ref',
+  '$defs',
+  '$comment',
+  '$anchor',
+  '$dynamicRef',
+  '$dynamicAnchor',
+  '$vocabulary',
+  'allOf',
+  'anyOf',
+  'oneOf',
+  'not',
+  'if',
+  'then',
+  'else',
+  'dependentSchemas',
+  'prefixItems',
+  'items',
+  'contains',
+  'properties',
+  'patternProperties',
+  'additionalProperties',
+  'propertyNames',
+  'unevaluatedItems',
+  'unevaluatedProperties',
+  'type',
+  'enum',
+  'const',
+  'multipleOf',
+  'maximum',
+  'exclusiveMaximum',
+  'minimum',
+  'exclusiveMinimum',
+  'maxLength',
+  'minLength',
+  'pattern',
+  'maxItems',
+  'minItems',
+  'uniqueItems',
+  'maxContains',
+  'minContains',
+  'maxProperties',
+  'minProperties',
+  'required',
+  'dependentRequired',
+  'title',
+  'description',
+  'default',
+  'deprecated',
+  'readOnly',
+  'writeOnly',
+  'examples',
+  'format',
+  'contentEncoding',
+  'contentMediaType',
+  'contentSchema',
 ]);
 const TYPES = new Set(['null', 'boolean', 'object', 'array', 'number', 'string', 'integer']);
 const SCHEMA_MAPS = ['properties', 'patternProperties', '$defs', 'dependentSchemas'];
@@ -47,7 +97,8 @@ function shapeProblems(s: unknown, at = '#'): string[] {
   if (s === null || typeof s !== 'object' || Array.isArray(s)) return [`${at}: a schema must be an object or a boolean`];
   const o = s as Obj;
   const out: string[] = [];
-  const nonNegInt = (k: string) => o[k] !== undefined && !(Number.isInteger(o[k]) && (o[k] as number) >= 0) && out.push(`${at}/${k}: not a non-negative integer`);
+  const nonNegInt = (k: string) =>
+    o[k] !== undefined && !(Number.isInteger(o[k]) && (o[k] as number) >= 0) && out.push(`${at}/${k}: not a non-negative integer`);
   for (const k of Object.keys(o)) if (!KEYWORDS.has(k)) out.push(`${at}: unknown keyword ${k}`);
   if (o['$schema'] !== undefined && at !== '#') out.push(`${at}: $schema below the root`);
   if (o['type'] !== undefined) {
@@ -99,11 +150,15 @@ function validate(s: Schema, v: unknown): boolean {
   if (typeof s === 'boolean') return s;
   if (typeof s['$ref'] === 'string' && !validate(resolveRef(s['$ref']) as Schema, v)) return false;
   const typeOk = (t: string) =>
-    t === 'null' ? v === null
-    : t === 'array' ? Array.isArray(v)
-    : t === 'object' ? v !== null && typeof v === 'object' && !Array.isArray(v)
-    : t === 'integer' ? Number.isInteger(v)
-    : typeof v === t;
+    t === 'null'
+      ? v === null
+      : t === 'array'
+        ? Array.isArray(v)
+        : t === 'object'
+          ? v !== null && typeof v === 'object' && !Array.isArray(v)
+          : t === 'integer'
+            ? Number.isInteger(v)
+            : typeof v === t;
   if (s['type'] !== undefined && !(Array.isArray(s['type']) ? s['type'] : [s['type']]).some((t) => typeOk(t as string))) return false;
   if (Array.isArray(s['enum']) && !s['enum'].includes(v)) return false;
   if ('const' in s && s['const'] !== v) return false;
@@ -142,7 +197,8 @@ function validate(s: Schema, v: unknown): boolean {
 }
 
 const keysOf = (s: unknown) => Object.keys(((s as Obj)['properties'] as Obj | undefined) ?? {}).sort();
-const prop = (s: unknown, ...path: string[]) => path.reduce<unknown>((cur, k) => (k === '*' ? (cur as Obj)['additionalProperties'] : ((cur as Obj)['properties'] as Obj)[k]), s);
+const prop = (s: unknown, ...path: string[]) =>
+  path.reduce<unknown>((cur, k) => (k === '*' ? (cur as Obj)['additionalProperties'] : ((cur as Obj)['properties'] as Obj)[k]), s);
 
 describe('clusterJsonSchema', () => {
   it('is a draft 2020-12 object schema', () => {
@@ -163,7 +219,21 @@ describe('clusterJsonSchema', () => {
 
   it('mentions every top-level key, requiring name, head, nodes (unless slurm) and workers', () => {
     expect(keysOf(schema)).toEqual(Object.keys(clusterSchema.shape).sort());
-    expect(keysOf(schema)).toEqual(['$schema', 'controlPlane', 'defaults', 'head', 'lease', 'logs', 'metrics', 'name', 'nodes', 'slurm', 'stateDir', 'ui', 'workers']);
+    expect(keysOf(schema)).toEqual([
+      '$schema',
+      'controlPlane',
+      'defaults',
+      'head',
+      'lease',
+      'logs',
+      'metrics',
+      'name',
+      'nodes',
+      'slurm',
+      'stateDir',
+      'ui',
+      'workers',
+    ]);
     expect([...(schema['required'] as string[])].sort()).toEqual(['name', 'workers']);
     // head (with its address) and nodes are required unless the file has a slurm: section (the allocation supplies them).
     expect(schema['if']).toEqual({ not: { properties: { slurm: true }, required: ['slurm'] } });
@@ -177,7 +247,15 @@ describe('clusterJsonSchema', () => {
     expect(keysOf(prop(schema, 'controlPlane'))).toEqual(['etcd', 'nats']);
     expect(keysOf(prop(schema, 'controlPlane', 'nats'))).toEqual(['args', 'binary', 'enabled', 'jetstream', 'monitorPort', 'port', 'workerCredentials']);
     expect(keysOf(prop(schema, 'controlPlane', 'etcd'))).toEqual(['args', 'auth', 'binary', 'enabled', 'peerPort', 'port']);
-    for (const p of [['head'], ['nodes', '*'], ['workers', '*'], ['defaults'], ['workers', '*', 'restart'], ['workers', '*', 'stop'], ['workers', '*', 'health']]) {
+    for (const p of [
+      ['head'],
+      ['nodes', '*'],
+      ['workers', '*'],
+      ['defaults'],
+      ['workers', '*', 'restart'],
+      ['workers', '*', 'stop'],
+      ['workers', '*', 'health'],
+    ]) {
       expect((prop(schema, ...p) as Obj)['additionalProperties'], p.join('.')).toBe(false);
     }
     expect((prop(schema, 'workers') as Obj)['propertyNames']).toMatchObject({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' });

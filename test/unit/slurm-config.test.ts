@@ -43,7 +43,14 @@ describe('Slurm mode', () => {
       ['gpu09', 'srun', 4],
       ['gpu10', 'srun', 4],
     ]);
-    expect(brief(c)).toEqual(['prefill-0@gpu09[0,1]', 'prefill-1@gpu09[2,3]', 'prefill-2@gpu10[0,1]', 'prefill-3@gpu10[2,3]', 'decode-0@gpu08[0,1,2,3]', 'frontend-0@gpu07[]']);
+    expect(brief(c)).toEqual([
+      'prefill-0@gpu09[0,1]',
+      'prefill-1@gpu09[2,3]',
+      'prefill-2@gpu10[0,1]',
+      'prefill-3@gpu10[2,3]',
+      'decode-0@gpu08[0,1,2,3]',
+      'frontend-0@gpu07[]',
+    ]);
     expect(c.headAddress).toBe('10.1.0.1');
     expect(c.allocation).toEqual({ jobId: '42', nodes: ['gpu07', 'gpu08', 'gpu09', 'gpu10'], preview: false });
     expect(c.slurm?.roles).toEqual({ frontend: 'head', decode: { first: 1 }, prefill: 'rest' });
@@ -143,13 +150,27 @@ describe('without an allocation', () => {
     const c = load(DISAGG);
     // The fewest nodes that fit: the roles need 3 (head, decode, rest), prefill's 4×2 GPUs need two 4-GPU nodes.
     expect(c.allocation).toEqual({ jobId: undefined, nodes: ['node1', 'node2', 'node3', 'node4'], preview: true });
-    expect(brief(c)).toEqual(['prefill-0@node3[0,1]', 'prefill-1@node3[2,3]', 'prefill-2@node4[0,1]', 'prefill-3@node4[2,3]', 'decode-0@node2[0,1,2,3]', 'frontend-0@node1[]']);
+    expect(brief(c)).toEqual([
+      'prefill-0@node3[0,1]',
+      'prefill-1@node3[2,3]',
+      'prefill-2@node4[0,1]',
+      'prefill-3@node4[2,3]',
+      'decode-0@node2[0,1,2,3]',
+      'frontend-0@node1[]',
+    ]);
   });
 
   it('uses slurm.nodes for the preview when given', () => {
     const c = load(DISAGG.replace('  gpusPerNode: 4\n', '  gpusPerNode: 4\n  nodes: 4\n'));
     expect(c.allocation?.nodes).toEqual(['node1', 'node2', 'node3', 'node4']);
-    expect(brief(c)).toEqual(['prefill-0@node3[0,1]', 'prefill-1@node3[2,3]', 'prefill-2@node4[0,1]', 'prefill-3@node4[2,3]', 'decode-0@node2[0,1,2,3]', 'frontend-0@node1[]']);
+    expect(brief(c)).toEqual([
+      'prefill-0@node3[0,1]',
+      'prefill-1@node3[2,3]',
+      'prefill-2@node4[0,1]',
+      'prefill-3@node4[2,3]',
+      'decode-0@node2[0,1,2,3]',
+      'frontend-0@node1[]',
+    ]);
   });
 
   it('refuses it where it would start things (up without --slurm), saying how to run it', () => {
@@ -160,7 +181,10 @@ describe('without an allocation', () => {
   });
 
   it('still requires head.address and nodes in a file without a slurm: section', () => {
-    expect(issues('name: x\nhead: {}\nworkers:\n  w: { command: x }\n')).toEqual(['1:1 nodes: missing required field', '2:7 head.address: missing required field']);
+    expect(issues('name: x\nhead: {}\nworkers:\n  w: { command: x }\n')).toEqual([
+      '1:1 nodes: missing required field',
+      '2:7 head.address: missing required field',
+    ]);
   });
 
   it('uses an allocation recorded in the state dir when asked (status/logs/down after up --slurm)', () => {
@@ -204,7 +228,15 @@ describe('chooseHeadAddress', () => {
     { address: 'fe80::1', internal: false },
   ];
   it('takes the first candidate that is an address of this machine', () => {
-    expect(chooseHeadAddress([{ address: '10.9.9.9', source: 'dns' }, { address: '10.1.2.3', source: 'NodeAddr' }], local)).toEqual({ address: '10.1.2.3', source: 'NodeAddr' });
+    expect(
+      chooseHeadAddress(
+        [
+          { address: '10.9.9.9', source: 'dns' },
+          { address: '10.1.2.3', source: 'NodeAddr' },
+        ],
+        local,
+      ),
+    ).toEqual({ address: '10.1.2.3', source: 'NodeAddr' });
     expect(chooseHeadAddress([{ address: '127.0.0.1', source: 'NodeAddr' }], local)).toEqual({ address: '127.0.0.1', source: 'NodeAddr' });
   });
   it('falls back to the first non-loopback IPv4 address, then 127.0.0.1', () => {
@@ -223,12 +255,14 @@ describe('node addresses', () => {
     expect(c.nodes.map((n) => n.address)).toEqual(['10.1.0.1', '10.2.0.1', 'gpu02-ib', 'gpu03']);
   });
   it('says to set slurm.gpusPerNode when the allocation has no GPUs', () => {
-    expect(issues(DISAGG.replace('  gpusPerNode: 4\n', ''), { slurm: job(['a', 'b', 'c', 'd']) })[0]).toMatch(/\(Slurm allocation: a, b, c, d, 0 GPUs each: set slurm\.gpusPerNode\)$/);
+    expect(issues(DISAGG.replace('  gpusPerNode: 4\n', ''), { slurm: job(['a', 'b', 'c', 'd']) })[0]).toMatch(
+      /\(Slurm allocation: a, b, c, d, 0 GPUs each: set slurm\.gpusPerNode\)$/,
+    );
   });
 });
 
 describe('the recorded allocation', () => {
-  it('round-trips through <stateDir>/run/slurm.json, and earlier jobs\' run dirs go', async () => {
+  it("round-trips through <stateDir>/run/slurm.json, and earlier jobs' run dirs go", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dynsup-saved-'));
     try {
       expect(readSavedAllocation(dir)).toBeUndefined();
@@ -240,7 +274,13 @@ describe('the recorded allocation', () => {
       expect(existsSync(join(dir, 'run', 'slurm-41'))).toBe(false);
       expect(existsSync(join(dir, 'run', 'slurm-42'))).toBe(true);
       const back = readSavedAllocation(dir)!;
-      expect(back).toEqual({ jobId: '42', nodes: ['a', 'b', 'c', 'd'], headAddress: '10.1.0.1', gpusPerNode: 4, addresses: { a: '10.1.0.1', b: '10.0.0.2', c: 'c', d: 'd' } });
+      expect(back).toEqual({
+        jobId: '42',
+        nodes: ['a', 'b', 'c', 'd'],
+        headAddress: '10.1.0.1',
+        gpusPerNode: 4,
+        addresses: { a: '10.1.0.1', b: '10.0.0.2', c: 'c', d: 'd' },
+      });
       expect(brief(load(DISAGG, { stateDir: dir, slurm: readSavedAllocation }))).toEqual(brief(c));
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -45,7 +45,9 @@ describe('resolveRoles', () => {
 
   it('a single-node allocation has only the head: rest is empty', () => {
     const e = errors(alloc(1), { w: 'rest' });
-    expect(e).toEqual([{ group: 'w', message: expect.stringMatching(/'rest' is empty: there is no node besides the head \(the allocation has 1 node \(n1\)\)/) }]);
+    expect(e).toEqual([
+      { group: 'w', message: expect.stringMatching(/'rest' is empty: there is no node besides the head \(the allocation has 1 node \(n1\)\)/) },
+    ]);
   });
 
   it('reports every selector asking for more nodes than there are, naming the allocation', () => {

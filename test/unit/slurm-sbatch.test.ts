@@ -46,7 +46,16 @@ describe('batchJob: flags override the file, the file overrides the defaults', (
     expect(j).toMatchObject({ nodes: 8, time: '1-00:00:00', partition: 'debug', account: 'me', jobName: 'try', output: '/tmp/o.out', gpusPerNode: 8 });
   });
   it('falls back to the defaults without a slurm: section', () => {
-    expect(batchJob(undefined, {}, defaults)).toEqual({ ...defaults, time: undefined, partition: undefined, account: undefined, gpusPerNode: undefined, signalLeadSeconds: undefined, exclusive: true, extraArgs: [] });
+    expect(batchJob(undefined, {}, defaults)).toEqual({
+      ...defaults,
+      time: undefined,
+      partition: undefined,
+      account: undefined,
+      gpusPerNode: undefined,
+      signalLeadSeconds: undefined,
+      exclusive: true,
+      extraArgs: [],
+    });
   });
 });
 

@@ -11,14 +11,42 @@ describe('parseSgr', () => {
   it.each([
     ['plain', 'hello', [{ text: 'hello', style: {} }]],
     ['empty', '', []],
-    ['red then reset', `${E}[31merror${E}[0m ok`, [{ text: 'error', style: { fg: 1 } }, { text: ' ok', style: {} }]],
+    [
+      'red then reset',
+      `${E}[31merror${E}[0m ok`,
+      [
+        { text: 'error', style: { fg: 1 } },
+        { text: ' ok', style: {} },
+      ],
+    ],
     ['bold bright green', `${E}[1;92mREADY`, [{ text: 'READY', style: { bold: true, fg: 10 } }]],
-    ['ESC[m resets', `${E}[33mA${E}[mB`, [{ text: 'A', style: { fg: 3 } }, { text: 'B', style: {} }]],
-    ['background and default fg', `${E}[41;37mX${E}[39mY`, [{ text: 'X', style: { bg: 1, fg: 7 } }, { text: 'Y', style: { bg: 1 } }]],
+    [
+      'ESC[m resets',
+      `${E}[33mA${E}[mB`,
+      [
+        { text: 'A', style: { fg: 3 } },
+        { text: 'B', style: {} },
+      ],
+    ],
+    [
+      'background and default fg',
+      `${E}[41;37mX${E}[39mY`,
+      [
+        { text: 'X', style: { bg: 1, fg: 7 } },
+        { text: 'Y', style: { bg: 1 } },
+      ],
+    ],
     ['256 colours', `${E}[38;5;196mZ`, [{ text: 'Z', style: { fg: '#ff0000' } }]],
     ['256 colours below 16 stay palette', `${E}[38;5;4mZ`, [{ text: 'Z', style: { fg: 4 } }]],
     ['true colour bg', `${E}[48;2;1;2;255mZ`, [{ text: 'Z', style: { bg: '#0102ff' } }]],
-    ['22 ends bold and dim', `${E}[1;2mA${E}[22mB`, [{ text: 'A', style: { bold: true, dim: true } }, { text: 'B', style: {} }]],
+    [
+      '22 ends bold and dim',
+      `${E}[1;2mA${E}[22mB`,
+      [
+        { text: 'A', style: { bold: true, dim: true } },
+        { text: 'B', style: {} },
+      ],
+    ],
     ['unknown codes ignored', `${E}[5;31mA`, [{ text: 'A', style: { fg: 1 } }]],
     ['malformed 38 stops there', `${E}[38;9;31mA`, [{ text: 'A', style: {} }]],
     // The server escapes every other sequence: what arrives as `\e]0;t\a` text stays text.
@@ -39,7 +67,11 @@ const line = (o: Record<string, unknown>) => JSON.stringify({ level: 30, time: 1
 
 describe('parseEventLine', () => {
   it.each([
-    ['replica event with kind', line({ level: 40, replica: 'decode-0', kind: 'exited', code: null, signal: 'SIGKILL', msg: 'decode-0 killed by SIGKILL' }), { level: 'warn', kind: 'exited', replica: 'decode-0', signal: 'SIGKILL', code: null }],
+    [
+      'replica event with kind',
+      line({ level: 40, replica: 'decode-0', kind: 'exited', code: null, signal: 'SIGKILL', msg: 'decode-0 killed by SIGKILL' }),
+      { level: 'warn', kind: 'exited', replica: 'decode-0', signal: 'SIGKILL', code: null },
+    ],
     ['restart', line({ level: 40, replica: 'w-0', kind: 'restarting', msg: 'w-0 restarting in 1.0s (restart 1)' }), { kind: 'restarting', replica: 'w-0' }],
     ['health failure', line({ level: 40, replica: 'w-0', kind: 'unhealthy', msg: 'w-0 unhealthy after 3 failed checks' }), { kind: 'unhealthy' }],
     ['partition by message', line({ level: 40, msg: 'node gpu1: connection to the agent lost; reconnecting' }), { kind: 'partition', node: 'gpu1' }],
@@ -91,11 +123,42 @@ describe('Timeline', () => {
 
 describe('dependencyColumns', () => {
   it.each([
-    ['the demo graph reads frontend → decode → prefill', [['prefill', []], ['decode', ['prefill']], ['frontend', ['decode']]], [['frontend'], ['decode'], ['prefill']]],
-    ['independent groups share a column', [['a', []], ['b', []]], [['a', 'b']]],
-    ['deepest dependency decides', [['p', []], ['d', ['p']], ['f', ['d', 'p']], ['x', ['p']]], [['f'], ['d', 'x'], ['p']]],
+    [
+      'the demo graph reads frontend → decode → prefill',
+      [
+        ['prefill', []],
+        ['decode', ['prefill']],
+        ['frontend', ['decode']],
+      ],
+      [['frontend'], ['decode'], ['prefill']],
+    ],
+    [
+      'independent groups share a column',
+      [
+        ['a', []],
+        ['b', []],
+      ],
+      [['a', 'b']],
+    ],
+    [
+      'deepest dependency decides',
+      [
+        ['p', []],
+        ['d', ['p']],
+        ['f', ['d', 'p']],
+        ['x', ['p']],
+      ],
+      [['f'], ['d', 'x'], ['p']],
+    ],
     ['unknown dependencies ignored', [['a', ['ghost']]], [['a']]],
-    ['a cycle does not loop', [['a', ['b']], ['b', ['a']]], [['a'], ['b']]],
+    [
+      'a cycle does not loop',
+      [
+        ['a', ['b']],
+        ['b', ['a']],
+      ],
+      [['a'], ['b']],
+    ],
     ['no groups', [], []],
   ] as [string, [string, string[]][], string[][]][])('%s', (_what, groups, cols) => {
     expect(dependencyColumns(groups.map(([name, dependsOn]) => ({ name, dependsOn })))).toEqual(cols);

@@ -172,8 +172,7 @@ interface Resolved {
 
 /** How we log in: one private key, or the agent. */
 type Auth =
-  | { readonly kind: 'key'; readonly file: string; readonly key: Buffer; readonly describe: string }
-  | { readonly kind: 'agent'; readonly socket: string };
+  { readonly kind: 'key'; readonly file: string; readonly key: Buffer; readonly describe: string } | { readonly kind: 'agent'; readonly socket: string };
 
 /**
  * Connect and log in. Rejects with an SshError, or with `signal.reason` when aborted (the half-open
@@ -367,7 +366,10 @@ async function verifyHostKey(settings: Resolved, entries: readonly KnownHostEntr
   }
   const presented = describeKey(keyType, keyBase64);
   if (settings.hostKeyCheck === 'off') {
-    settings.warn({ kind: 'hostkey-unchecked', message: `node ${settings.node} (${settings.target}): host key checking is off; accepted ${presented} unverified` });
+    settings.warn({
+      kind: 'hostkey-unchecked',
+      message: `node ${settings.node} (${settings.target}): host key checking is off; accepted ${presented} unverified`,
+    });
     return undefined;
   }
   let lookup: HostKeyLookup | 'added' = lookupHostKey(entries, settings.host, settings.port, keyType, keyBase64);
@@ -379,7 +381,10 @@ async function verifyHostKey(settings: Resolved, entries: readonly KnownHostEntr
       return settings.fail('E_SSH_HOSTKEY_UNKNOWN', `host key ${presented} is new and could not be added to ${settings.knownHosts} (${code})`, err);
     }
     if (lookup === 'added') {
-      settings.warn({ kind: 'hostkey-added', message: `node ${settings.node} (${settings.target}): added host key ${presented} to ${settings.knownHosts} (accept-new)` });
+      settings.warn({
+        kind: 'hostkey-added',
+        message: `node ${settings.node} (${settings.target}): added host key ${presented} to ${settings.knownHosts} (accept-new)`,
+      });
       return undefined;
     }
   }
@@ -394,9 +399,7 @@ function hostKeyVerdict(settings: Resolved, lookup: HostKeyLookup, presented: st
     case 'revoked':
       return settings.fail('E_SSH_HOSTKEY_REVOKED', `host key ${presented} is marked @revoked in ${lookup.entry ? where(lookup.entry) : settings.knownHosts}`);
     case 'mismatch': {
-      const recorded = lookup.known
-        .map((e) => `${where(e)} has ${describeKey(e.keyType, e.keyBlob.toString('base64'))}`)
-        .join('; ');
+      const recorded = lookup.known.map((e) => `${where(e)} has ${describeKey(e.keyType, e.keyBlob.toString('base64'))}`).join('; ');
       return settings.fail(
         'E_SSH_HOSTKEY_MISMATCH',
         `host key mismatch: server sent ${presented} but ${recorded} ` +
@@ -450,7 +453,11 @@ function mapConnectError(err: SshLibError, settings: Resolved, auth: Auth, authN
     case 'client-dns':
       return settings.fail('E_SSH_UNREACHABLE', `cannot resolve ${settings.host}: ${err.message}`, err);
     case 'client-timeout':
-      return settings.fail('E_SSH_TIMEOUT', `not logged in within ${settings.readyTimeout / 1000}s (readyTimeout): the server accepted TCP but did not complete SSH`, err);
+      return settings.fail(
+        'E_SSH_TIMEOUT',
+        `not logged in within ${settings.readyTimeout / 1000}s (readyTimeout): the server accepted TCP but did not complete SSH`,
+        err,
+      );
     case 'client-authentication':
       return settings.fail('E_SSH_AUTH', describeAuth(auth, settings, authNotes), err);
     case 'handshake':

@@ -16,8 +16,7 @@ import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypt
 
 /** How a line names its hosts. */
 export type HostField =
-  | { readonly kind: 'patterns'; readonly patterns: readonly HostPattern[] }
-  | { readonly kind: 'hashed'; readonly salt: Buffer; readonly hash: Buffer };
+  { readonly kind: 'patterns'; readonly patterns: readonly HostPattern[] } | { readonly kind: 'hashed'; readonly salt: Buffer; readonly hash: Buffer };
 
 export interface HostPattern {
   /** Lowercased glob (`*`, `?`), matched against `host` or `[host]:port`. */
@@ -208,13 +207,7 @@ function sameKey(entry: KnownHostEntry, keyType: string, blob: Buffer): boolean 
 }
 
 /** Check a presented key and say which lines decided it (for error messages). */
-export function lookupHostKey(
-  entries: readonly KnownHostEntry[],
-  host: string,
-  port: number,
-  keyType: string,
-  keyBase64: string,
-): HostKeyLookup {
+export function lookupHostKey(entries: readonly KnownHostEntry[], host: string, port: number, keyType: string, keyBase64: string): HostKeyLookup {
   const name = knownHostsName(host, port);
   const blob = Buffer.from(keyBase64, 'base64');
   const forHost = entries.filter((e) => e.marker !== 'cert-authority' && entryMatchesHost(e, name));
@@ -227,13 +220,7 @@ export function lookupHostKey(
 }
 
 /** Short form of {@link lookupHostKey}. */
-export function checkHostKey(
-  entries: readonly KnownHostEntry[],
-  host: string,
-  port: number,
-  keyType: string,
-  keyBase64: string,
-): HostKeyStatus {
+export function checkHostKey(entries: readonly KnownHostEntry[], host: string, port: number, keyType: string, keyBase64: string): HostKeyStatus {
   return lookupHostKey(entries, host, port, keyType, keyBase64).status;
 }
 
@@ -256,13 +243,7 @@ export interface FormatKnownHostsOptions {
 }
 
 /** One known_hosts line (no trailing newline) recording `keyType keyBase64` for host:port. */
-export function formatKnownHostsLine(
-  host: string,
-  port: number,
-  keyType: string,
-  keyBase64: string,
-  options: FormatKnownHostsOptions = {},
-): string {
+export function formatKnownHostsLine(host: string, port: number, keyType: string, keyBase64: string, options: FormatKnownHostsOptions = {}): string {
   const name = knownHostsName(host, port);
   const hostField = options.hashed === true ? hashHostName(name, options.salt ?? randomBytes(20)) : name;
   const comment = options.comment !== undefined && options.comment !== '' ? ` ${options.comment}` : '';

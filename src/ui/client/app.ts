@@ -116,7 +116,11 @@ const $ = (id: string): HTMLElement => document.getElementById(id)!;
 // DOM helpers
 
 type Child = Node | string | null | undefined | false;
-function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string | number | boolean | undefined> = {}, ...children: Child[]): HTMLElementTagNameMap[K] {
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string | number | boolean | undefined> = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (v === undefined || v === false) continue;
@@ -230,7 +234,7 @@ function renderCreds(): void {
       })
       .catch((err: Error) => notice(err.message, 'error'));
   });
-  box.append(h('span', { class: 'badge ro', id: 'auth-state', title: 'actions need the cluster\'s control secret' }, 'read-only'), form);
+  box.append(h('span', { class: 'badge ro', id: 'auth-state', title: "actions need the cluster's control secret" }, 'read-only'), form);
 }
 
 async function act(op: string, target: string, label = op): Promise<void> {
@@ -257,7 +261,11 @@ function actions(target: string, what: string, kind: 'replica' | 'group'): HTMLE
   const box = h('div', { class: 'actions', role: 'group', 'aria-label': `actions on ${what}` });
   for (const op of ops) {
     const label = LABELS[op] ?? op;
-    const b = h('button', { type: 'button', 'data-op': op, 'data-target': target, title: secret() ? `${label} ${what}` : `${label} ${what} (needs the control secret)` }, label);
+    const b = h(
+      'button',
+      { type: 'button', 'data-op': op, 'data-target': target, title: secret() ? `${label} ${what}` : `${label} ${what} (needs the control secret)` },
+      label,
+    );
     b.addEventListener('click', () => void act(op, target, label));
     box.append(b);
   }
@@ -280,12 +288,18 @@ function tile(r: ReplicaStatus): HTMLAnchorElement {
       'data-restarts': r.restarts,
     },
     h('span', { class: 't-head' }, h('span', { class: 't-name' }, r.name), h('span', { class: 't-state' }, r.state)),
-    h('span', { class: 't-row' }, `${r.ranks ? r.ranks.map((k) => k.node).join(' + ') : r.node}${r.gpus.length ? ` · gpu ${r.gpus.join(',')}${r.ranks ? ' each' : ''}` : ''}`),
+    h(
+      'span',
+      { class: 't-row' },
+      `${r.ranks ? r.ranks.map((k) => k.node).join(' + ') : r.node}${r.gpus.length ? ` · gpu ${r.gpus.join(',')}${r.ranks ? ' each' : ''}` : ''}`,
+    ),
     ...(r.ranks ?? []).map((k) => h('span', { class: `t-row t-rank s-${k.state}` }, `${k.name} ${k.node} ${k.state}${k.pid ? ` pid ${k.pid}` : ''}`)),
     h('span', { class: 't-row' }, `restarts ${r.restarts} · up `, uptimeSpan(r)),
     r.lastExit ? h('span', { class: 't-row' }, `last exit ${exitText(r.lastExit)}`) : null,
     mem !== undefined ? h('span', { class: 't-row t-gpu' }, `gpu mem ${mem}`) : null,
-    r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'stopped' || r.state === 'blocked' || r.state === 'starting') ? h('span', { class: 't-row t-msg' }, r.message) : null,
+    r.message && (r.state === 'backoff' || r.state === 'failed' || r.state === 'stopped' || r.state === 'blocked' || r.state === 'starting')
+      ? h('span', { class: 't-row t-msg' }, r.message)
+      : null,
   );
   return a;
 }
@@ -363,11 +377,15 @@ function renderOverview(main: HTMLElement): void {
     if (changed.length) {
       const c2 = new Map<string, number>();
       for (const r of replicas.values()) c2.set(r.state, (c2.get(r.state) ?? 0) + 1);
-      $('summary').replaceChildren(`cluster ${info!.cluster} on ${info!.head}: ${replicas.size} replicas — `, ...[...c2].map(([s, n]) => h('span', { class: `sum s-${s}` }, `${n} ${s} `)));
+      $('summary').replaceChildren(
+        `cluster ${info!.cluster} on ${info!.head}: ${replicas.size} replicas — `,
+        ...[...c2].map(([s, n]) => h('span', { class: `sum s-${s}` }, `${n} ${s} `)),
+      );
       for (const g of info!.groups) {
         const rs = [...replicas.values()].filter((r) => r.group === g.name);
         const head = document.querySelector(`#gh-${CSS.escape(g.name)} .muted`);
-        if (head) head.textContent = `${rs.filter((r) => r.state === 'ready' || r.state === 'running').length}/${rs.length} up${g.gpus ? ` · ${g.gpus} gpu each` : ''}`;
+        if (head)
+          head.textContent = `${rs.filter((r) => r.state === 'ready' || r.state === 'running').length}/${rs.length} up${g.gpus ? ` · ${g.gpus} gpu each` : ''}`;
       }
     }
     if (fresh.length) $('recent').replaceChildren(...events.slice(0, 8).map((e) => eventRow(e)));
@@ -394,9 +412,24 @@ function renderReplica(main: HTMLElement, name: string): void {
       'section',
       { 'aria-labelledby': 'hist-h' },
       h('h2', { id: 'hist-h' }, 'restart history'),
-      h('div', { class: 'scroll' }, h('table', { class: 'hist' }, h('thead', {}, h('tr', {}, h('th', {}, 'time'), h('th', {}, 'event'), h('th', {}, 'exit'), h('th', {}, 'detail'))), historyBody)),
+      h(
+        'div',
+        { class: 'scroll' },
+        h(
+          'table',
+          { class: 'hist' },
+          h('thead', {}, h('tr', {}, h('th', {}, 'time'), h('th', {}, 'event'), h('th', {}, 'exit'), h('th', {}, 'detail'))),
+          historyBody,
+        ),
+      ),
     ),
-    h('section', { 'aria-labelledby': 'cmd-h' }, h('h2', { id: 'cmd-h' }, 'command and environment'), h('p', { class: 'muted' }, 'secret values are shown as ***'), cmd),
+    h(
+      'section',
+      { 'aria-labelledby': 'cmd-h' },
+      h('h2', { id: 'cmd-h' }, 'command and environment'),
+      h('p', { class: 'muted' }, 'secret values are shown as ***'),
+      cmd,
+    ),
   );
 
   const showStatus = (r: ReplicaStatus | undefined): void => {
@@ -421,7 +454,10 @@ function renderReplica(main: HTMLElement, name: string): void {
     ];
     if (mem !== undefined) rows.push(['gpu memory', `${mem} (sampled ${clock(r.gpu!.at)})`]);
     for (const o of r.gpu?.others ?? []) {
-      rows.push(['not its own', `pid ${o.pid} on gpu ${o.gpu}${o.usedMemoryMiB !== null ? `, ${mib(o.usedMemoryMiB)}` : ''}${o.owner ? ` (${o.owner})` : ' (unknown owner)'}`]);
+      rows.push([
+        'not its own',
+        `pid ${o.pid} on gpu ${o.gpu}${o.usedMemoryMiB !== null ? `, ${mib(o.usedMemoryMiB)}` : ''}${o.owner ? ` (${o.owner})` : ' (unknown owner)'}`,
+      ]);
     }
     if (r.message) rows.push(['message', r.message]);
     if (r.containment) rows.push(['containment', r.containment]);
@@ -453,7 +489,11 @@ function renderReplica(main: HTMLElement, name: string): void {
       cmd.replaceChildren(
         h('pre', {}, d.argv.join(' ')),
         d.cwd ? h('p', { class: 'muted' }, `in ${d.cwd}`) : '',
-        h('div', { class: 'scroll' }, h('table', { class: 'env' }, h('tbody', {}, ...Object.entries(d.env).map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v)))))),
+        h(
+          'div',
+          { class: 'scroll' },
+          h('table', { class: 'env' }, h('tbody', {}, ...Object.entries(d.env).map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v))))),
+        ),
         d.log ? h('p', { class: 'muted' }, `log file ${d.log}`) : '',
       );
     })
@@ -684,7 +724,10 @@ function connect(): void {
     const fresh = [...d.events].reverse();
     if (fresh.length) events = [...fresh, ...events].slice(0, MAX_EVENTS);
     if (d.removed.length) return rerender();
-    refreshView?.(d.changed.map((r) => r.name), fresh);
+    refreshView?.(
+      d.changed.map((r) => r.name),
+      fresh,
+    );
   });
 }
 
