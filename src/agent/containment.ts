@@ -116,7 +116,8 @@ function cgroupBox(dir: string, token: string): Box {
         return fallback.alive(pgid);
       }
     },
-    pids: (pgid) => [...new Set([...procs(), ...fallback.pids(pgid)])],
+    // The cgroup holds everything the worker started (as signal() and alive() rely on): no /proc sweep.
+    pids: () => procs(),
     dispose() {
       try {
         rmdirSync(dir);

@@ -368,7 +368,8 @@ export class Worker {
     });
     // The leader is gone: whatever it left behind (children holding GPUs, a setsid grandchild holding
     // the spool) goes too, then the spool is read to its end.
-    this.#lastRunPids = new Set([child.pid, ...box.pids(child.pid)]);
+    // Only a GPU replica's restart waits for them: no /proc sweep at every exit of the others.
+    if (this.spec.gpuRelease?.gpus.length) this.#lastRunPids = new Set([child.pid, ...box.pids(child.pid)]);
     if (box.alive(child.pid)) {
       box.kill(child.pid);
       await waitGone(box, child.pid, 5000);
