@@ -38,12 +38,7 @@ type Auth = WorkerAuth | undefined;
 
 export function gangMembers(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, auth?: Auth): GangMemberPlan[] {
   const nodes = gangNodes(cluster, plan);
-  const leaderHost = nodes[0]!.address;
-  const rankOf = (rank: number): GangRank => ({ rank, nnodes: nodes.length, leaderHost });
-  const memberSpec = (rank: number): WorkerSpec => {
-    const spec = buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], auth, rankOf(rank));
-    return { ...spec, restart: MEMBER_RESTART };
-  };
+  const memberSpec = (rank: number): WorkerSpec => rankSpec(cluster, group, plan, nodes, rank, auth);
   if (group.launch !== 'mpi') return nodes.map((n, rank) => ({ name: memberName(plan.name, rank), rank, node: n.name, spec: memberSpec(rank) }));
 
   const leader = memberSpec(0);
@@ -91,13 +86,13 @@ export function gangMembers(cluster: ClusterConfig, group: WorkerGroup, plan: Re
  * would, in the member's environment (its GPUs, rank, NATS and etcd: the ranks it starts inherit it).
  */
 export function onDemandSpec(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, rank: number, command: string, auth?: Auth): WorkerSpec {
-  const nodes = gangNodes(cluster, plan);
-  const spec = buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], auth, {
-    rank,
-    nnodes: nodes.length,
-    leaderHost: nodes[0]!.address,
-  });
-  return { ...spec, argv: ['sh', '-c', command], restart: MEMBER_RESTART };
+  return { ...rankSpec(cluster, group, plan, gangNodes(cluster, plan), rank, auth), argv: ['sh', '-c', command] };
+}
+
+/** The group's spec as the member of `rank` runs it: on its node, with its rank, and never restarted by its agent. */
+function rankSpec(cluster: ClusterConfig, group: WorkerGroup, plan: ReplicaPlan, nodes: readonly NodeConfig[], rank: number, auth?: Auth): WorkerSpec {
+  const gang: GangRank = { rank, nnodes: nodes.length, leaderHost: nodes[0]!.address };
+  return { ...buildLaunchSpec(cluster, group, { ...plan, node: nodes[rank]!.name }, nodes[rank], auth, gang), restart: MEMBER_RESTART };
 }
 
 /** The rank of the gang node mpirun calls `host` (the address dynsup gave it, or the node's name). */
