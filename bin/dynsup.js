@@ -1,13 +1,22 @@
 #!/usr/bin/env node
-// `--version` answers before anything is loaded; everything else runs the bundled CLI (scripts/build/cli.mjs:
-// a few files instead of hundreds of modules, so that commands start within 2x of `node -e 0`).
+// `--version` answers before anything is loaded; everything else runs the bundled CLI, dist/cli-bundle/main.cjs
+// (scripts/build/cli.mjs), compiled with the V8 code cache the build wrote beside it: a command then neither
+// parses hundreds of modules nor compiles the functions it runs, and starts within 2x of `node -e 0`.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Script, constants } from 'node:vm';
+
 const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
   process.stdout.write('dynsup 0.1.0\n');
 } else {
-  const { main } = await import('../dist/cli-bundle/main.js');
+  const { main, script } = loadBundle(process.env.DYNSUP_CLI_BUNDLE || fileURLToPath(new URL('../dist/cli-bundle/main.cjs', import.meta.url)));
   main(argv).then(
     (code) => {
+      const cacheOut = process.env.DYNSUP_CODE_CACHE_WRITE;
+      if (cacheOut) writeFileSync(cacheOut, Buffer.concat([stamp(script.buildId), script.createCachedData()]));
       process.exitCode = code;
       // Library handles (gRPC channels, sockets) must not keep a finished command alive; the unref'd
       // timer only fires if something does, after stdout has had time to drain.
@@ -18,4 +27,41 @@ if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
       process.exit(1);
     },
   );
+}
+
+/**
+ * The first 32 bytes of a cache file: the build id of the bundle it was made from. V8 checks a cache
+ * against the source's length only; a cache from another build of the same length would run that build's
+ * bytecode. The id is in the bundle's first line (scripts/build/cli.mjs), so copies keep it.
+ */
+function stamp(buildId) {
+  return Buffer.from(String(buildId).padEnd(32, ' ').slice(0, 32));
+}
+
+/** Compiles the CommonJS bundle as Node's loader would, with the code cache when it is this bundle's. */
+function loadBundle(bundle) {
+  const source = readFileSync(bundle, 'utf8');
+  const buildId = /^\/\* dynsup-build (\S+) \*\//.exec(source)?.[1];
+  let cachedData;
+  let cache = 'none';
+  try {
+    const file = readFileSync(`${bundle}.cache`);
+    if (buildId && file.subarray(0, 32).equals(stamp(buildId))) cachedData = file.subarray(32);
+    else cache = 'from another build';
+  } catch {
+    // No cache (not built by scripts/build/cli.mjs, or not readable): compile from source, as Node would.
+  }
+  const script = new Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {
+    filename: bundle,
+    cachedData,
+    // import() of node built-ins and packages resolves as in any module of the main context.
+    importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+  });
+  script.buildId = buildId;
+  // For test/integration/cli-code-cache.test.ts and for whoever wonders why a command starts slowly.
+  if (cachedData) cache = script.cachedDataRejected ? 'rejected by V8 (another Node version or flags)' : 'used';
+  if (process.env.DYNSUP_CODE_CACHE_REPORT) process.stderr.write(`dynsup: code cache ${cache}\n`);
+  const module = { exports: {} };
+  script.runInThisContext().call(module.exports, module.exports, createRequire(bundle), module, bundle, dirname(bundle));
+  return { main: module.exports.main, script };
 }

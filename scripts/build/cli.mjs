@@ -1,36 +1,51 @@
-// Bundles the CLI (src/cli/main.ts and what it imports) into dist/cli-bundle/: main.js and chunks that
-// commands import when they run. Loading a few bundled files instead of hundreds of modules (zod, yaml and
-// ours) is most of what makes `dynsup status`, `logs -n` and `validate` start within 2x of `node -e 0`
-// (scripts/bench/cli.mjs). The connection libraries stay outside (imported from node_modules by the chunks
-// that use them, so commands that need none load none: test/integration/lazy-imports.test.ts). Every file
-// is at dist/<dir>/ depth, like tsc's output, so paths relative to import.meta.url (../../bin/dynsup.js,
+// Bundles the CLI (src/cli/main.ts and what it imports) into one CommonJS file, dist/cli-bundle/main.cjs,
+// and writes V8's code cache for it beside it (main.cjs.cache). bin/dynsup.js compiles the bundle with that
+// cache, so that a command neither parses hundreds of modules nor compiles the functions it runs: this is
+// most of what makes `dynsup status`, `logs -n` and `validate` start within 2x of `node -e 0`
+// (scripts/bench/cli.mjs). CommonJS because Node 20 can give a code cache only to a vm.Script; esbuild's
+// lazy module wrappers keep a command from running the top level of modules it does not use.
+// The connection libraries stay outside (required from node_modules by the code that uses them, so
+// commands that need none load none: test/integration/lazy-imports.test.ts). The file is at dist/<dir>/
+// depth, like tsc's output, so paths relative to import.meta.url (../../bin/dynsup.js,
 // ../../dist/agent/...) resolve the same.
 //
 //   node scripts/build/cli.mjs [OUTDIR]     (default dist/cli-bundle)
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const outdir = resolve(process.argv[2] ?? join(ROOT, 'dist/cli-bundle'));
+const outfile = join(outdir, 'main.cjs');
+// A cache left from another bundle must never meet this one (bin/dynsup.js also checks the build id).
+mkdirSync(outdir, { recursive: true });
+rmSync(`${outfile}.cache`, { force: true });
+
 await build({
-  entryPoints: { main: 'src/cli/main.ts' },
-  outdir: process.argv[2] ?? 'dist/cli-bundle',
+  entryPoints: [join(ROOT, 'src/cli/main.ts')],
+  outfile,
   bundle: true,
-  splitting: true,
   platform: 'node',
-  format: 'esm',
+  format: 'cjs',
   target: 'node20',
   external: ['ssh2', 'nats', 'etcd3', 'pino', 'execa'],
-  chunkNames: '[name]-[hash]',
-  // Bundled CommonJS packages (yaml) require() Node built-ins: give each file a real require.
-  banner: { js: "import { createRequire as __dynsupRequire } from 'node:module'; const require = __dynsupRequire(import.meta.url);" },
+  // import.meta does not exist in CommonJS: the bundle's own URL stands in for every module's.
+  define: { 'import.meta.url': '__dynsupBundleUrl' },
+  // The first line names this build: bin/dynsup.js uses a code cache only if it was made from the same one.
+  banner: { js: `/* dynsup-build ${randomBytes(12).toString('hex')} */\nconst __dynsupBundleUrl = require('node:url').pathToFileURL(__filename).href;` },
   legalComments: 'none',
-  // Less to parse at every start.
+  // Less to read and hash at every start.
   minify: true,
-  sourcemap: 'linked',
   logLevel: 'warning',
   plugins: [
     {
       // zod re-exports its 40-odd message locales (340 kB) as z.locales, which dynsup never uses (its
       // messages are its own; zod's default English one is imported by zod directly): left out, they cost
-      // every command no parsing.
+      // every command nothing.
       name: 'zod-without-locales',
       setup(b) {
         b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) =>
@@ -41,3 +56,26 @@ await build({
     },
   ],
 });
+
+// The code cache holds the functions a run compiled, so it is written after commands that exercise the
+// common paths: the usage text, validating the example clusters (config loading, zod, yaml, placement), and
+// status and logs of a cluster never started (in a scratch state dir: they exit 1 and say so).
+// bin/dynsup.js writes it when DYNSUP_CODE_CACHE_WRITE names the file; each run adds to what the file had.
+const bin = join(ROOT, 'bin/dynsup.js');
+const env = { ...process.env, DYNSUP_CODE_CACHE_WRITE: `${outfile}.cache`, DYNSUP_CLI_BUNDLE: outfile };
+const scratch = mkdtempSync(join(tmpdir(), 'dynsup-build-'));
+const local = join(ROOT, 'clusters/local.yaml');
+try {
+  for (const args of [
+    ['--help'],
+    ['validate', local],
+    ['validate', join(ROOT, 'clusters/deepseek-r1-gangs.yaml'), '--json'],
+    ['status', local, '--state-dir', scratch],
+    ['logs', local, '-n', '10', '--state-dir', scratch],
+  ]) {
+    const run = spawnSync(process.execPath, [bin, ...args], { env, stdio: 'ignore' });
+    if (run.status === null || run.status > 1) throw new Error(`code cache warm-up: dynsup ${args.join(' ')} ended with ${run.status ?? run.signal}`);
+  }
+} finally {
+  rmSync(scratch, { recursive: true, force: true });
+}

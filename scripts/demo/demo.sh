@@ -16,7 +16,7 @@ if ((${#missing[@]})); then
 fi
 export PATH="$PATH:/usr/sbin"
 [[ -d node_modules ]] || { echo "dynsup demo: npm ci" >&2; npm ci --no-audit --no-fund >&2; }
-[[ -f dist/cli-bundle/main.js && -z "$(find src -newer dist/cli-bundle/main.js -name '*.ts' -print -quit)" ]] || { echo "dynsup demo: building" >&2; npm run build >&2; }
+[[ -f dist/cli-bundle/main.cjs && -z "$(find src -newer dist/cli-bundle/main.cjs -name '*.ts' -print -quit)" ]] || { echo "dynsup demo: building" >&2; npm run build >&2; }
 echo "dynsup demo: in another terminal try:" >&2
 echo "  curl -s localhost:8000/v1/completions -H 'content-type: application/json' -d '{\"model\":\"demo\",\"prompt\":\"hello world\",\"max_tokens\":8}'" >&2
 exec node bin/dynsup.js up clusters/local.yaml "$@"

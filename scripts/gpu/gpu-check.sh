@@ -71,7 +71,7 @@ pack() {
   # bin/dynsup.js runs the bundled CLI (dist/cli-bundle), the supervisor serves the page in dist/ui/static.
   (cd "$src" && npx tsc -p tsconfig.json --outDir "$tmp/dist" && node "$OLDPWD/scripts/build/agent.mjs" "$tmp/dist/agent/dynsup-agent.mjs" \
     && node "$OLDPWD/scripts/build/ui.mjs" "$tmp/dist/ui/static" && node "$OLDPWD/scripts/build/cli.mjs" "$tmp/dist/cli-bundle")
-  [[ -s $tmp/dist/agent/dynsup-agent.mjs && -s $tmp/dist/cli-bundle/main.js ]] || { echo "pack: the build left no dist/cli-bundle/main.js or dist/agent/dynsup-agent.mjs" >&2; exit 1; }
+  [[ -s $tmp/dist/agent/dynsup-agent.mjs && -s $tmp/dist/cli-bundle/main.cjs ]] || { echo "pack: the build left no dist/cli-bundle/main.cjs or dist/agent/dynsup-agent.mjs" >&2; exit 1; }
   echo "dist/ built $(date -u +%Y-%m-%dT%H:%M:%SZ) from the $build; agent bundle sha256 $(sha256sum "$tmp/dist/agent/dynsup-agent.mjs" | cut -c1-16)" >"$tmp/dist/BUILD"
   cp "$tmp/dist/BUILD" "$DEV/BUILD"
   tar -C "$tmp" -cf - dist node_modules | xz -T0 -9 >"$DEV/runtime.tar.xz"
@@ -101,7 +101,7 @@ setup() {
     unxz_to "$DEV/runtime.tar.xz" | tar -xf - "${want[@]}"
   fi
   # The head starts the node agent as `node dist/agent/dynsup-agent.mjs`: a dist/ without it cannot run.
-  [[ -s dist/agent/dynsup-agent.mjs && -s dist/cli-bundle/main.js ]] || { echo "gpu-check: dist/agent/dynsup-agent.mjs or dist/cli-bundle/main.js missing: this dist/ was not built by 'npm run build' (or pack)" >&2; exit 1; }
+  [[ -s dist/agent/dynsup-agent.mjs && -s dist/cli-bundle/main.cjs ]] || { echo "gpu-check: dist/agent/dynsup-agent.mjs or dist/cli-bundle/main.cjs missing: this dist/ was not built by 'npm run build' (or pack)" >&2; exit 1; }
   [[ -f dist/BUILD ]] && echo "gpu-check: $(cat dist/BUILD)" >&2
   echo "gpu-check: node $(node --version), $(nats-server --version), $(etcd --version | head -1), $(python3 --version)" >&2
   if [[ ${GPU_CHECK_FAKE:-} != 1 ]]; then

@@ -7,6 +7,11 @@ import { DEFAULTS } from './defaults.js';
 import { DURATION_PATTERN } from './duration.js';
 import { SLURM_TIME_ERROR, slurmTime } from '../slurm/sbatch.js';
 
+// A cluster file is parsed once per command: zod's JIT (it builds each object schema's parser with
+// new Function) costs more to generate than it saves on one small document, and commands start faster
+// without it (scripts/bench/cli.mjs).
+z.config({ jitless: true });
+
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 /** No '.': the cluster name is one token of NATS subjects (dynsup.<cluster>.control); `a.log`'s would fall under cluster `a`. */
 const CLUSTER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;

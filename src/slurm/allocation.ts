@@ -3,14 +3,20 @@
  * job id, GPUs per node, and the head's address for NATS and etcd. Parsing is pure; finding the address
  * asks scontrol and the resolver.
  */
-import { execFile } from 'node:child_process';
 import { networkInterfaces, hostname } from 'node:os';
 import { isIP } from 'node:net';
-import { promisify } from 'node:util';
 import { DynsupError } from '../util/errors.js';
 import { expandHostlist, HostlistError } from './hostlist.js';
 
-const execFileP = promisify(execFile);
+/**
+ * Runs a Slurm or resolver command; its stdout, or null when it fails. node:child_process is loaded here,
+ * not at the top: validate reaches this module through config resolution, and loading child_process costs
+ * every such command a few milliseconds of its start-up (scripts/bench/cli.mjs).
+ */
+async function output(file: string, args: readonly string[], options: { timeout: number; env?: NodeJS.ProcessEnv }): Promise<string | null> {
+  const { execFile } = await import('node:child_process');
+  return new Promise((resolve) => execFile(file, args, options, (err, stdout) => resolve(err ? null : String(stdout))));
+}
 
 export interface SlurmAllocation {
   readonly jobId?: string | undefined;
@@ -74,8 +80,8 @@ export function chooseHeadAddress(candidates: readonly AddressCandidate[], local
 
 /** Slurm's NodeAddr of each node, in one scontrol call; nodes it does not know are left out. */
 export async function nodeAddresses(nodes: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<Record<string, string>> {
-  const out = await execFileP('scontrol', ['-o', 'show', 'node', nodes.join(',')], { timeout: 10_000, env }).catch(() => null);
-  return parseNodeAddresses(out?.stdout ?? '');
+  const out = await output('scontrol', ['-o', 'show', 'node', nodes.join(',')], { timeout: 10_000, env });
+  return parseNodeAddresses(out ?? '');
 }
 
 /** `scontrol -o show node` lines → NodeName → NodeAddr. Pure. */
@@ -101,15 +107,15 @@ export async function resolveHeadAddress(node: string | undefined, env: NodeJS.P
       candidates.push({ address: name, source });
       return;
     }
-    const out = await execFileP('getent', ['ahostsv4', name], { timeout: 5000 }).catch(() => null);
-    for (const line of out?.stdout.split('\n') ?? []) {
+    const out = await output('getent', ['ahostsv4', name], { timeout: 5000 });
+    for (const line of out?.split('\n') ?? []) {
       const a = line.trim().split(/\s+/)[0];
       if (a && isIP(a) && !candidates.some((c) => c.address === a)) candidates.push({ address: a, source: `${source} (${name})` });
     }
   };
   if (node) {
-    const out = await execFileP('scontrol', ['show', 'node', '-o', node], { timeout: 10_000, env }).catch(() => null);
-    const addr = /(?:^|\s)NodeAddr=(\S+)/.exec(out?.stdout ?? '')?.[1];
+    const out = await output('scontrol', ['show', 'node', '-o', node], { timeout: 10_000, env });
+    const addr = /(?:^|\s)NodeAddr=(\S+)/.exec(out ?? '')?.[1];
     if (addr) await resolveName(addr, `Slurm NodeAddr of ${node}`);
     await resolveName(node, `address of ${node}`);
   }
