@@ -26,13 +26,17 @@ mkdirSync(outdir, { recursive: true });
 rmSync(`${outfile}.cache`, { force: true });
 
 await build({
-  entryPoints: [join(ROOT, 'src/cli/main.ts')],
+  // From the working directory's src/, like tsc (gpu-check.sh's pack builds a commit's src/ elsewhere).
+  entryPoints: ['src/cli/main.ts'],
   outfile,
   bundle: true,
   platform: 'node',
   format: 'cjs',
   target: 'node20',
   external: ['ssh2', 'nats', 'etcd3', 'pino', 'execa'],
+  // No import() may stay in the bundle: a function that V8 restores from a code cache has lost the dynamic
+  // import callback (Node 20: ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING), so esbuild turns them into require().
+  supported: { 'dynamic-import': false },
   // import.meta does not exist in CommonJS: the bundle's own URL stands in for every module's.
   define: { 'import.meta.url': '__dynsupBundleUrl' },
   // The first line names this build: bin/dynsup.js uses a code cache only if it was made from the same one.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import faulthandler
 import signal
 import sys
 import threading
@@ -40,8 +41,10 @@ def main() -> int:
     if not nats_url or not etcd_eps:
         log("FATAL: NATS_SERVER and ETCD_ENDPOINTS must be set (dynsup sets them)")
         return 2
+    # SIGUSR1 prints every thread's stack to the log (the GPU check asks when a stop takes too long).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: (log("SIGTERM"), stop.set()))
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     deadline = float(os.environ.get("DEMO_CONNECT_DEADLINE") or 15)
     try:

@@ -215,6 +215,22 @@ def leftovers() -> list[str]:
     return [f"{pid}:{cmdline(pid)[:100]}" for pid in all_pids() if pid != me and ours(pid)]
 
 
+def proc_signals(pid: int) -> str:
+    """Signal masks, state and each thread's wait channel, from /proc (why a process has not stopped)."""
+    try:
+        st = {k: v.strip() for k, v in (l.split(":", 1) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in l)}
+        threads = []
+        for t in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            try:
+                threads.append(f"{t.name}:{(t / 'wchan').read_text() or '-'}:{(t / 'stat').read_text().rsplit(')', 1)[1].split()[0]}")
+            except OSError:
+                pass
+        return (f"State {st.get('State')} SigPnd {st.get('SigPnd')} ShdPnd {st.get('ShdPnd')} SigBlk {st.get('SigBlk')} "
+                f"SigIgn {st.get('SigIgn')} SigCgt {st.get('SigCgt')} threads {' '.join(threads)}")
+    except OSError as e:
+        return f"/proc: {e}"
+
+
 def token_of(pid: int) -> str:
     """The DYNSUP_TOKEN the agent gave this launch of a replica ('' if unreadable); descendants inherit it."""
     return proc_env(pid).get("DYNSUP_TOKEN", "") if pid else ""
@@ -746,9 +762,18 @@ def main() -> int:
         # When each replica's last process went, and when nvidia-smi and the GPU memory were clear (diagnosis).
         replica_gone: dict[str, float] = {}
         apps_clear_s = mem_clear_s = None
+        dumped = False
         while time.monotonic() - t < LEASE_S + 30:
             alive = {k: members(*lt) for k, lt in launches.items()}
             el = time.monotonic() - t
+            if not dumped and el > LEASE_S + 3 and any(alive.values()):
+                # Diagnosis of a stop that takes longer than the lease: what each process left is doing.
+                dumped = True
+                for k, v in alive.items():
+                    for p in v:
+                        say(f"still alive {el:.1f}s after the kill: {k} {describe(p, launches[k][0])}; {proc_signals(p)}")
+                        if "frontend.py" in cmdline(p):
+                            os.kill(p, signal.SIGUSR1)  # frontend.py: faulthandler prints its threads' stacks to its log
             for k, v in alive.items():
                 if not v and k not in replica_gone:
                     replica_gone[k] = el
