@@ -17,6 +17,7 @@ import { decideRestart, EMPTY_HISTORY, type RestartHistory } from './restart-pol
 import { makeBox, TOKEN_VAR, type Box } from './containment.js';
 import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec, WorkerState } from './protocol.js';
 import type { GpuSnapshot } from './nvidia-smi.js';
+import { exitText } from '../util/exit-text.js';
 
 /** How often the GPU release gate asks nvidia-smi. */
 const GPU_POLL_MS = 1000;
@@ -404,7 +405,7 @@ export class Worker {
     }, HOOK_TIMEOUT_MS);
     const result = await new Promise<string | null>((resolve) => {
       child.once('error', (err) => resolve(`could not be run: ${err.message}`));
-      child.once('exit', (code, signal) => resolve(code === 0 ? null : signal ? `killed by ${signal}` : `exited with code ${code}`));
+      child.once('exit', (code, signal) => resolve(code === 0 ? null : exitText({ code, signal })));
     });
     clearTimeout(timer);
     this.#endLine();

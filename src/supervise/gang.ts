@@ -15,6 +15,7 @@ import type { RestartPolicy } from '../config/types.js';
 import { Waiters } from './waiters.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../agent/restart-policy.js';
 import { Replica, type ReplicaEvent, type ReplicaOptions, type ReplicaState, type ReplicaStatus, type Supervised } from './replica.js';
+import { exitText } from '../util/exit-text.js';
 
 export interface GangMember {
   readonly rank: number;
@@ -258,7 +259,7 @@ export class Gang implements Supervised {
     this.#cycling = true;
     const s = m.replica.status();
     const exit: ExitInfo = s.lastExit ?? { code: null, signal: null };
-    const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
+    const how = exit.signal ? `was ${exitText(exit)}` : exitText(exit);
     const reason = `${s.name} on ${s.node} ${how}${s.lastExit?.reason ? ` (${s.lastExit.reason})` : ''}`;
     this.#lastExit = { ...exit, at: this.#now(), reason };
     this.#o.onEvent?.(this.name, { kind: 'rank-exited', member: s.name, node: s.node, exit });

@@ -25,6 +25,7 @@ import { Gang } from './gang.js';
 import { gangMembers, isGang, onDemandSpec, rankOfHost } from './gang-launch.js';
 import type { LaunchRequest } from '../transport/node-agent.js';
 import { describePlan, planApply, rollReplicas, type ApplyPlan, type RollingUnit } from './rollout.js';
+import { exitText } from '../util/exit-text.js';
 
 export type AgentFactory = (node: NodeConfig) => NodeAgent;
 
@@ -631,7 +632,7 @@ export class Supervisor {
       case 'adopted':
         return log.info({ ...k, pid: ev.pid }, `${name} adopted (pid ${ev.pid}, ${ev.restarts} restarts so far): still running from before`);
       case 'exited': {
-        const how = ev.exit.signal ? `killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
+        const how = exitText(ev.exit);
         // A warning only for an exit nobody asked for that is no clean one: a stop, a requested restart, a
         // cluster going down or a worker ending with code 0 is news, not trouble.
         const asked = 'asked' in ev ? ev.asked : undefined;
@@ -669,7 +670,7 @@ export class Supervisor {
       case 'gpu-unchecked':
         return log.info({ ...k }, `GPU release before restarts not checked on ${name}'s node: ${ev.reason}`);
       case 'rank-exited': {
-        const how = ev.exit.signal ? `was killed by ${ev.exit.signal}` : `exited with code ${ev.exit.code}`;
+        const how = ev.exit.signal ? `was ${exitText(ev.exit)}` : exitText(ev.exit);
         return log[this.#stopping ? 'info' : 'warn'](
           { ...k, member: ev.member, node: ev.node },
           `${name}: ${ev.member} on ${ev.node} ${how}: stopping the whole gang`,
