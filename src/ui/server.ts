@@ -28,6 +28,7 @@ import { errorMessage } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
 import { dependencyColumns } from './graph.js';
 import type { Timeline, TimelineEvent } from './timeline.js';
+import type { Delta, GroupInfo, ReplicaDetail, Snapshot } from './wire.js';
 
 /** Operations the page may ask for (never `down`, `scale` or `apply`); `rolling`: a group's rolling restart. */
 export const UI_ACTIONS = ['restart', 'rolling', 'stop', 'start'] as const;
@@ -51,34 +52,6 @@ export interface WebUiOptions {
   readonly redact: (s: string) => string;
   /** Where the built page is (default: dist/ui/static beside this module). */
   readonly assets?: string;
-}
-
-export interface GroupInfo {
-  readonly name: string;
-  readonly dependsOn: readonly string[];
-  readonly replicas: number;
-  readonly gpus: number;
-  /** Column in the dependency graph (0 = leftmost: nothing depends on it). */
-  readonly column: number;
-}
-
-export interface Snapshot {
-  readonly cluster: string;
-  readonly head: string;
-  readonly now: number;
-  readonly groups: readonly GroupInfo[];
-  readonly controlPlane: readonly ReplicaStatus[];
-  readonly replicas: readonly ReplicaStatus[];
-  readonly events: readonly TimelineEvent[];
-  readonly actions: { readonly replica: readonly string[]; readonly group: readonly string[] };
-}
-
-export interface Delta {
-  readonly now: number;
-  /** Replicas (and control plane services) whose status changed, and those that are gone (scaled down). */
-  readonly changed: readonly ReplicaStatus[];
-  readonly removed: readonly string[];
-  readonly events: readonly TimelineEvent[];
 }
 
 function groupInfo(cluster: ClusterConfig): GroupInfo[] {
@@ -372,7 +345,7 @@ export class WebUi {
     }
     const rep = r[0]!;
     const spec = rep.launchSpec();
-    json(res, 200, {
+    const detail: ReplicaDetail = {
       status: rep.status(),
       history: timeline.ofReplica(name),
       // Shown redacted: values of secret-looking variables (and the control credentials) read ***.
@@ -381,7 +354,8 @@ export class WebUi {
       cwd: spec.cwd ?? null,
       log: sup.replicaLog(name)?.file ?? null,
       now: Date.now(),
-    });
+    };
+    json(res, 200, detail);
   }
 
   async #openLogStream(req: IncomingMessage, res: ServerResponse, name: string, n: number): Promise<void> {
