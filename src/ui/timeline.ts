@@ -3,6 +3,7 @@
  * redacted), kept in memory in bounded rings: the latest N of the cluster, and the latest M per replica (its
  * restart history). Pure: the supervisor feeds it lines; the UI reads it.
  */
+import type { TimelineEvent as WireTimelineEvent } from './wire.js';
 
 /** What the timeline shows an event as (filters, colours). */
 export type TimelineKind =
@@ -26,19 +27,9 @@ export type TimelineKind =
   | 'cluster'
   | 'other';
 
-export interface TimelineEvent {
-  /** Ever increasing in one supervisor's life (the client's key). */
-  readonly id: number;
-  /** ms since epoch. */
-  readonly t: number;
-  readonly level: 'info' | 'warn' | 'error';
+/** An event as the page gets it (wire.ts), its kind one of ours. */
+export interface TimelineEvent extends WireTimelineEvent {
   readonly kind: TimelineKind;
-  readonly replica?: string;
-  readonly node?: string;
-  readonly msg: string;
-  /** `exited`: the exit code or signal. */
-  readonly code?: number | null;
-  readonly signal?: string | null;
 }
 
 const KINDS = new Set<string>([
