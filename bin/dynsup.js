@@ -9,9 +9,20 @@ import { fileURLToPath } from 'node:url';
 import { Script } from 'node:vm';
 
 const argv = process.argv.slice(2);
-if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+const [major, minor] = process.versions.node.split('.').map(Number);
+if (major < 20 || (major === 20 && minor < 19)) {
+  // The bundle require()s ES-module packages (execa), which Node does from 20.19 on.
+  process.stderr.write(`dynsup: needs Node.js 20.19 or later; this is ${process.version} (${process.execPath})\n`);
+  process.exit(1);
+} else if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
   process.stdout.write('dynsup 0.1.0\n');
 } else {
+  // `dynsup status | head -3`: the reader going away is no error of ours; end quietly, as other tools do.
+  // A supervisor in the foreground (`up`) goes on supervising and only stops printing.
+  process.stdout.on('error', (err) => {
+    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
+    if (argv[0] !== 'up') process.exit(0);
+  });
   const { main, script } = loadBundle(process.env.DYNSUP_CLI_BUNDLE || fileURLToPath(new URL('../dist/cli-bundle/main.cjs', import.meta.url)));
   main(argv).then(
     (code) => {
