@@ -8,7 +8,7 @@ export const DEFAULTS = {
   lease: '30s',
   controlPlane: {
     nats: { enabled: true, binary: 'nats-server', port: 4222, monitorPort: 8222, jetstream: true, workerCredentials: false },
-    etcd: { enabled: true, binary: 'etcd', port: 2379, peerPort: 2380, auth: false },
+    etcd: { enabled: true, binary: 'etcd', port: 2379, peerPort: 2380, auth: false, tls: false },
   },
   metrics: { enabled: true, port: 9464, gpuInterval: '5s' },
   ui: { enabled: true },

@@ -30,6 +30,7 @@ export function resolveHeadServices(r: Resolution): HeadServices {
       port: controlPlane.etcd?.port ?? ETCD.port,
       peerPort: controlPlane.etcd?.peerPort ?? ETCD.peerPort,
       auth: controlPlane.etcd?.auth ?? ETCD.auth,
+      tls: etcdTls(r),
     },
     metrics: {
       enabled: raw.metrics?.enabled ?? DEFAULTS.metrics.enabled,
@@ -39,6 +40,22 @@ export function resolveHeadServices(r: Resolution): HeadServices {
     ui: { enabled: raw.ui?.enabled ?? DEFAULTS.ui.enabled },
     logs: { maxBytes: parseSize(raw.logs?.maxSize ?? DEFAULTS.logs.maxSize), keep: raw.logs?.keep ?? DEFAULTS.logs.keep },
   };
+}
+
+/**
+ * controlPlane.etcd.tls: only for the etcd dynsup starts (its CA is made here); an etcd of your own has its
+ * own certificates, and nothing would use this one's.
+ */
+function etcdTls(r: Resolution): boolean {
+  const etcd = r.raw.controlPlane?.etcd;
+  const tls = etcd?.tls ?? DEFAULTS.controlPlane.etcd.tls;
+  if (tls && etcd?.enabled === false) {
+    r.add(
+      ['controlPlane', 'etcd', 'tls'],
+      'tls is for the etcd dynsup starts (controlPlane.etcd.enabled is false here): dynsup does not connect to an etcd of your own over TLS',
+    );
+  }
+  return tls;
 }
 
 const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };

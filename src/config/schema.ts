@@ -306,6 +306,12 @@ export const clusterSchema = z
               .meta({
                 description: `Turn on etcd's authentication (default ${DEFAULTS.controlPlane.etcd.auth}: whoever reaches the port can read and write). dynsup then uses etcd's root user, and workers get the user \`workers\` (ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD), which may read and write every key except dynsup's own (dynsup/...); anonymous clients are refused.`,
               }),
+            tls: z
+              .boolean({ error: 'expected true or false (certificates of your own are not supported: true makes a CA in the stateDir)' })
+              .optional()
+              .meta({
+                description: `Serve etcd's clients over TLS only (default ${DEFAULTS.controlPlane.etcd.tls}). On the first \`up\` dynsup makes a CA of the cluster's own in <stateDir>/tls/etcd (kept across runs) and a certificate for head.address, 127.0.0.1 and localhost; dynsup verifies etcd against that CA, and workers get ETCD_ENDPOINTS=https://..., the CA's PEM in ETCD_AUTH_CA and a file holding it on their node (DYNSUP_ETCD_CA_FILE). Only with controlPlane.etcd.enabled.`,
+              }),
           })
           .optional(),
       })

@@ -124,8 +124,11 @@ export interface ClusterConfig {
   /** The web view, served on metrics.port (src/ui/). */
   readonly ui: { readonly enabled: boolean };
   readonly logs: { readonly maxBytes: number; readonly keep: number };
-  /** `auth`: etcd's authentication on (users root and workers, passwords in the credentials file). */
-  readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number; readonly auth: boolean };
+  /**
+   * `auth`: etcd's authentication on (users root and workers, passwords in the credentials file). `tls`: etcd
+   * serves clients over TLS only, with a certificate of the cluster's own CA (controlplane/etcd-tls.ts).
+   */
+  readonly etcd: ServiceConfig & { readonly port: number; readonly peerPort: number; readonly auth: boolean; readonly tls: boolean };
   readonly nodes: readonly NodeConfig[];
   /** Groups in start order (dependencies first). */
   readonly groups: readonly WorkerGroup[];

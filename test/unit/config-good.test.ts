@@ -65,7 +65,7 @@ describe('good cluster files', () => {
       stateDir: join(goodDir, '.dynsup/minimal'),
       leaseMs: 30_000,
       nats: { enabled: true, binary: 'nats-server', args: [], port: 4222, monitorPort: 8222, jetstream: true, workerCredentials: false },
-      etcd: { enabled: true, binary: 'etcd', args: [], port: 2379, peerPort: 2380, auth: false },
+      etcd: { enabled: true, binary: 'etcd', args: [], port: 2379, peerPort: 2380, auth: false, tls: false },
       metrics: { enabled: true, port: 9464, gpuIntervalMs: 5000 },
       ui: { enabled: true },
       logs: { maxBytes: 100 * 2 ** 20, keep: 5 },
@@ -356,7 +356,7 @@ describe('good cluster files', () => {
       jetstream: false,
       workerCredentials: false,
     });
-    expect(c.etcd).toEqual({ enabled: true, binary: '/opt/etcd/bin/etcd', args: [], port: 2479, peerPort: 2480, auth: false });
+    expect(c.etcd).toEqual({ enabled: true, binary: '/opt/etcd/bin/etcd', args: [], port: 2479, peerPort: 2480, auth: false, tls: false });
     expect(c.nodes.map((n) => [n.name, n.address])).toEqual([
       ['head', 'fd00::1'],
       ['gpu1', 'fd00::2'],

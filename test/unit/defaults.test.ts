@@ -28,6 +28,8 @@ const ROWS: [key: string, shown: string][] = [
   ['`controlPlane.nats.jetstream`', `${cp.nats.jetstream}`],
   ['`controlPlane.etcd.port` / `peerPort`', `${cp.etcd.port} / ${cp.etcd.peerPort}`],
   ['`controlPlane.nats.workerCredentials`', `${cp.nats.workerCredentials}`],
+  ['`controlPlane.etcd.auth`', `${cp.etcd.auth}`],
+  ['`controlPlane.etcd.tls`', `${cp.etcd.tls}`],
   ['`metrics.port` / `metrics.enabled`', `${DEFAULTS.metrics.port} / ${DEFAULTS.metrics.enabled}`],
   ['`metrics.gpuInterval`', DEFAULTS.metrics.gpuInterval],
   ['`ui.enabled`', `${DEFAULTS.ui.enabled}`],

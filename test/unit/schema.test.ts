@@ -246,7 +246,7 @@ describe('clusterJsonSchema', () => {
     expect(keysOf(prop(schema, 'defaults'))).toEqual(Object.keys(defaultsSchema.shape).sort());
     expect(keysOf(prop(schema, 'controlPlane'))).toEqual(['etcd', 'nats']);
     expect(keysOf(prop(schema, 'controlPlane', 'nats'))).toEqual(['args', 'binary', 'enabled', 'jetstream', 'monitorPort', 'port', 'workerCredentials']);
-    expect(keysOf(prop(schema, 'controlPlane', 'etcd'))).toEqual(['args', 'auth', 'binary', 'enabled', 'peerPort', 'port']);
+    expect(keysOf(prop(schema, 'controlPlane', 'etcd'))).toEqual(['args', 'auth', 'binary', 'enabled', 'peerPort', 'port', 'tls']);
     for (const p of [
       ['head'],
       ['nodes', '*'],
