@@ -14,6 +14,8 @@
 #   util-linux                    flock, unshare (both scripts)
 #   procps, psmisc                pgrep/pkill/ps, fuser/killall for tests and debugging
 #   curl, ca-certificates         health endpoints in tests
+#   openssl                       the CA and certificates of controlPlane.etcd.tls (test/integration/etcd-tls.test.ts);
+#                                 optional priority in Debian, though ca-certificates pulls it in
 #   chromium                      the web view's browser test (test/integration/ui.test.ts drives it with
 #                                 puppeteer-core, which downloads no browser of its own)
 #   openmpi-bin, python3-mpi4py   real Open MPI for gangs (launch: mpi) and the MPI_ERR_SPAWN test
@@ -26,7 +28,7 @@ PACKAGES=(
   openssh-server openssh-client openssh-sftp-server
   slurm-wlm munge
   iproute2 util-linux procps psmisc
-  curl ca-certificates
+  curl ca-certificates openssl
   chromium
   openmpi-bin python3-mpi4py libpmix-dev
 )

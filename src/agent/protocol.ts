@@ -59,6 +59,12 @@ export interface WorkerSpec {
    * shows none of its previous run's processes on them, rather than start it into an out-of-memory.
    */
   readonly gpuRelease?: { readonly gpus: readonly number[]; readonly timeoutMs: number } | undefined;
+  /**
+   * Files the worker needs on its node (the etcd CA with controlPlane.etcd.tls): variable → content. The agent
+   * writes each content to a 0600 file in its run dir (named by its hash: the same content, the same file,
+   * across restarts and adoptions) and sets the variable to that file's path.
+   */
+  readonly files?: Readonly<Record<string, string>> | undefined;
 }
 
 /** `blocked`: not started, its GPUs still held by its previous run's processes past restart.gpuReleaseTimeout. */

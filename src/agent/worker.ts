@@ -9,8 +9,9 @@
  * A worker's death is its leader's exit, not the closing of a pipe a grandchild may hold for ever.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, renameSync, watch, writeFileSync, writeSync, type FSWatcher } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { matchesPattern } from '../util/glob.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from './restart-policy.js';
@@ -325,7 +326,23 @@ export class Worker {
           DYNSUP_AGENT_SOCKET: this.#host.launcher.socket,
         }
       : {};
-    return { ...env, ...this.spec.env, ...mpi, [TOKEN_VAR]: this.#token };
+    return { ...env, ...this.spec.env, ...this.#files(), ...mpi, [TOKEN_VAR]: this.#token };
+  }
+
+  /** spec.files written under the run dir (beside the spools): variable → path. */
+  #files(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [name, content] of Object.entries(this.spec.files ?? {})) {
+      const dir = join(dirname(this.spool), 'files');
+      const file = join(dir, createHash('sha256').update(content).digest('hex').slice(0, 24));
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      // Whole or not at all: a worker starting meanwhile never reads half a file.
+      const tmp = `${file}.${process.pid}.tmp`;
+      writeFileSync(tmp, content, { mode: 0o600 });
+      renameSync(tmp, file);
+      out[name] = file;
+    }
+    return out;
   }
 
   async #launchAndWait(): Promise<ExitInfo> {

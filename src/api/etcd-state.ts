@@ -9,6 +9,7 @@
 import { hostname } from 'node:os';
 import { Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import type { EtcdAccess } from '../controlplane/etcd-auth.js';
+import { caCredentials } from '../controlplane/etcd-tls.js';
 import type { ReplicaStatus } from '../supervise/replica.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 import { escapeTerminal } from '../util/terminal-escape.js';
@@ -219,7 +220,7 @@ function describeLeader(l: LeaderInfo | null): string {
 }
 
 function etcdClient(access: EtcdAccess, dialTimeout: number): Etcd3 {
-  return new Etcd3({ hosts: access.endpoint, dialTimeout, ...(access.auth ? { auth: access.auth } : {}) });
+  return new Etcd3({ hosts: access.endpoint, dialTimeout, ...caCredentials(access.ca), ...(access.auth ? { auth: access.auth } : {}) });
 }
 
 /** What etcd knows of a cluster (for `status` when the supervisor does not answer). */

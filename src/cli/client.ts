@@ -50,8 +50,15 @@ export async function control(t: Target, flags: Flags, req: ControlRequest, time
 export async function etcdSnapshot(t: Target, flags: Flags): Promise<ClusterSnapshot | null> {
   if (!t.cluster.etcd.enabled || !(await listening(t.cluster.headAddress, t.cluster.etcd.port))) return null;
   const creds = await readCredentials(typeof flags.creds === 'string' ? flags.creds : credentialsPath(t.cluster.stateDir), { partial: true }).catch(() => null);
-  const [{ readClusterState }, { etcdAccess }] = await Promise.all([import('../api/etcd-state.js'), import('../controlplane/etcd-auth.js')]);
-  return readClusterState(etcdAccess(t.cluster, creds), t.cluster.name);
+  const [{ readClusterState }, { etcdAccess }, { readEtcdCa }] = await Promise.all([
+    import('../api/etcd-state.js'),
+    import('../controlplane/etcd-auth.js'),
+    import('../controlplane/etcd-tls.js'),
+  ]);
+  // With controlPlane.etcd.tls: the CA in this state dir (from another machine: a copy of <stateDir>/tls/etcd/ca.pem there).
+  const ca = t.cluster.etcd.tls ? await readEtcdCa(t.cluster.stateDir) : null;
+  if (t.cluster.etcd.tls && !ca) return null;
+  return readClusterState(etcdAccess(t.cluster, creds, ca), t.cluster.name);
 }
 
 /** Whether something accepts TCP connections at host:port (within `ms`). */

@@ -14,19 +14,30 @@ import { Etcd3, Range } from 'etcd3';
 import type { ClusterConfig } from '../config/types.js';
 import type { Credentials } from './credentials.js';
 import { etcdUrl } from './urls.js';
+import { caCredentials } from './etcd-tls.js';
 import { DynsupError, errorMessage } from '../util/errors.js';
 
-/** How dynsup reaches its etcd: the endpoint, and root's password when authentication is on. */
+/** How dynsup reaches its etcd: the endpoint, root's password when authentication is on, the CA with TLS. */
 export interface EtcdAccess {
   readonly endpoint: string;
   readonly auth?: { readonly username: string; readonly password: string } | undefined;
+  /** PEM of the cluster's etcd CA (controlPlane.etcd.tls): the server is verified against it alone. */
+  readonly ca?: Buffer | undefined;
 }
 
 export const ETCD_WORKER_USER = 'workers';
 
-export function etcdAccess(cluster: ClusterConfig, creds: Pick<Credentials, 'etcdRootPassword'> | null | undefined): EtcdAccess {
+export function etcdAccess(
+  cluster: ClusterConfig,
+  creds: Pick<Credentials, 'etcdRootPassword'> | null | undefined,
+  ca?: Buffer | null | undefined,
+): EtcdAccess {
   const password = cluster.etcd.auth ? creds?.etcdRootPassword : undefined;
-  return { endpoint: etcdUrl(cluster), ...(password ? { auth: { username: 'root', password } } : {}) };
+  return {
+    endpoint: etcdUrl(cluster),
+    ...(password ? { auth: { username: 'root', password } } : {}),
+    ...(cluster.etcd.tls && ca ? { ca } : {}),
+  };
 }
 
 /** What workers connect to etcd with (null without authentication). */
@@ -44,11 +55,12 @@ const REFUSED_ANONYMOUS = /user name is empty|permission denied|invalid auth tok
  * Make the running etcd's authentication what the file says: on (users, roles, then auth enabled; the
  * workers' password set to the credentials' one) or off. Returns what was done, for the event log.
  */
-export async function ensureEtcdAuth(cluster: ClusterConfig, creds: Credentials): Promise<string | null> {
+export async function ensureEtcdAuth(cluster: ClusterConfig, creds: Credentials, ca?: Buffer | null): Promise<string | null> {
   const endpoint = etcdUrl(cluster);
   const rootPassword = creds.etcdRootPassword;
-  const asRoot = rootPassword ? new Etcd3({ hosts: endpoint, dialTimeout: 3000, auth: { username: 'root', password: rootPassword } }) : null;
-  const anonymous = new Etcd3({ hosts: endpoint, dialTimeout: 3000 });
+  const tls = caCredentials(cluster.etcd.tls ? ca : null);
+  const asRoot = rootPassword ? new Etcd3({ hosts: endpoint, dialTimeout: 3000, ...tls, auth: { username: 'root', password: rootPassword } }) : null;
+  const anonymous = new Etcd3({ hosts: endpoint, dialTimeout: 3000, ...tls });
   try {
     // Is authentication on? Anonymous requests are refused when it is.
     const on = await anonymous

@@ -10,6 +10,7 @@ import type { ClusterConfig } from '../config/types.js';
 import { etcdUrl, natsUrl } from './urls.js';
 import { which } from '../util/which.js';
 import type { Credentials } from './credentials.js';
+import { caCredentials, etcdTlsFiles } from './etcd-tls.js';
 
 /**
  * Two NATS accounts, so that neither sees the other's subjects, replies or JetStream: `dynsup` (the cluster's
@@ -96,8 +97,10 @@ export function natsService(cluster: ClusterConfig, creds: Credentials): Service
   };
 }
 
-export function etcdService(cluster: ClusterConfig): ServiceSpec {
+/** `ca`: with controlPlane.etcd.tls, the CA's PEM (ensureEtcdTls has made it and etcd's certificate). */
+export function etcdService(cluster: ClusterConfig, ca?: string): ServiceSpec {
   const dir = join(cluster.stateDir, 'etcd');
+  const tls = etcdTlsFiles(cluster.stateDir);
   const name = `dynsup-${cluster.name}`;
   const client = etcdUrl(cluster);
   const peer = `http://127.0.0.1:${cluster.etcd.peerPort}`;
@@ -125,6 +128,9 @@ export function etcdService(cluster: ClusterConfig): ServiceSpec {
       // With controlPlane.etcd.auth: a token of the supervisor's idle for etcd's default 5 min would lapse
       // under a watch or keep-alive stream that does not re-authenticate (unary calls do).
       ...(cluster.etcd.auth ? ['--auth-token-ttl', '86400'] : []),
+      // Clients over TLS only (the client URL is https): no --trusted-ca-file, so no client is asked for a
+      // certificate (dynsup's own clients and workers prove nothing with one; auth is controlPlane.etcd.auth).
+      ...(cluster.etcd.tls ? ['--cert-file', tls.server, '--key-file', tls.serverKey] : []),
       ...cluster.etcd.args,
     ],
     ports: [
@@ -135,7 +141,7 @@ export function etcdService(cluster: ClusterConfig): ServiceSpec {
       await mkdir(dir, { recursive: true, mode: 0o700 });
     },
     async probe(signal) {
-      etcd ??= new Etcd3({ hosts: client, dialTimeout: 1500 });
+      etcd ??= new Etcd3({ hosts: client, dialTimeout: 1500, ...caCredentials(cluster.etcd.tls && ca ? Buffer.from(ca) : null) });
       const timer = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(new Error('timeout'))));
       try {
         await Promise.race([etcd.maintenance.status(), timer]);

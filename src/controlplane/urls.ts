@@ -9,8 +9,9 @@ export function natsUrl(cluster: ClusterConfig, auth?: { user: string; password:
   const who = auth ? `${encodeURIComponent(auth.user)}:${encodeURIComponent(auth.password)}@` : '';
   return `nats://${who}${hostPort(cluster.headAddress, cluster.nats.port)}`;
 }
+/** https with controlPlane.etcd.tls: etcd then serves nothing in clear. */
 export function etcdUrl(cluster: ClusterConfig): string {
-  return `http://${hostPort(cluster.headAddress, cluster.etcd.port)}`;
+  return `${cluster.etcd.tls ? 'https' : 'http'}://${hostPort(cluster.headAddress, cluster.etcd.port)}`;
 }
 function hostPort(host: string, port: number): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;

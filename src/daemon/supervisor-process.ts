@@ -23,6 +23,7 @@ import type { AddressCandidate } from '../slurm/allocation.js';
 import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
 import { natsUrl } from '../controlplane/urls.js';
 import { ensureEtcdAuth, etcdAccess } from '../controlplane/etcd-auth.js';
+import { ensureEtcdTls } from '../controlplane/etcd-tls.js';
 import { Supervisor } from '../supervise/supervisor.js';
 import { allNodes, createNodeAgent } from '../transport/factory.js';
 import { WebUi } from '../ui/server.js';
@@ -58,6 +59,8 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   const paths = runtimePaths(cluster.stateDir);
   const { stale } = await acquireLock(paths, cluster.file);
   const creds = await loadOrCreateCredentials(cluster.stateDir, { etcdAuth: cluster.etcd.enabled && cluster.etcd.auth });
+  // Before the control plane starts: etcd's certificate must be there, and workers get the CA with their spec.
+  const etcdTls = cluster.etcd.enabled && cluster.etcd.tls ? await ensureEtcdTls(cluster) : undefined;
   const redact = makeRedactor([...cluster.secrets, creds.natsPassword, creds.controlKey, creds.etcdRootPassword ?? '', creds.etcdWorkerPassword ?? '']);
   // Every way a signed control request arrives checks its nonce against this one log (no replay across them).
   const controlNonces = new NonceLog();
@@ -106,6 +109,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
     cluster,
     logger,
     credentials: creds,
+    etcdTls,
     agents: (node) => createNodeAgent(cluster, node, (level, msg) => logger[level](msg)),
     onControlPlaneStopping: () => closeClients(),
     onLine: (r, line, t, seq) => {
@@ -121,9 +125,10 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
     onControlPlaneReady: async () => {
       if (cluster.etcd.enabled) {
         // Before anything uses etcd: its users and roles (controlPlane.etcd.auth), or auth off.
-        const done = await ensureEtcdAuth(cluster, creds);
+        const ca = etcdTls ? Buffer.from(etcdTls.ca) : null;
+        const done = await ensureEtcdAuth(cluster, creds, ca);
         if (done) logger.info(done);
-        etcdState = new EtcdState(etcdAccess(cluster, creds), cluster.name, (m) => logger.warn(m));
+        etcdState = new EtcdState(etcdAccess(cluster, creds, ca), cluster.name, (m) => logger.warn(m));
         await etcdState.acquireLeader();
         for (const s of [...sup.status().controlPlane, ...sup.status().replicas]) etcdState.record(s);
       }

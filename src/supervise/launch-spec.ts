@@ -2,6 +2,7 @@
 import type { ClusterConfig, NodeConfig, ReplicaPlan, WorkerGroup } from '../config/types.js';
 import type { WorkerSpec } from '../agent/protocol.js';
 import { etcdUrl, natsUrl } from '../controlplane/urls.js';
+import type { EtcdTlsMaterial } from '../controlplane/etcd-tls.js';
 
 /** A gang member's place in its replica: node rank, how many nodes, and where the leader (rank 0) is. */
 export interface GangRank {
@@ -67,6 +68,19 @@ const OWNED = [
 export interface WorkerAuth {
   readonly nats?: { readonly user: string; readonly password: string } | undefined;
   readonly etcd?: { readonly user: string; readonly password: string } | undefined;
+  /** controlPlane.etcd.tls: the CA's PEM and a client certificate (see etcdTlsEnv). */
+  readonly etcdTls?: EtcdTlsMaterial | undefined;
+}
+
+/**
+ * What a worker needs to reach an etcd with controlPlane.etcd.tls. Dynamo's etcd client reads the PEM text
+ * itself from ETCD_AUTH_CA (not a path), and turns TLS on only when ETCD_AUTH_CLIENT_CERT and
+ * ETCD_AUTH_CLIENT_KEY are set too; tools that want a file (etcdctl --cacert) get DYNSUP_ETCD_CA_FILE, a file
+ * on the worker's node that its agent writes (WorkerSpec.files).
+ */
+export const ETCD_CA_FILE_VAR = 'DYNSUP_ETCD_CA_FILE';
+function etcdTlsEnv(tls: EtcdTlsMaterial): Record<string, string> {
+  return { ETCD_AUTH_CA: tls.ca, ETCD_AUTH_CLIENT_CERT: tls.clientCert, ETCD_AUTH_CLIENT_KEY: tls.clientKey };
 }
 
 export function workerEnv(
@@ -98,6 +112,7 @@ export function workerEnv(
     CUDA_VISIBLE_DEVICES: replica.gpuIds.join(','),
   });
   if (auth?.etcd) Object.assign(env, { ETCD_AUTH_USERNAME: auth.etcd.user, ETCD_AUTH_PASSWORD: auth.etcd.password });
+  if (auth?.etcdTls) Object.assign(env, etcdTlsEnv(auth.etcdTls));
   if (gang) {
     Object.assign(env, { DYNSUP_NODE_RANK: String(gang.rank), DYNSUP_NNODES: String(gang.nnodes), DYNSUP_LEADER_HOST: gang.leaderHost });
   }
@@ -130,5 +145,6 @@ export function buildLaunchSpec(
     // Only when set: a spec without hooks hashes as before (workers of an older supervisor stay adoptable).
     ...(group.hooks?.preStart !== undefined ? { preStart: expandPlaceholders(group.hooks.preStart, replica, host) } : {}),
     ...(group.hooks?.postStop !== undefined ? { postStop: expandPlaceholders(group.hooks.postStop, replica, host) } : {}),
+    ...(auth?.etcdTls ? { files: { [ETCD_CA_FILE_VAR]: auth.etcdTls.ca } } : {}),
   };
 }

@@ -18,6 +18,7 @@ import type { ReplicaPlan } from '../config/types.js';
 import { controlPlaneNodes, controlPlanePorts, place, portClashes } from '../config/placement.js';
 import { buildLaunchSpec, expandPlaceholders, type WorkerAuth } from './launch-spec.js';
 import { etcdWorkerAuth } from '../controlplane/etcd-auth.js';
+import type { EtcdTlsMaterial } from '../controlplane/etcd-tls.js';
 import { httpProbe } from './http-probe.js';
 import { replicaGpuTelemetry } from './gpu-telemetry.js';
 import { Replica, type HealthProbe, type ReplicaEvent, type ReplicaStatus, type Supervised } from './replica.js';
@@ -41,6 +42,8 @@ export interface SupervisorOptions {
   readonly controlPlaneTimeoutMs?: number;
   /** Cluster credentials (NATS authorization; handed to workers only with nats.workerCredentials). */
   readonly credentials?: Credentials | undefined;
+  /** controlPlane.etcd.tls: the CA etcd is checked against, and what workers get to reach it. */
+  readonly etcdTls?: EtcdTlsMaterial | undefined;
   /** Runs once the control plane is healthy, before any node is contacted (leader election, control service). */
   readonly onControlPlaneReady?: () => Promise<void>;
   /** Runs once the workers are stopped, before NATS and etcd are (last state records, leader key release). */
@@ -240,7 +243,7 @@ export class Supervisor {
   async #startControlPlane(): Promise<void> {
     const { cluster, logger } = this.#o;
     const creds = this.#o.credentials ?? { natsUser: 'dynsup', natsPassword: 'unset', controlKey: '' };
-    const specs = [cluster.nats.enabled ? natsService(cluster, creds) : null, cluster.etcd.enabled ? etcdService(cluster) : null].filter(
+    const specs = [cluster.nats.enabled ? natsService(cluster, creds) : null, cluster.etcd.enabled ? etcdService(cluster, this.#o.etcdTls?.ca) : null].filter(
       (s): s is ServiceSpec => s !== null,
     );
     if (!specs.length) return;
@@ -383,7 +386,7 @@ export class Supervisor {
   #workerAuth(): WorkerAuth {
     const creds = this.#o.credentials;
     const nats = this.#o.cluster.nats.workerCredentials && creds ? { user: creds.natsUser, password: creds.natsPassword } : undefined;
-    return { nats, etcd: etcdWorkerAuth(this.#o.cluster, creds) ?? undefined };
+    return { nats, etcd: etcdWorkerAuth(this.#o.cluster, creds) ?? undefined, etcdTls: this.#o.cluster.etcd.tls ? this.#o.etcdTls : undefined };
   }
 
   /** An mpirun leader asks for its daemon on another node of its gang (relayed by the leader's agent). */

@@ -49,6 +49,21 @@ describe('workerEnv', () => {
     });
   });
 
+  it('with controlPlane.etcd.tls: an https endpoint, the PEMs as Dynamo reads them, and the CA as a file on the node', () => {
+    const c = cluster({ etcd: { ...cluster().etcd, tls: true } });
+    const etcdTls = { ca: 'CA PEM', clientCert: 'CERT PEM', clientKey: 'KEY PEM' };
+    const spec = buildLaunchSpec(c, group({ env: { ETCD_AUTH_CA: '/mine.pem' } }), replica(), undefined, { etcdTls });
+    expect(spec.env).toMatchObject({
+      ETCD_ENDPOINTS: 'https://10.0.0.1:2379',
+      ETCD_AUTH_CA: 'CA PEM',
+      ETCD_AUTH_CLIENT_CERT: 'CERT PEM',
+      ETCD_AUTH_CLIENT_KEY: 'KEY PEM',
+    });
+    expect(spec.files).toEqual({ DYNSUP_ETCD_CA_FILE: 'CA PEM' });
+    // Without TLS the spec has no files field at all: its hash (adoption) is what it was.
+    expect(Object.hasOwn(buildLaunchSpec(cluster(), group(), replica()), 'files')).toBe(false);
+  });
+
   it('sets CUDA_VISIBLE_DEVICES to the placed GPU ids and DYNSUP_PORT to the replica port', () => {
     const env = workerEnv(cluster(), group(), replica({ gpuIds: [2, 3], port: 9301 }));
     expect(env['CUDA_VISIBLE_DEVICES']).toBe('2,3');
