@@ -208,7 +208,7 @@ export class AgentDaemon implements WorkerHost {
     this.#leaseMs = m.leaseMs > 0 ? m.leaseMs : DEFAULT_LEASE_MS;
     this.#armLease();
     this.#sampleGpus(m.gpuIntervalMs ?? 0);
-    this.#sendOn(sock, { ...hello, workers: [...this.#workers.values()].map((w) => w.report()) });
+    this.#sendOn(sock, { ...hello, workers: [...this.#workers.values()].map((w) => w.helloReport()) });
   }
 
   async #handle(m: HeadMessage): Promise<void> {

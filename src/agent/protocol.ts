@@ -18,7 +18,7 @@ import type { RestartPolicy } from '../config/types.js';
 /**
  * Bumped on any incompatible change; a head and an agent with different versions refuse each other.
  * Compatible additions keep it: a field or message the other end does not know is ignored there (the
- * hello's gpuIntervalMs, the agent's `gpus` message, a spec's hooks).
+ * hello's gpuIntervalMs and its workers' `command`, the agent's `gpus` message, a spec's hooks).
  */
 export const PROTOCOL_VERSION = 1;
 export const PREAMBLE = Buffer.from('\n\u0000dynsup-agent-protocol\u0000\n');
@@ -88,6 +88,19 @@ export interface WorkerReport {
   readonly acked: number;
   /** How the worker is contained: its own cgroup, or its process group plus an environment-token sweep. */
   readonly containment: 'cgroup' | 'pgroup';
+}
+
+/**
+ * A worker as the hello lists it: its report, plus what a new head needs to adopt it and cannot rebuild
+ * from its own configuration (only here: state reports stay small).
+ */
+export interface HelloWorker extends WorkerReport {
+  /**
+   * For a worker run as `sh -c <command>`: the command. An Open MPI daemon a gang's mpirun had the head
+   * start has a command line only mpirun knew; a new head rebuilds the member's spec from it to adopt it.
+   * Not redacted: never to be logged or shown (it may carry what users passed on their command lines).
+   */
+  readonly command?: string | undefined;
 }
 
 /** One GPU as sampled; null where nvidia-smi could not tell ("[N/A]"). */
@@ -169,7 +182,7 @@ export type AgentMessage =
       readonly pid: number;
       readonly build: string;
       readonly cgroup: boolean;
-      readonly workers: readonly WorkerReport[];
+      readonly workers: readonly HelloWorker[];
       readonly error?: string;
     }
   | { readonly t: 'state'; readonly worker: WorkerReport }

@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { matchesPattern } from '../util/glob.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from './restart-policy.js';
 import { makeBox, TOKEN_VAR, type Box } from './containment.js';
-import type { AgentEvent, ExitInfo, WorkerReport, WorkerSpec, WorkerState } from './protocol.js';
+import type { AgentEvent, ExitInfo, HelloWorker, WorkerReport, WorkerSpec, WorkerState } from './protocol.js';
 import type { GpuSnapshot } from './nvidia-smi.js';
 import { exitText } from '../util/exit-text.js';
 
@@ -160,6 +160,12 @@ export class Worker {
       acked: this.#acked,
       containment: this.#host.cgroupBase ? 'cgroup' : 'pgroup',
     };
+  }
+
+  /** As the hello lists it: the report, and the command of an `sh -c` worker (a new head adopts an mpirun daemon by it). */
+  helloReport(): HelloWorker {
+    const [sh, c, command] = this.spec.argv;
+    return this.spec.argv.length === 3 && sh === 'sh' && c === '-c' ? { ...this.report(), command: command! } : this.report();
   }
 
   /** A gang member's restarts are counted by the head (the gang restarts as a whole). */

@@ -14,6 +14,7 @@ import {
   type AgentEvent,
   type AgentMessage,
   type HeadMessage,
+  type HelloWorker,
   type NodeGpuSample,
   type WorkerReport,
   type WorkerSpec,
@@ -81,8 +82,8 @@ export class NodeAgent {
   #gone = false;
   /** Starts what an mpirun leader on this node asks for on another node of its gang; resolves to an error or undefined. */
   #launchHandler: ((req: LaunchRequest) => Promise<string | undefined>) | undefined;
-  /** What the agent ran when this head first reached it (adoption). */
-  adoptable: readonly WorkerReport[] = [];
+  /** What the agent ran when this head first reached it (adoption); with commands: never to be shown. */
+  adoptable: readonly HelloWorker[] = [];
   /** The agent's pid and whether it contains workers in cgroups (status, tests). */
   agentPid = 0;
   cgroup = false;
@@ -192,7 +193,8 @@ export class NodeAgent {
     // A quarter lease: three pings can be lost before the agent gives up on us.
     this.#ping = setInterval(() => this.#send({ t: 'ping' }), Math.max(200, Math.floor(this.#o.leaseMs / 4)));
     this.#ping.unref();
-    for (const w of h.workers) this.#wanted.get(w.name)?.sink.report(w);
+    // The report alone: a replica keeps its last report, and a command there could end up shown.
+    for (const { command: _command, ...w } of h.workers) this.#wanted.get(w.name)?.sink.report(w);
     // Stopping: nothing is (re)started, whatever the agent reports.
     if (!this.#quiesced) for (const [name, w] of this.#wanted) if (!w.stopped) this.#sendRun(name, w, false);
     for (const f of [...this.#onUp]) f();

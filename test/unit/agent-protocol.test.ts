@@ -1,7 +1,8 @@
 /**
  * The head/agent wire protocol: frames survive any chunking, a login shell's chatter before the preamble is
  * skipped, spec hashes are stable, and a protocol version mismatch is refused by both ends (the real agent
- * bundle, and the head's client against an agent speaking another version).
+ * bundle, and the head's client against an agent speaking another version); the hello lists what a new
+ * head needs to adopt an mpirun's daemon (its `sh -c` command), and state reports never carry it.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -18,6 +19,7 @@ import {
   socketPath,
   specHash,
   type AgentMessage,
+  type WorkerReport,
   type WorkerSpec,
 } from '../../src/agent/protocol.js';
 import { AGENT_BUNDLE } from '../../src/transport/agent-bundle.js';
@@ -136,4 +138,34 @@ describe('protocol version', () => {
       server.close();
     }
   });
+});
+
+describe('hello', () => {
+  it("lists an sh -c worker's command for a new head to adopt it by; state reports and a worker of another argv do not carry one", async () => {
+    const dir = tmp();
+    const quiet: WorkerSpec = { ...spec, restart: { ...spec.restart, policy: 'never' } };
+    const reports: WorkerReport[] = [];
+    const sink = { report: (r: WorkerReport) => void reports.push(r), event: () => undefined, data: async () => undefined };
+    const first = new NodeAgent({ pipe: new LocalPipe('n1', dir), cluster: 'c', leaseMs: 20_000 });
+    await first.connect();
+    const second = new NodeAgent({ pipe: new LocalPipe('n1', dir), cluster: 'c', leaseMs: 20_000 });
+    try {
+      first.run('daemon', { ...quiet, argv: ['sh', '-c', 'exec sleep 60 # orted --hnp-uri x'] }, sink);
+      first.run('plain', { ...quiet, argv: ['sleep', '60'] }, sink);
+      const running = (): number => new Set(reports.filter((r) => r.state === 'running').map((r) => r.name)).size;
+      while (running() < 2) await new Promise((r) => setTimeout(r, 20));
+      expect(reports.filter((r) => 'command' in r)).toEqual([]);
+      // A new head (the old one gone, the agent kept its workers): the hello says what runs.
+      await first.close();
+      await second.connect();
+      const listed = Object.fromEntries(second.adoptable.map((w) => [w.name, w]));
+      expect(listed.daemon).toMatchObject({ state: 'running', command: 'exec sleep 60 # orted --hnp-uri x' });
+      expect(listed.plain!.state).toBe('running');
+      expect('command' in listed.plain!).toBe(false);
+    } finally {
+      await second.shutdown(1000, 5000).catch(() => false);
+      await second.close();
+      await first.close();
+    }
+  }, 30_000);
 });
