@@ -10,7 +10,7 @@
  *   any → stopping → stopped                                        └→ stopped (policy says no)
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ExitInfo, WorkerSpec } from '../agent/protocol.js';
+import { specHash, type ExitInfo, type HelloWorker, type WorkerSpec } from '../agent/protocol.js';
 import type { RestartPolicy } from '../config/types.js';
 import { Waiters } from './waiters.js';
 import { decideRestart, EMPTY_HISTORY, type RestartHistory } from '../agent/restart-policy.js';
@@ -33,6 +33,11 @@ export interface GangOptions {
   readonly members: readonly GangMember[];
   readonly onChange?: ((status: ReplicaStatus) => void) | undefined;
   readonly onEvent?: ((name: string, event: ReplicaEvent) => void) | undefined;
+  /**
+   * The spec of the on-demand member of `rank` running `command`, built as `launch` is given it (the
+   * supervisor's onDemandSpec): a new supervisor adopts an mpirun's running daemons with it.
+   */
+  readonly adoptSpec?: ((rank: number, command: string) => WorkerSpec) | undefined;
   /** Injectable for tests. */
   readonly now?: () => number;
   readonly random?: () => number;
@@ -56,6 +61,8 @@ export class Gang implements Supervised {
   #since: number;
   #message: string | null = null;
   #active = false;
+  /** Started once: only the first start adopts what an earlier supervisor left running. */
+  #begun = false;
   #quiesced = false;
   /** Inside a stop-all-and-restart sequence: member changes are expected, not news. */
   #cycling = false;
@@ -145,6 +152,8 @@ export class Gang implements Supervised {
     const told = this.#o.members.map((m) => m.options.agent.adoptable.find((w) => w.name === m.options.name)?.restarts ?? 0);
     this.#restarts = Math.max(this.#restarts, ...told);
     this.#launch();
+    if (!this.#begun) this.#adoptOnDemand();
+    this.#begun = true;
   }
 
   async stop(reason = 'stopped'): Promise<void> {
@@ -221,10 +230,43 @@ export class Gang implements Supervised {
     this.#startedAt = this.#now();
     this.#set('starting');
     for (const m of this.#members) {
-      if (m.onDemand) continue;
+      // Each run's mpirun asks anew, with its own command line: the last run's is never reused.
+      if (m.onDemand) {
+        m.spec = null;
+        continue;
+      }
       m.live = true;
       m.replica.start(this.#restarts);
     }
+  }
+
+  /**
+   * A new supervisor adopting a running mpi gang: the daemons the adopted mpirun had started on the other
+   * nodes run on, their command lines known only to their agents (the hello's `command`). Each becomes
+   * live again with the spec `launch` gave it, rebuilt from that command: same hash, so its Replica adopts
+   * the running process (same pid) instead of starting another. Only with the leader adopted: daemons of
+   * an mpirun that is gone end by themselves, and a new mpirun asks for its own. A daemon that no longer
+   * runs, or whose spec would differ, is left alone: the leader's mpirun sees it end and the gang restarts.
+   */
+  #adoptOnDemand(): void {
+    const rebuild = this.#o.adoptSpec;
+    const leader = this.#running(this.#leader);
+    if (!rebuild || !leader || leader.specHash !== specHash(this.#leader.spec!)) return;
+    for (const m of this.#members) {
+      const w = m.onDemand ? this.#running(m) : undefined;
+      if (w?.command === undefined) continue;
+      const spec = rebuild(m.rank, w.command);
+      if (specHash(spec) !== w.specHash) continue;
+      m.spec = spec;
+      m.live = true;
+      m.replica.start(this.#restarts);
+    }
+  }
+
+  /** The running worker of member `m` its agent listed when this supervisor reached it, if any. */
+  #running(m: Member): HelloWorker | undefined {
+    const o = this.#o.members.find((x) => x.rank === m.rank)!.options;
+    return o.agent.adoptable.find((w) => w.name === o.name && w.state === 'running' && w.pid !== null);
   }
 
   async #stopMembers(reason: string): Promise<void> {

@@ -334,6 +334,7 @@ export class Supervisor {
         })),
         onChange: this.#o.onChange,
         onEvent: (name, ev) => this.#logEvent(name, ev),
+        adoptSpec: (rank, command) => this.#onDemandSpec(plan.name, rank, command),
       });
       for (const m of gang.members) this.#watchFatalLines(plan.name, m);
       replica = gang;
@@ -397,13 +398,19 @@ export class Supervisor {
     if (plan.node !== req.from) return `${req.replica}'s leader runs on ${plan.node}, not ${req.from}`;
     const rank = rankOfHost(this.cluster, plan, req.host);
     if (rank < 1) return `host '${req.host}' is not one of ${req.replica}'s other nodes (${(plan.gangNodes ?? []).slice(1).join(', ')})`;
-    const group = this.cluster.groups.find((g) => g.name === plan.group)!;
     try {
-      await gang.launch(rank, onDemandSpec(this.cluster, group, plan, rank, req.command, this.#workerAuth()));
+      await gang.launch(rank, this.#onDemandSpec(req.replica, rank, req.command));
       return undefined;
     } catch (err) {
       return errorMessage(err);
     }
+  }
+
+  /** The spec of gang `replica`'s member of `rank` running mpirun's `command`: one function for launching and for adopting it (same spec, same hash). */
+  #onDemandSpec(replica: string, rank: number, command: string): WorkerSpec {
+    const plan = this.#plans.get(replica)!;
+    const group = this.cluster.groups.find((g) => g.name === plan.group)!;
+    return onDemandSpec(this.cluster, group, plan, rank, command, this.#workerAuth());
   }
 
   readonly #plans = new Map<string, ReplicaPlan>();

@@ -6,7 +6,7 @@
  * 'stopped' report and event, then the promise resolves), so a case table reads as "the agent said X, the
  * head did Y".
  */
-import { specHash, type AgentEvent, type ExitInfo, type WorkerReport, type WorkerSpec, type WorkerState } from '../../src/agent/protocol.js';
+import { specHash, type AgentEvent, type ExitInfo, type HelloWorker, type WorkerReport, type WorkerSpec, type WorkerState } from '../../src/agent/protocol.js';
 import type { RestartPolicy } from '../../src/config/types.js';
 import type { ReplicaLog } from '../../src/logs/replica-log.js';
 import type { NodeAgent, ReplicaSink } from '../../src/transport/node-agent.js';
@@ -19,7 +19,7 @@ interface Worker {
 
 export class FakeAgent {
   /** Workers an earlier supervisor left running (what the hello listed). */
-  adoptable: WorkerReport[] = [];
+  adoptable: HelloWorker[] = [];
   /** Every call, in order: `run w-0 restarts=0`, `stop w-0 (reason)`, `restart w-0 counted (reason)`... */
   readonly calls: string[] = [];
   /** What stop() resolves: false plays a node that stayed unreachable. */
@@ -43,6 +43,11 @@ export class FakeAgent {
 
   last(name: string): WorkerReport | undefined {
     return this.#workers.get(name)?.last;
+  }
+
+  /** The spec the head last ran `name` with. */
+  specOf(name: string): WorkerSpec | undefined {
+    return this.#workers.get(name)?.spec;
   }
 
   async stop(name: string, reason: string, _unreachableMs: number): Promise<boolean> {

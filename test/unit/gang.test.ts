@@ -6,6 +6,7 @@
  * wait for states, never for time.
  */
 import { describe, expect, it } from 'vitest';
+import { specHash, type HelloWorker, type WorkerSpec } from '../../src/agent/protocol.js';
 import type { RestartPolicy } from '../../src/config/types.js';
 import { Gang } from '../../src/supervise/gang.js';
 import type { ReplicaEvent, ReplicaState } from '../../src/supervise/replica.js';
@@ -200,5 +201,129 @@ describe('Gang', () => {
     await h.gang.restart();
     expect(h.gang.state).toBe('starting');
     expect(h.leader.calls.at(-1)).toBe('run g-0/0 restarts=1');
+  });
+});
+
+/**
+ * An mpi gang: the leader runs mpirun, the follower is on demand (started when mpirun asks, with its
+ * command line). A new supervisor adopts it from what the agents' hellos list.
+ */
+describe('Gang: adopting a running mpi gang (a new supervisor)', () => {
+  const MPIRUN = workerSpec(['mpirun', '--host', 'n1:2,n2:2', 'engine']);
+  const ORTED = 'orted --hnp-uri 1234.0;tcp://10.0.0.1:4567';
+  /** onDemandSpec's stand-in: the member's own environment around the command mpirun asked for. */
+  const adoptSpec = (rank: number, command: string): WorkerSpec => ({ ...workerSpec(['sh', '-c', command]), env: { DYNSUP_NODE_RANK: String(rank) } });
+
+  function listed(name: string, spec: WorkerSpec | string, pid: number | null, extra: Partial<HelloWorker> = {}): HelloWorker {
+    return {
+      name,
+      specHash: typeof spec === 'string' ? spec : specHash(spec),
+      state: pid === null ? 'stopped' : 'running',
+      pid,
+      restarts: 2,
+      lastExit: null,
+      startedAt: 1,
+      since: 1,
+      message: null,
+      spooled: 0,
+      acked: 0,
+      containment: 'pgroup',
+      ...extra,
+    };
+  }
+
+  function mpiHarness(leaderListed: HelloWorker[], followerListed: HelloWorker[]) {
+    const leader = new FakeAgent('n1');
+    const follower = new FakeAgent('n2');
+    leader.adoptable = leaderListed;
+    follower.adoptable = followerListed;
+    const events: ReplicaEvent[] = [];
+    const options = (rank: number, agent: FakeAgent) => ({
+      name: `g-0/${rank}`,
+      group: 'g',
+      node: agent.node,
+      gpus: [0, 1],
+      agent: agent.asNodeAgent,
+      log: memoryLog(),
+      unreachableMs: () => 5000,
+    });
+    const gang = new Gang({
+      name: 'g-0',
+      group: 'g',
+      gpus: [0, 1],
+      restart: POLICY,
+      members: [
+        { rank: 0, spec: MPIRUN, options: options(0, leader) },
+        { rank: 1, spec: null, options: options(1, follower) },
+      ],
+      onEvent: (name, ev) => events.push({ ...ev, ...(name === 'g-0' ? {} : { member: name }) } as ReplicaEvent),
+      adoptSpec,
+      random: () => 0.5,
+    });
+    return { gang, leader, follower, events };
+  }
+
+  it('the daemon mpirun started on the other node is adopted with the spec rebuilt from its command: same pid, count kept, its end restarts the gang once', async () => {
+    const h = mpiHarness([listed('g-0/0', MPIRUN, 100)], [listed('g-0/1', adoptSpec(1, ORTED), 200, { command: ORTED })]);
+    h.gang.start();
+    // Run (the agent adopts: same hash), not launched anew; with the gang's count.
+    expect(h.leader.calls).toEqual(['run g-0/0 restarts=2']);
+    expect(h.follower.calls).toEqual(['run g-0/1 restarts=2']);
+    expect(specHash(h.follower.specOf('g-0/1')!)).toBe(specHash(adoptSpec(1, ORTED)));
+    expect(h.events.filter((e) => e.kind === 'adopted')).toHaveLength(2);
+    // The agents say they run (adopted: a report, no 'started').
+    h.leader.report('g-0/0', { state: 'running', pid: 100 });
+    expect(h.gang.state).toBe('starting');
+    h.follower.report('g-0/1', { state: 'running', pid: 200 });
+    expect(h.gang.status()).toMatchObject({
+      state: 'running',
+      restarts: 2,
+      ranks: [
+        { name: 'g-0/0', state: 'running', pid: 100 },
+        { name: 'g-0/1', state: 'running', pid: 200 },
+      ],
+    });
+
+    // The adopted daemon ends: the new head sees it, stops mpirun, restarts the gang once.
+    memberEnds(h.follower, 'g-0/1', { code: null, signal: 'SIGKILL' });
+    await h.gang.waitFor((g) => g.state === 'starting');
+    expect(h.gang.status()).toMatchObject({ restarts: 3, lastExit: { reason: expect.stringMatching(/g-0\/1 on n2 was killed by SIGKILL/) } });
+    expect(h.leader.calls).toEqual(['run g-0/0 restarts=2', 'stop g-0/0 (gang member g-0/1 ended)', 'run g-0/0 restarts=3']);
+    // The daemon is not run again with the old command: the new mpirun asks, with its own.
+    expect(h.follower.calls).toEqual(['run g-0/1 restarts=2']);
+    h.leader.started('g-0/0', 101);
+    const asked = h.gang.launch(1, adoptSpec(1, 'orted --hnp-uri 999.0;tcp://10.0.0.1:4999'));
+    expect(h.follower.calls).toEqual(['run g-0/1 restarts=2', 'run g-0/1 restarts=3']);
+    expect(h.follower.specOf('g-0/1')!.argv).toEqual(['sh', '-c', 'orted --hnp-uri 999.0;tcp://10.0.0.1:4999']);
+    h.follower.started('g-0/1', 201);
+    await asked;
+    expect(h.gang.status()).toMatchObject({ state: 'running', restarts: 3 });
+  });
+
+  it.each([
+    ['the daemon is not running any more', [listed('g-0/0', MPIRUN, 100)], [listed('g-0/1', adoptSpec(1, ORTED), null, { command: ORTED })]],
+    ['its agent does not say its command (an older agent)', [listed('g-0/0', MPIRUN, 100)], [listed('g-0/1', adoptSpec(1, ORTED), 200)]],
+    ['the rebuilt spec would differ (another environment)', [listed('g-0/0', MPIRUN, 100)], [listed('g-0/1', 'other', 200, { command: ORTED })]],
+    ['the leader is not adopted (its mpirun is gone)', [], [listed('g-0/1', adoptSpec(1, ORTED), 200, { command: ORTED })]],
+  ])('%s: the daemon is left to the leader (never run again by the head)', (_what, leaderListed, followerListed) => {
+    const h = mpiHarness(leaderListed, followerListed);
+    h.gang.start();
+    expect(h.follower.calls).toEqual([]);
+    h.leader.report('g-0/0', { state: 'running', pid: 100 });
+    expect(h.gang.status().ranks).toMatchObject([
+      { name: 'g-0/0', state: 'running' },
+      { name: 'g-0/1', state: 'pending' },
+    ]);
+  });
+
+  it('only the first start adopts: a start after a stop leaves the daemon to the new mpirun', async () => {
+    const h = mpiHarness([listed('g-0/0', MPIRUN, 100)], [listed('g-0/1', adoptSpec(1, ORTED), 200, { command: ORTED })]);
+    h.gang.start();
+    h.leader.report('g-0/0', { state: 'running', pid: 100 });
+    h.follower.report('g-0/1', { state: 'running', pid: 200 });
+    await h.gang.stop('stopped by operator');
+    await h.gang.restart();
+    expect(h.leader.calls.at(-1)).toBe('run g-0/0 restarts=2');
+    expect(h.follower.calls).toEqual(['run g-0/1 restarts=2', 'stop g-0/1 (stopped by operator)']);
   });
 });
