@@ -3,7 +3,8 @@
  * (launch: ranks, the SGLang/vLLM way) or as one Open MPI job (launch: mpi: mpirun on the leader, its
  * daemon on the other node started by that node's dynsup agent, not by ssh between the nodes). Real
  * Open MPI and mpi4py (Debian's openmpi-bin, python3-mpi4py). Any rank killed takes the whole gang down
- * and it comes back on both nodes, counted once; `down` leaves nothing on any node.
+ * and it comes back on both nodes, counted once; a new supervisor after a kill -9 of the old one adopts
+ * every member as it runs (the mpi daemon included); `down` leaves nothing on any node.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -173,10 +174,58 @@ describe('gangs on two ssh nodes', () => {
     const after = await ranksOn(c.name, 'mpi_allreduce.py');
     expect(after.map((r) => r.node).sort()).toEqual(['lab1', 'lab1', 'lab2', 'lab2']);
     for (const r of before) expect(pidAlive(r.pid)).toBe(false);
+    const members = (
+      await waitFor(
+        'both members running',
+        async () => {
+          const s = await gang(c.file);
+          return s.state === 'running' && s.ranks!.every((r) => r.state === 'running' && r.pid !== null) ? s : null;
+        },
+        30_000,
+        200,
+      )
+    ).ranks!.map((r) => `${r.name}@${r.node}:${r.pid}`);
+
+    // kill -9 of the supervisor, then a new one: it adopts mpirun and the daemon mpirun had the old head
+    // start on lab2 (its command line known to lab2's agent only), as they run: same pids, count kept.
+    sup.kill('SIGKILL');
+    await waitFor('supervisor gone', () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
+    const again = await dynsup(['up', '-d', c.file, '--timeout', '60']);
+    expect(again.code, again.stderr).toBe(0);
+    const adopted = await waitFor(
+      'gang adopted, both members running',
+      async () => {
+        const s = await gang(c.file);
+        return s.state === 'running' && s.ranks!.every((r) => r.state === 'running') ? s : null;
+      },
+      60_000,
+      200,
+    );
+    expect(adopted.restarts).toBe(1);
+    expect(adopted.ranks!.map((r) => `${r.name}@${r.node}:${r.pid}`)).toEqual(members);
+    expect((await ranksOn(c.name, 'mpi_allreduce.py')).map((r) => r.pid).sort()).toEqual(after.map((r) => r.pid).sort());
+    expect(ready(logOf(c.dir, 'engine-0/0'))).toBe(8);
+
+    // The new head watches the adopted daemon: a rank on lab2 killed -9 takes the gang down and back, once.
+    process.kill(after.find((r) => r.node === 'lab2')!.pid, 'SIGKILL');
+    const restarted = await waitFor(
+      'gang restarted by the new supervisor',
+      async () => {
+        const s = await gang(c.file);
+        return s.restarts === 2 && s.state === 'running' && s.ranks!.every((r) => r.state === 'running') ? s : null;
+      },
+      90_000,
+      200,
+    );
+    await waitFor('4 new ranks again', () => ready(logOf(c.dir, 'engine-0/0')) === 12, 120_000, 200);
+    const last = await ranksOn(c.name, 'mpi_allreduce.py');
+    expect(last.map((r) => r.node).sort()).toEqual(['lab1', 'lab1', 'lab2', 'lab2']);
+    for (const r of after) expect(pidAlive(r.pid)).toBe(false);
+    for (const m of adopted.ranks!) expect(restarted.ranks!.find((r) => r.name === m.name)!.pid).not.toBe(m.pid);
+    expect((await gang(c.file)).restarts).toBe(2);
 
     const down = await dynsup(['down', c.file]);
     expect(down.code, down.stderr).toBe(0);
-    await waitFor('supervisor exits', () => sup.exitCode !== null || sup.signalCode !== null, 30_000, 100);
     expect(await pidsWithEnv(`DYNSUP_CLUSTER=${c.name}`)).toEqual([]);
-  }, 300_000);
+  }, 420_000);
 });
