@@ -19,6 +19,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import type { ClusterConfig } from '../config/types.js';
+import { isSecretName } from '../config/secrets.js';
 import type { ControlAuthorization } from '../api/http-auth.js';
 import type { ControlRequest } from '../api/socket.js';
 import { tailLogs } from '../api/tail.js';
@@ -350,7 +351,8 @@ export class WebUi {
       history: timeline.ofReplica(name),
       // Shown redacted: values of secret-looking variables (and the control credentials) read ***.
       argv: spec.argv.map((a) => redact(a)),
-      env: Object.fromEntries(Object.entries(spec.env).map(([k, v]) => [k, redact(v)])),
+      // By name as well: values dynsup itself makes (etcd TLS client key, multi-line) are in no redactor.
+      env: Object.fromEntries(Object.entries(spec.env).map(([k, v]) => [k, isSecretName(k) ? '***' : redact(v)])),
       cwd: spec.cwd ?? null,
       log: sup.replicaLog(name)?.file ?? null,
       now: Date.now(),

@@ -407,6 +407,36 @@ function w() { while (i < ${LINES}) { if (!process.stdout.write('line ' + ++i + 
     }
   });
 
+  it("a replica's environment as the page gets it: secret-looking names masked, also for values dynsup made (the etcd TLS client key)", async () => {
+    const c = await tempCluster(
+      `
+nodes: { local: { transport: local } }
+workers:
+  w:
+    command: "exec sleep 600"
+    env: { SHOWN: "plain value" }
+`,
+      { controlPlane: true, etcd: 'tls: true' },
+    );
+    const up = await dynsup(['up', '-d', c.file, '--timeout', '90']);
+    expect(up.code, up.stderr).toBe(0);
+    try {
+      const res = await fetch(`http://127.0.0.1:${c.metricsPort}/api/replica/w-0`);
+      expect(res.status).toBe(200);
+      const text = await res.text();
+      const env = (JSON.parse(text) as { env: Record<string, string> }).env;
+      expect(env.SHOWN).toBe('plain value');
+      expect(env.ETCD_ENDPOINTS).toMatch(/^https:\/\//);
+      expect(env.ETCD_AUTH_CLIENT_KEY).toBe('***');
+      const key = readFileSync(join(c.dir, 'state/tls/etcd/client.key'), 'utf8');
+      const body = key.split('\n').find((l) => l.length > 40)!;
+      expect(body).toBeDefined();
+      expect(text).not.toContain(body);
+    } finally {
+      await dynsup(['down', c.file]);
+    }
+  });
+
   it('actions over HTTP need the control secret; the API answers without it only what the page shows', async () => {
     const c = await tempCluster(`
 nodes: { local: { transport: local } }
