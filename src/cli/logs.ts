@@ -7,6 +7,7 @@ import { loadCluster } from '../config/load.js';
 import { readSavedAllocation } from '../slurm/saved.js';
 import { runtimePaths } from '../api/runtime-files.js';
 import { LineSplitter } from '../logs/line-splitter.js';
+import { BatchedOutput } from '../logs/batched-output.js';
 import { TerminalMux } from '../logs/terminal.js';
 import { DynsupError } from '../util/errors.js';
 import { escapeLine } from '../util/terminal-escape.js';
@@ -33,15 +34,16 @@ export async function logsCommand([file, target]: string[], flags: Flags): Promi
   }
   // Checked by flags.ts before anything runs.
   const lines = flags.lines === undefined ? undefined : Number(flags.lines);
-  const mux = names.length > 1 ? new TerminalMux(process.stdout, names) : undefined;
+  const out = new BatchedOutput(process.stdout);
+  const mux = names.length > 1 ? new TerminalMux(out, names) : undefined;
   // What workers print is shown with its escape sequences and control characters escaped, pipe or TTY (a
   // pipe often ends at a terminal too); their colours are kept on a colour TTY. The files keep every byte.
   const keepSgr = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
   const emit = (name: string, line: Buffer) => {
     // dynsup's own event log is JSON: shown as readable lines (with the date: it spans runs).
-    if (name === 'dynsup') process.stdout.write(`${formatEvent(line.toString('utf8'), { date: true, colour: keepSgr })}\n`);
+    if (name === 'dynsup') out.write(`${formatEvent(line.toString('utf8'), { date: true, colour: keepSgr })}\n`);
     else if (mux) mux.line(name, line);
-    else process.stdout.write(Buffer.concat([escapeLine(line, { keepSgr }), Buffer.from('\n')]));
+    else out.write(Buffer.concat([escapeLine(line, { keepSgr }), Buffer.from('\n')]));
   };
   if (typeof flags.head === 'string') return remoteLogs(file!, target, names, lines, flags, emit);
   const files = names.map((n) => ({ name: n, path: join(logDir, `${n}.log`), offset: 0 }));

@@ -18,6 +18,7 @@ import { acquireLock, releaseLock, runtimePaths, writeState, type LockInfo } fro
 import { serveControl, type ControlRequest } from '../api/socket.js';
 import { tailLogs } from '../api/tail.js';
 import { createEventLogger, makeRedactor, type EventLogger } from '../logs/events.js';
+import { BatchedOutput } from '../logs/batched-output.js';
 import { TerminalMux } from '../logs/terminal.js';
 import type { AddressCandidate } from '../slurm/allocation.js';
 import { forgetAllocation, saveAllocation } from '../slurm/saved.js';
@@ -82,7 +83,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   const lock: LockInfo = { pid: process.pid, host: hostname(), startedAt: Date.now(), file: cluster.file };
   const mux = opts.terminal
     ? new TerminalMux(
-        process.stdout,
+        new BatchedOutput(process.stdout),
         cluster.replicas.map((r) => r.name),
         redact,
       )

@@ -5,21 +5,22 @@
  * are shown escaped (its SGR colours are kept on a colour TTY, reset at the end of the line); the log files
  * keep the exact bytes.
  */
-import type { Writable } from 'node:stream';
+import type { LineOutput } from './batched-output.js';
 import { escapeTerminal, hasSgr, SGR_RESET } from '../util/terminal-escape.js';
 
 const COLOURS = [36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96];
 const MAX_BACKLOG = 4 * 1024 * 1024;
 
 export class TerminalMux {
-  readonly #out: Writable & { isTTY?: boolean; writableLength: number };
+  readonly #out: LineOutput;
   readonly #colour: boolean;
   readonly #width: number;
   readonly #colourOf = new Map<string, number>();
   readonly #redact: (s: string) => string;
   #dropped = 0;
 
-  constructor(out: Writable & { isTTY?: boolean; writableLength: number }, names: readonly string[], redact: (s: string) => string = (s) => s) {
+  /** `out`: a BatchedOutput where lines come fast (a foreground supervisor, `dynsup logs`). */
+  constructor(out: LineOutput, names: readonly string[], redact: (s: string) => string = (s) => s) {
     this.#out = out;
     this.#colour = Boolean(out.isTTY) && !process.env.NO_COLOR;
     this.#width = Math.min(24, Math.max(0, ...names.map((n) => n.length)));
