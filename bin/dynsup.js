@@ -23,6 +23,7 @@ if (major < 20 || (major === 20 && minor < 19)) {
     if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
     if (argv[0] !== 'up') process.exit(0);
   });
+  // DYNSUP_CLI_BUNDLE: another build's bundle (the build's own warm-up runs, test/integration/cli-code-cache.test.ts).
   const { main, script } = loadBundle(process.env.DYNSUP_CLI_BUNDLE || fileURLToPath(new URL('../dist/cli-bundle/main.cjs', import.meta.url)));
   main(argv).then(
     (code) => {
