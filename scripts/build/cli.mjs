@@ -44,6 +44,8 @@ await build({
   legalComments: 'none',
   // Less to read and hash at every start.
   minify: true,
+  // main.cjs.map, for `node --enable-source-maps` when a stack trace must name the source.
+  sourcemap: 'linked',
   logLevel: 'warning',
   plugins: [
     {
