@@ -1,8 +1,8 @@
 /**
- * Control over NATS: the supervisor answers requests on dynsup.<cluster>.control and publishes worker
- * lines on dynsup.<cluster>.log.<replica> while a `logs -f` follows them, so `status`, `restart`, `scale`,
- * `logs -f`... work from any machine that reaches the head and holds the cluster's credentials. Requests,
- * answers and line batches carry proof of the credentials' control key (control-auth.ts).
+ * Control over NATS: the supervisor answers requests on dynsup.<cluster>.control and publishes every
+ * worker line on dynsup.<cluster>.log.<replica>, so `status`, `restart`, `scale`, `logs -f`... work from
+ * any machine that reaches the head and holds the cluster's credentials. Requests, answers and line
+ * batches carry proof of the credentials' control key (control-auth.ts).
  */
 import { connect, createInbox, headers, type NatsConnection } from 'nats';
 import { DynsupError, errorMessage } from '../util/errors.js';
@@ -13,12 +13,6 @@ import type { ControlRequest, ControlResponse } from './socket.js';
 /** Lines waiting to be published, per replica; beyond this a slow link drops lines (counted), never blocks a worker. */
 const MAX_PENDING_BYTES = 256 * 1024;
 const FLUSH_MS = 25;
-/**
- * How long a follow lasts unless renewed (`logs -f` renews every third of it). Lines are published only
- * for replicas someone follows: copying, signing and sending every line of every worker through NATS for
- * nobody cost the supervisor (and nats-server) as much as writing the logs.
- */
-export const FOLLOW_TTL_MS = 30_000;
 
 export class NatsControl {
   readonly #nc: NatsConnection;
@@ -26,8 +20,6 @@ export class NatsControl {
   readonly #key: string;
   readonly #pending = new Map<string, { parts: Buffer[]; bytes: number; firstSeq: number }>();
   #timer: NodeJS.Timeout | undefined;
-  /** Replica (or '*', every replica, also those added later) → until when someone follows its lines. */
-  readonly #followed = new Map<string, number>();
   dropped = 0;
 
   private constructor(nc: NatsConnection, cluster: string, key: string) {
@@ -97,7 +89,6 @@ export class NatsControl {
    * which lines it already got from the history (`tail`).
    */
   publishLine(replica: string, line: Buffer, seq: number): void {
-    if (!this.#isFollowed(replica)) return;
     let p = this.#pending.get(replica);
     if (!p) this.#pending.set(replica, (p = { parts: [], bytes: 0, firstSeq: 0 }));
     if (p.bytes + line.length + 1 > MAX_PENDING_BYTES) {
@@ -109,19 +100,6 @@ export class NatsControl {
     p.parts.push(Buffer.from(line), NL);
     p.bytes += line.length + 1;
     this.#timer ??= setTimeout(() => this.#flush(), FLUSH_MS);
-  }
-
-  /**
-   * Someone follows these replicas' lines (null: every replica's) for the next FOLLOW_TTL_MS. Called before
-   * the follower's history is read (`tail` with `follow`), so no line falls between history and live.
-   */
-  follow(replicas: readonly string[] | null, now = Date.now()): void {
-    for (const r of replicas ?? ['*']) this.#followed.set(r, Math.max(this.#followed.get(r) ?? 0, now + FOLLOW_TTL_MS));
-  }
-
-  #isFollowed(replica: string): boolean {
-    const now = Date.now();
-    return (this.#followed.get('*') ?? 0) > now || (this.#followed.get(replica) ?? 0) > now;
   }
 
   #flush(): void {

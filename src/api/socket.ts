@@ -16,10 +16,7 @@ export type ControlRequest =
   | { op: 'stop'; target: string }
   | { op: 'start'; target: string }
   | { op: 'scale'; group: string; count: number }
-  /** `follow`: the caller follows the target's lines over NATS from now on (`logs -f --head`). */
-  | { op: 'tail'; target?: string | undefined; lines: number; follow?: boolean | undefined }
-  /** Renews a follow (every third of FOLLOW_TTL_MS). */
-  | { op: 'follow'; target?: string | undefined }
+  | { op: 'tail'; target?: string | undefined; lines: number }
   | { op: 'down' };
 
 export type ControlResponse = { ok: true; result?: unknown } | { ok: false; error: string; code?: string };

@@ -191,7 +191,7 @@ async function remoteLogs(
     emit(replica, line);
   };
   // Loaded only when following from another machine: nats is not a local `logs`'s business.
-  const { followOverNats, FOLLOW_TTL_MS } = flags.follow ? await import('../api/nats-control.js') : { followOverNats: undefined, FOLLOW_TTL_MS: 0 };
+  const { followOverNats } = flags.follow ? await import('../api/nats-control.js') : { followOverNats: undefined };
   const following = followOverNats
     ? followOverNats(
         natsUrl(t.cluster),
@@ -210,17 +210,7 @@ async function remoteLogs(
         stop.signal,
       )
     : undefined;
-  // With -f the supervisor publishes the target's lines from now on, as long as the follow is renewed.
-  const history = (await control(t, flags, {
-    op: 'tail',
-    target: what,
-    lines: lines ?? (flags.follow ? 10 : 1000),
-    follow: Boolean(flags.follow),
-  })) as TailResult[];
-  const renew = followOverNats
-    ? setInterval(() => void control(t, flags, { op: 'follow', target: what }).catch(() => undefined), FOLLOW_TTL_MS / 3)
-    : undefined;
-  stop.signal.addEventListener('abort', () => clearInterval(renew), { once: true });
+  const history = (await control(t, flags, { op: 'tail', target: what, lines: lines ?? (flags.follow ? 10 : 1000) })) as TailResult[];
   // Several replicas: interleaved by when each line arrived (as a local `logs -n`), each replica's in order.
   const byTime = history
     .flatMap((h, order) => {

@@ -104,8 +104,6 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   // the file turns either service off, the local socket and state file still work.
   let etcdState: EtcdState | undefined;
   let natsControl: NatsControl | undefined;
-  /** A remote `logs -f` follows these replicas' lines: published over NATS for it (nats-control.ts). */
-  const follow = (names: readonly string[] | null) => natsControl?.follow(names);
   let metricsServer: Server | undefined;
   let ui: WebUi | undefined;
   const sup = new Supervisor({
@@ -136,7 +134,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
         for (const s of [...sup.status().controlPlane, ...sup.status().replicas]) etcdState.record(s);
       }
       if (cluster.nats.enabled) {
-        natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown, follow), {
+        natsControl = await NatsControl.start(natsUrl(cluster), cluster.name, creds, (req) => handle(sup, req, shutdown), {
           seen: controlNonces,
           onRefused: (why) => logger.warn(`refused a control request over NATS: ${why}`),
         });
@@ -147,7 +145,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
           sup,
           timeline,
           redact,
-          control: (req) => handle(sup, req, shutdown, follow),
+          control: (req) => handle(sup, req, shutdown),
           authorize: (req) => authorizeControl(req.headers[CONTROL_SECRET_HEADER], creds),
         });
       }
@@ -190,7 +188,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   const closeClients = (): Promise<void> =>
     (clientsClosed ??= Promise.all([bounded(natsControl?.close(), 2000), bounded(etcdState?.close({ release: true }), 2000)]).then(() => undefined));
 
-  const server = await serveControl(paths.socket, async (req: ControlRequest) => handle(sup, req, shutdown, follow));
+  const server = await serveControl(paths.socket, async (req: ControlRequest) => handle(sup, req, shutdown));
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;
@@ -235,12 +233,7 @@ export async function runSupervisor(cluster: ClusterConfig, opts: { terminal: bo
   return code;
 }
 
-async function handle(
-  sup: Supervisor,
-  req: ControlRequest,
-  shutdown: (why: string) => Promise<void>,
-  follow: (names: readonly string[] | null) => void,
-): Promise<unknown> {
+async function handle(sup: Supervisor, req: ControlRequest, shutdown: (why: string) => Promise<void>): Promise<unknown> {
   switch (req.op) {
     case 'status':
       return sup.status();
@@ -267,12 +260,7 @@ async function handle(
       return { lines: r.lines, applied: r.applied, groups: r.plan.groups };
     }
     case 'tail':
-      // Followed before the history is read: every line after it is published.
-      if (req.follow) follow(req.target ? sup.select(req.target).flatMap((r) => r.logNames) : null);
       return tailLogs(sup, req.target, req.lines);
-    case 'follow':
-      follow(req.target ? sup.select(req.target).flatMap((r) => r.logNames) : null);
-      return 'following';
     case 'down':
       // Answer first: the control connection (NATS) goes away with the cluster.
       setImmediate(() => void shutdown('dynsup down'));

@@ -189,9 +189,7 @@ workers:
     })();
     await anon.flush();
 
-    // Positive control: the cluster's credentials do see the log lines (published while a logs -f
-    // follows them: one does here), and the status reply is real.
-    const follower = spawn(process.execPath, [BIN, 'logs', c.file, 'w-0', '-f', '-n', '0', '--head', '127.0.0.1'], { stdio: 'ignore' });
+    // Positive control: the cluster's credentials do see the log lines (and the status reply is real).
     const creds = JSON.parse(readFileSync(join(c.dir, 'state/run/credentials.json'), 'utf8')) as { natsUser: string; natsPassword: string };
     const ctl = await connect({ servers: `nats://127.0.0.1:${c.natsPort}`, user: creds.natsUser, pass: creds.natsPassword });
     let logLines = 0;
@@ -207,7 +205,6 @@ workers:
     expect(r.code, r.stderr).toBe(0);
     await waitFor('log lines on the control account', () => logLines >= 3, 10_000, 100);
     await new Promise((res) => setTimeout(res, 500));
-    follower.kill('SIGINT');
     await ctl.close();
 
     expect(seen.filter((m) => m.includes(TOKEN) || m.includes('w-0') || m.includes('restart') || m.includes('"replicas"'))).toEqual([]);
