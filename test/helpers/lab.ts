@@ -15,10 +15,12 @@
  * readable by the test user. What a worker writes must go to a directory it owns: lab.userDir().
  */
 import { execFile, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { freePort } from './cluster.js';
 import { ensureTestUser, userDir, type TestUser } from './test-user.js';
 
 const execFileP = promisify(execFile);
@@ -123,6 +125,50 @@ export interface Lab {
   ssh(node: string, command: string, options?: { timeoutMs?: number; user?: string }): Promise<{ stdout: string; stderr: string }>;
   /** Tears the lab down (namespaces, sshds and anything else running in the nodes). Idempotent. */
   stop(): Promise<void>;
+}
+
+export interface LabClusterOptions {
+  /** Prefix of its directory (a fresh `lab.userDir`: workers may write there) and of its name. */
+  readonly prefix: string;
+  /** Default 20s. */
+  readonly lease?: string;
+  /** NATS and etcd on (their ports on the lab's head address); `etcd`: more of etcd's fields, e.g. 'tls: true'. */
+  readonly controlPlane?: boolean | { readonly etcd?: string };
+  /** The login of each node, by index (default `lab.user` for all). */
+  readonly users?: readonly string[];
+  /** More fields of every node, e.g. 'gpus: 1'. */
+  readonly nodeFields?: string;
+  /** The body of `workers:`; a function gets the cluster's directory. */
+  readonly workers: string | ((dir: string) => string);
+}
+
+/** A cluster file over every lab node (ssh, strict host keys), in a fresh directory; what it wrote. */
+export async function labCluster(lab: Lab, o: LabClusterOptions): Promise<{ file: string; dir: string; name: string; etcdPort: number }> {
+  const dir = await lab.userDir(`dynsup-${o.prefix}-`);
+  const name = `${o.prefix.replace(/[^a-z0-9]/g, '').slice(0, 6)}${Math.random().toString(36).slice(2, 8)}`;
+  const [n, m, e, p, mp] = await Promise.all([freePort(lab.head), freePort(lab.head), freePort(lab.head), freePort(), freePort(lab.head)]);
+  const cp = Boolean(o.controlPlane);
+  const etcdMore = typeof o.controlPlane === 'object' && o.controlPlane.etcd ? `, ${o.controlPlane.etcd}` : '';
+  const node = (x: LabNode, i: number) =>
+    `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${o.users?.[i] ?? lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}${o.nodeFields ? `, ${o.nodeFields}` : ''} }`;
+  const file = join(dir, 'cluster.yaml');
+  writeFileSync(
+    file,
+    `name: ${name}
+head: { address: ${lab.head} }
+stateDir: ${dir}/state
+lease: ${o.lease ?? '20s'}
+metrics: { port: ${mp} }
+controlPlane:
+  nats: { enabled: ${cp}, port: ${n}, monitorPort: ${m} }
+  etcd: { enabled: ${cp}, port: ${e}, peerPort: ${p}${etcdMore} }
+nodes:
+${lab.nodes.map(node).join('\n')}
+workers:
+${typeof o.workers === 'function' ? o.workers(dir) : o.workers}
+`,
+  );
+  return { file, dir, name, etcdPort: e };
 }
 
 export interface LabOptions {

@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { checkServerIdentity, connect, type PeerCertificate } from 'node:tls';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dynsup, freePort, pidsWithEnv, waitFor } from '../helpers/cluster.js';
-import { startLab, type Lab } from '../helpers/lab.js';
+import { dynsup, pidsWithEnv, waitFor } from '../helpers/cluster.js';
+import { labCluster, startLab, type Lab } from '../helpers/lab.js';
 
 let lab: Lab;
 const clusters: string[] = [];
@@ -98,35 +98,26 @@ function servedCert(host: string, port: number, ca: Buffer): Promise<PeerCertifi
 
 describe('etcd with controlPlane.etcd.tls on two ssh nodes', () => {
   it('a worker on each node reaches etcd over https at head.address with its env only; the CA file is on its node, 0600, the lab user’s; down leaves nothing', async () => {
-    const dir = await lab.userDir('dynsup-etls-');
-    const name = `et${Math.random().toString(36).slice(2, 8)}`;
-    const [n, m, e, p, mp] = await Promise.all([freePort(lab.head), freePort(lab.head), freePort(lab.head), freePort(), freePort(lab.head)]);
-    writeFileSync(join(dir, 'probe.mjs'), probe(lab.share));
-    const file = join(dir, 'cluster.yaml');
-    writeFileSync(
+    const {
       file,
-      `name: ${name}
-head: { address: ${lab.head} }
-stateDir: ${dir}/state
-lease: 20s
-metrics: { port: ${mp} }
-controlPlane:
-  nats: { enabled: true, port: ${n}, monitorPort: ${m} }
-  etcd: { enabled: true, port: ${e}, peerPort: ${p}, tls: true }
-nodes:
-${lab.nodes.map((x) => `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts} }`).join('\n')}
-workers:
-${lab.nodes
-  .map(
-    (x) => `  on${x.name}:
+      dir,
+      name,
+      etcdPort: e,
+    } = await labCluster(lab, {
+      prefix: 'etls',
+      controlPlane: { etcd: 'tls: true' },
+      workers: (dir) =>
+        lab.nodes
+          .map(
+            (x) => `  on${x.name}:
     command: [node, ${dir}/probe.mjs]
     nodes: [${x.name}]
     restart: { initialDelay: 100ms, jitter: 0 }
     stop: { grace: 2s }`,
-  )
-  .join('\n')}
-`,
-    );
+          )
+          .join('\n'),
+    });
+    writeFileSync(join(dir, 'probe.mjs'), probe(lab.share));
     clusters.push(file);
     const up = await dynsup(['up', '-d', file, '--timeout', '90']);
     expect(up.code, up.stderr + up.stdout).toBe(0);

@@ -6,11 +6,11 @@
  * and it comes back on both nodes, counted once; a new supervisor after a kill -9 of the old one adopts
  * every member as it runs (the mpi daemon included); `down` leaves nothing on any node.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dynsup, freePort, pidAlive, pidsWithEnv, spawnUp, waitFor } from '../helpers/cluster.js';
-import { startLab, type Lab } from '../helpers/lab.js';
+import { labCluster, startLab, type Lab } from '../helpers/lab.js';
 
 let lab: Lab;
 const clusters: string[] = [];
@@ -37,26 +37,9 @@ async function gang(file: string): Promise<GangStatus> {
 }
 
 async function make(workers: string): Promise<{ file: string; dir: string; name: string }> {
-  const dir = await lab.userDir('dynsup-gang-');
-  const name = `g${Math.random().toString(36).slice(2, 8)}`;
-  const mp = await freePort(lab.head);
-  const file = join(dir, 'cluster.yaml');
-  writeFileSync(
-    file,
-    `name: ${name}
-head: { address: ${lab.head} }
-stateDir: ${dir}/state
-lease: 20s
-metrics: { port: ${mp} }
-controlPlane: { nats: { enabled: false }, etcd: { enabled: false } }
-nodes:
-${lab.nodes.map((x) => `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${lab.user}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts} }`).join('\n')}
-workers:
-${workers}
-`,
-  );
-  clusters.push(file);
-  return { file, dir, name };
+  const c = await labCluster(lab, { prefix: 'gang', workers });
+  clusters.push(c.file);
+  return c;
 }
 
 /** The processes of a cluster's workers (the rank programs), by the node their environment names. */

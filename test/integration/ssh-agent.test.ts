@@ -5,11 +5,11 @@
  * logs without the rc files' chatter, adoption by a new supervisor, the lease; and `down` when the lab is
  * gone from under a running cluster.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dynsup, freePort, pidAlive, pidsWithEnv, spawnUp, status, waitFor } from '../helpers/cluster.js';
-import { startLab, type Lab } from '../helpers/lab.js';
+import { dynsup, pidAlive, pidsWithEnv, spawnUp, status, waitFor } from '../helpers/cluster.js';
+import { labCluster, startLab, type Lab } from '../helpers/lab.js';
 
 let lab: Lab;
 const clusters: string[] = [];
@@ -22,30 +22,17 @@ afterAll(async () => {
 });
 
 async function make(opts: { lease: string; controlPlane?: boolean; workers: string }): Promise<{ file: string; dir: string; name: string }> {
-  const dir = await lab.userDir('dynsup-agent-');
-  const name = `a${Math.random().toString(36).slice(2, 8)}`;
-  const [n, m, e, p, mp] = await Promise.all([freePort(lab.head), freePort(lab.head), freePort(lab.head), freePort(lab.head), freePort(lab.head)]);
-  const cp = opts.controlPlane ?? false;
-  const users = [lab.user, lab.rcUser!];
-  const file = join(dir, 'cluster.yaml');
-  writeFileSync(
-    file,
-    `name: ${name}
-head: { address: ${lab.head} }
-stateDir: ${dir}/state
-lease: ${opts.lease}
-metrics: { port: ${mp} }
-controlPlane:
-  nats: { enabled: ${cp}, port: ${n}, monitorPort: ${m} }
-  etcd: { enabled: ${cp}, port: ${e}, peerPort: ${p} }
-nodes:
-${lab.nodes.map((x, i) => `  ${x.name}: { transport: ssh, host: ${x.address}, user: ${users[i]}, identityFile: ${lab.key}, knownHosts: ${lab.knownHosts}, gpus: 1 }`).join('\n')}
-workers:
-${opts.workers}
-`,
-  );
-  clusters.push(file);
-  return { file, dir, name };
+  // lab1 logs in as dynsup-t (clean), lab2 as dynsup-rc (slow, noisy rc files).
+  const c = await labCluster(lab, {
+    prefix: 'agent',
+    lease: opts.lease,
+    controlPlane: opts.controlPlane ?? false,
+    users: [lab.user, lab.rcUser!],
+    nodeFields: 'gpus: 1',
+    workers: opts.workers,
+  });
+  clusters.push(c.file);
+  return c;
 }
 
 const COUNTER = `command: "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.02; done"
