@@ -7,8 +7,11 @@
  * across files. A failing disk (ENOSPC...) is reported and retried; the worker keeps running.
  * Beside each file, <file>.times notes when its bytes arrived (log-times.ts), so that `dynsup logs -n`
  * can interleave several replicas' last lines by time; the log file itself keeps the worker's exact bytes.
+ * For output that comes from a node agent's spool, <file>.pos holds where the file ends in the spool
+ * (`resumeOffset`): a supervisor that adopts the worker after the last one died between writing bytes and
+ * acknowledging them resumes after what the file has, not at the last acknowledgement (no line twice).
  */
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { closeSync, createWriteStream, fstatSync, openSync, readFileSync, statSync, writeSync, type WriteStream } from 'node:fs';
 import { mkdir, rename, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -48,6 +51,12 @@ export interface ReplicaLogOptions {
 }
 
 const RETRY_MS = 2000;
+/** A .pos note, overwritten in place: JSON padded to a fixed size. */
+const POS_BYTES = 128;
+
+function fileId(st: { ino: number; birthtimeMs: number }): string {
+  return `${st.ino}:${Math.trunc(st.birthtimeMs * 1000)}`;
+}
 
 export class ReplicaLog {
   readonly replica: string;
@@ -63,6 +72,9 @@ export class ReplicaLog {
   #endsLine = true;
   #failedAt = 0;
   readonly #times: TimeMarks;
+  /** The current file's identity, inode and birth time (a .pos note is only about the file it was written for; inodes are reused). */
+  #id = '';
+  #posFd: number | undefined;
 
   constructor(replica: string, file: string, options: ReplicaLogOptions = {}) {
     this.replica = replica;
@@ -82,9 +94,9 @@ export class ReplicaLog {
     if (this.#failedAt && Date.now() - this.#failedAt < RETRY_MS) return null;
     try {
       await mkdir(dirname(this.file), { recursive: true });
-      this.#size = await stat(this.file).then(
-        (s) => s.size,
-        () => 0,
+      [this.#size, this.#id] = await stat(this.file).then(
+        (s) => [s.size, fileId(s)],
+        () => [0, ''],
       );
     } catch (err) {
       this.#fail(err as Error);
@@ -93,6 +105,8 @@ export class ReplicaLog {
     const out = createWriteStream(this.file, { flags: 'a', mode: 0o640 });
     out.on('error', (err) => this.#fail(err));
     this.#out = out;
+    // A file that did not exist yet has its inode once opened (the open is queued before any write).
+    if (!this.#id) out.once('open', (fd: number) => (this.#id = fileId(fstatSync(fd))));
     return out;
   }
 
@@ -159,6 +173,7 @@ export class ReplicaLog {
     await rename(this.file, `${this.file}.1`).catch((err: Error) => this.#fail(err));
     await this.#times.restart();
     this.#size = 0;
+    this.#id = ''; // the next file's, once #stream opens it
     this.stats.rotations++;
     await this.#stream(); // the current file always exists (followers and `dynsup logs` read it)
     return true;
@@ -170,7 +185,7 @@ export class ReplicaLog {
    * Append a chunk of the replica's output (one continuous stream across restarts: the node agent ends a
    * killed worker's last line). Resolves once the bytes are handed to the OS.
    */
-  async append(chunk: Buffer): Promise<void> {
+  async append(chunk: Buffer, spoolEnd?: number): Promise<void> {
     this.#splitter ??= new LineSplitter(this.#o.maxLineBytes ?? 64 * 1024, (line, truncated) => {
       const seq = ++this.stats.lines;
       for (const l of this.#listeners) l(this.replica, line, truncated, seq);
@@ -179,6 +194,36 @@ export class ReplicaLog {
     this.#splitter.push(chunk);
     await this.#append(chunk);
     this.#takeSnapshot();
+    if (spoolEnd !== undefined) this.#notePos(spoolEnd);
+  }
+
+  /**
+   * After a chunk's bytes are in the file: the file's end (size, inode) is `spoolEnd` in the agent's spool.
+   * One small overwrite at offset 0; a failure only costs the exactness of a later adoption.
+   */
+  #notePos(spoolEnd: number): void {
+    if (!this.#id) return;
+    try {
+      this.#posFd ??= openSync(`${this.file}.pos`, 'w', 0o640);
+      writeSync(this.#posFd, JSON.stringify({ spool: spoolEnd, size: this.#size, file: this.#id }).padEnd(POS_BYTES, ' '), 0);
+    } catch {
+      /* the next adoption resumes at the acknowledged offset, as without this note */
+    }
+  }
+
+  /**
+   * Where in the agent's spool this file ends, from the last .pos note and what the file has now (bytes
+   * written after the note are the spool's next ones); undefined when the note is not about this file.
+   */
+  resumeOffset(): number | undefined {
+    try {
+      const pos = JSON.parse(readFileSync(`${this.file}.pos`, 'utf8')) as { spool?: unknown; size?: unknown; file?: unknown };
+      const st = statSync(this.file);
+      if (typeof pos.spool !== 'number' || typeof pos.size !== 'number' || pos.file !== fileId(st) || st.size < pos.size) return undefined;
+      return pos.spool + (st.size - pos.size);
+    } catch {
+      return undefined;
+    }
   }
 
   /** Read `output` to its end. Resolves once everything read is handed to the file stream. */
@@ -227,6 +272,8 @@ export class ReplicaLog {
   /** Wait until everything written so far is handed to the OS, then close. */
   async close(): Promise<void> {
     await this.#times.close();
+    if (this.#posFd !== undefined) closeSync(this.#posFd);
+    this.#posFd = undefined;
     const out = this.#out;
     this.#out = undefined;
     if (!out || out.destroyed) return;

@@ -196,7 +196,8 @@ export class Replica implements Supervised {
           this.#asked = null;
           this.#emit({ ...ev, asked });
         },
-        data: (bytes) => this.#o.log.append(bytes),
+        data: (bytes, end) => this.#o.log.append(bytes, end),
+        resumeFrom: () => this.#o.log.resumeOffset(),
       },
       restarts,
     );

@@ -28,8 +28,10 @@ const HEAD_HIGH_WATER = 8 * 2 ** 20;
 export interface ReplicaSink {
   report(r: WorkerReport): void;
   event(ev: AgentEvent): void;
-  /** Write output to the log; resolves once it is handed to the OS (then it is acknowledged). */
-  data(bytes: Buffer): Promise<void>;
+  /** Write output to the log; resolves once it is handed to the OS (then it is acknowledged). `end`: its end's spool offset. */
+  data(bytes: Buffer, end: number): Promise<void>;
+  /** Where the log ends in the worker's spool, when it knows (ReplicaLog.resumeOffset): where an adoption resumes. */
+  resumeFrom?(): number | undefined;
 }
 
 interface Wanted {
@@ -295,7 +297,7 @@ export class NodeAgent {
     w.queued += bytes.length;
     this.#throttle();
     w.queue = w.queue.then(async () => {
-      await w.sink.data(bytes).catch(() => undefined);
+      await w.sink.data(bytes, end).catch(() => undefined);
       w.queued -= bytes.length;
       this.#send({ t: 'ack', name, offset: end });
       this.#throttle();
@@ -328,8 +330,8 @@ export class NodeAgent {
       spec,
       hash,
       sink,
-      // -1: the agent streams from what it last had acknowledged (a new supervisor taking over).
-      received: prev?.received ?? -1,
+      // A new supervisor taking over: where the log ends, or else (-1) what the agent had acknowledged.
+      received: prev?.received ?? this.#resumeAt(name, hash, sink),
       queue: prev?.queue ?? Promise.resolve(),
       queued: prev?.queued ?? 0,
       last: prev?.last,
@@ -338,6 +340,18 @@ export class NodeAgent {
     };
     this.#wanted.set(name, w);
     this.#sendRun(name, w, true, restarts);
+  }
+
+  /**
+   * Where a new supervisor asks an adopted worker's output from: where its log file ends in the spool, so
+   * that bytes the last supervisor wrote but did not live to acknowledge are not written twice. Only for a
+   * running worker of the same spec the agent listed, and only between what it acknowledged and what it
+   * had spooled; else -1 (the acknowledged offset: a line may come twice, none is lost).
+   */
+  #resumeAt(name: string, hash: string, sink: ReplicaSink): number {
+    const listed = this.adoptable.find((x) => x.name === name && x.state === 'running' && x.specHash === hash);
+    const at = listed ? sink.resumeFrom?.() : undefined;
+    return listed && at !== undefined && at >= listed.acked && at <= listed.spooled ? at : -1;
   }
 
   /** The agent's last report of a replica this head asked for. */

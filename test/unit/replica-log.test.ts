@@ -71,3 +71,53 @@ describe('log rotation', () => {
     expect(readFileSync(join(dir, 'w-0.log'), 'utf8')).toBe('new\n');
   });
 });
+
+describe('where the log ends in the agent spool (.pos, resumeOffset)', () => {
+  const fresh = () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dynsup-rlog-'));
+    dirs.push(dir);
+    return join(dir, 'w-0.log');
+  };
+
+  it('is the spool offset of the last chunk written, plus what the file got after it', async () => {
+    const file = fresh();
+    const log = new ReplicaLog('w-0', file);
+    expect(log.resumeOffset()).toBeUndefined(); // nothing noted yet
+    await log.append(Buffer.from('a\nb\n'), 1004); // spool bytes 1000..1004
+    await log.append(Buffer.from('c\n'), 1006);
+    expect(log.resumeOffset()).toBe(1006);
+    // Bytes that reached the file after the last note (a supervisor killed before noting): counted too.
+    writeFileSync(file, 'd\n', { flag: 'a' });
+    expect(log.resumeOffset()).toBe(1008);
+    await log.close();
+    // A new ReplicaLog of the same file (the next supervisor) reads the same.
+    expect(new ReplicaLog('w-0', file).resumeOffset()).toBe(1008);
+  });
+
+  it('says nothing about another file: rotated since, replaced, or shorter than noted', async () => {
+    const file = fresh();
+    const log = new ReplicaLog('w-0', file, { maxBytes: 8, keep: 2 });
+    await log.append(Buffer.from('1234567\n'), 8);
+    expect(log.resumeOffset()).toBe(8);
+    await log.append(Buffer.from('abcdefg\n'), 16); // rotates: the note is about the new file
+    expect(log.resumeOffset()).toBe(16);
+    await log.close();
+    rmSync(file);
+    writeFileSync(file, 'a new file with another inode\n');
+    expect(new ReplicaLog('w-0', file).resumeOffset()).toBeUndefined();
+    const other = fresh();
+    const l2 = new ReplicaLog('w-0', other);
+    await l2.append(Buffer.from('x\ny\n'), 4);
+    await l2.close();
+    writeFileSync(other, 'x\n'); // truncated below what was noted
+    expect(new ReplicaLog('w-0', other).resumeOffset()).toBeUndefined();
+  });
+
+  it('is not noted for output that is not from a spool (no offset given)', async () => {
+    const file = fresh();
+    const log = new ReplicaLog('w-0', file);
+    await log.append(Buffer.from('a\n'));
+    expect(log.resumeOffset()).toBeUndefined();
+    await log.close();
+  });
+});
