@@ -86,6 +86,11 @@ export class NodeAgent {
   #launchHandler: ((req: LaunchRequest) => Promise<string | undefined>) | undefined;
   /** What the agent ran when this head first reached it (adoption); with commands: never to be shown. */
   adoptable: readonly HelloWorker[] = [];
+  /**
+   * Names whose first run may resume at the log's end (#resumeAt): only that first run is an adoption. A
+   * replica forgotten and wanted again later (scale down, up) gets a fresh spool from the agent.
+   */
+  #resumable = new Set<string>();
   /** The agent's pid and whether it contains workers in cgroups (status, tests). */
   agentPid = 0;
   cgroup = false;
@@ -108,7 +113,12 @@ export class NodeAgent {
   /** First connection: starts the agent if needed. Rejects (naming the node) when it cannot be reached. */
   async connect(signal?: AbortSignal): Promise<void> {
     const hello = await this.#open(true, signal);
-    this.adoptable = hello.workers;
+    this.#adopting(hello.workers);
+  }
+
+  #adopting(workers: readonly HelloWorker[]): void {
+    this.adoptable = workers;
+    this.#resumable = new Set(workers.map((w) => w.name));
   }
 
   /** Connect only to an agent that runs already (cleanup after a crash); false when none does. */
@@ -116,7 +126,7 @@ export class NodeAgent {
     const stream = await this.#o.pipe.open({ spawn: false, signal });
     if (!stream) return false;
     const hello = await this.#open(false, signal, stream);
-    this.adoptable = hello.workers;
+    this.#adopting(hello.workers);
     return true;
   }
 
@@ -346,9 +356,11 @@ export class NodeAgent {
    * Where a new supervisor asks an adopted worker's output from: where its log file ends in the spool, so
    * that bytes the last supervisor wrote but did not live to acknowledge are not written twice. Only for a
    * running worker of the same spec the agent listed, and only between what it acknowledged and what it
-   * had spooled; else -1 (the acknowledged offset: a line may come twice, none is lost).
+   * had spooled, and only at its first run since this head reached the agent; else -1 (the acknowledged
+   * offset: a line may come twice, none is lost).
    */
   #resumeAt(name: string, hash: string, sink: ReplicaSink): number {
+    if (!this.#resumable.delete(name)) return -1;
     const listed = this.adoptable.find((x) => x.name === name && x.state === 'running' && x.specHash === hash);
     const at = listed ? sink.resumeFrom?.() : undefined;
     return listed && at !== undefined && at >= listed.acked && at <= listed.spooled ? at : -1;
@@ -411,6 +423,7 @@ export class NodeAgent {
     await this.stop(name, 'removed', unreachableMs);
     this.#send({ t: 'forget', name });
     this.#wanted.delete(name);
+    this.#resumable.delete(name);
   }
 
   /** Drop a replica of an earlier supervisor that this one does not want (not in the file any more). */

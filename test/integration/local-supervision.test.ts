@@ -259,3 +259,36 @@ workers:
     writeFileSync(join(c.dir, 'x'), '');
   });
 });
+
+describe('adoption and the log (where output resumes)', () => {
+  it('a replica adopted, scaled away and added again logs its new run from its first line', async () => {
+    const c = await cluster(`nodes:
+  head: { transport: local }
+workers:
+  w:
+    command: "i=0; while [ $$i -lt 100 ]; do i=$$((i+1)); echo \\"line $$i\\"; done; exec sleep 600"
+    replicas: 2
+`);
+    // 100 lines, then quiet: the new run below prints exactly as many bytes into its fresh spool as the
+    // old one did into its own, so a resume at the old log's end would skip all of them.
+    await up(c);
+    const log = join(c.dir, 'state/logs/w-1.log');
+    const hundreds = () => (existsSync(log) ? (readFileSync(log, 'utf8').match(/^line 100$/gm)?.length ?? 0) : 0);
+    const firsts = () => (existsSync(log) ? (readFileSync(log, 'utf8').match(/^line 1$/gm)?.length ?? 0) : 0);
+    await waitFor('w-1 printed its 100 lines', () => hundreds() === 1, 30_000, 100);
+    // A new supervisor adopts both (their logs resume where they are).
+    process.kill((await status(c.file)).supervisor!.pid, 'SIGKILL');
+    await waitFor('supervisor gone', async () => !(await status(c.file).catch(() => null))?.running, 30_000, 100);
+    await up(c);
+    expect((await status(c.file)).replicas.every((r) => r.adopted)).toBe(true);
+    expect(firsts()).toBe(1);
+    // w-1 goes (its agent forgets it, spool and all) and comes back: a new run, whose output starts anew.
+    const down = await dynsup(['scale', c.file, 'w=1']);
+    expect(down.code, down.stderr).toBe(0);
+    const again = await dynsup(['scale', c.file, 'w=2']);
+    expect(again.code, again.stderr).toBe(0);
+    await waitFor('the new w-1 run logged whole', () => hundreds() === 2, 30_000, 100);
+    const runs = readFileSync(log, 'utf8').trim().split('\n');
+    expect(runs).toEqual([...Array.from({ length: 100 }, (_, i) => `line ${i + 1}`), ...Array.from({ length: 100 }, (_, i) => `line ${i + 1}`)]);
+  }, 120_000);
+});
