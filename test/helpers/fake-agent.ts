@@ -165,6 +165,25 @@ export function workerSpec(argv: string[] = ['sleep', '600'], restart: RestartPo
   return { argv, env: {}, unsetEnv: [], stopSignal: 'SIGTERM', graceMs: 1000, restart };
 }
 
+/** A worker as an agent's hello lists it (`adoptable`): running with `pid`, or stopped when `pid` is null. */
+export function listedWorker(name: string, spec: WorkerSpec | string, pid: number | null, extra: Partial<HelloWorker> = {}): HelloWorker {
+  return {
+    name,
+    specHash: typeof spec === 'string' ? spec : specHash(spec),
+    state: pid === null ? 'stopped' : 'running',
+    pid,
+    restarts: 2,
+    lastExit: null,
+    startedAt: 1,
+    since: 1,
+    message: null,
+    spooled: 0,
+    acked: 0,
+    containment: 'pgroup',
+    ...extra,
+  };
+}
+
 /** A clock a test moves by hand (Gang's injectable `now`). */
 export class FakeClock {
   constructor(public ms = 1_000_000) {}

@@ -10,7 +10,7 @@ import { specHash, type HelloWorker, type WorkerSpec } from '../../src/agent/pro
 import type { RestartPolicy } from '../../src/config/types.js';
 import { Gang } from '../../src/supervise/gang.js';
 import type { ReplicaEvent, ReplicaState } from '../../src/supervise/replica.js';
-import { FakeAgent, FakeClock, memoryLog, POLICY, workerSpec } from '../helpers/fake-agent.js';
+import { FakeAgent, FakeClock, listedWorker, memoryLog, POLICY, workerSpec } from '../helpers/fake-agent.js';
 
 interface Harness {
   readonly gang: Gang;
@@ -214,23 +214,7 @@ describe('Gang: adopting a running mpi gang (a new supervisor)', () => {
   /** onDemandSpec's stand-in: the member's own environment around the command mpirun asked for. */
   const adoptSpec = (rank: number, command: string): WorkerSpec => ({ ...workerSpec(['sh', '-c', command]), env: { DYNSUP_NODE_RANK: String(rank) } });
 
-  function listed(name: string, spec: WorkerSpec | string, pid: number | null, extra: Partial<HelloWorker> = {}): HelloWorker {
-    return {
-      name,
-      specHash: typeof spec === 'string' ? spec : specHash(spec),
-      state: pid === null ? 'stopped' : 'running',
-      pid,
-      restarts: 2,
-      lastExit: null,
-      startedAt: 1,
-      since: 1,
-      message: null,
-      spooled: 0,
-      acked: 0,
-      containment: 'pgroup',
-      ...extra,
-    };
-  }
+  const listed = listedWorker;
 
   function mpiHarness(leaderListed: HelloWorker[], followerListed: HelloWorker[]) {
     const leader = new FakeAgent('n1');

@@ -5,9 +5,8 @@
  * adopted. The restart decision itself is the agent's (test/unit/restart-policy.test.ts).
  */
 import { describe, expect, it } from 'vitest';
-import { specHash } from '../../src/agent/protocol.js';
 import { Replica, type HealthProbe, type ReplicaEvent, type ReplicaState } from '../../src/supervise/replica.js';
-import { FakeAgent, memoryLog, workerSpec } from '../helpers/fake-agent.js';
+import { FakeAgent, listedWorker, memoryLog, workerSpec } from '../helpers/fake-agent.js';
 
 interface Harness {
   readonly agent: FakeAgent;
@@ -281,22 +280,7 @@ describe('Replica: adoption', () => {
     ['the same spec, in backoff', { state: 'backoff' as const, pid: null, same: true }, false],
   ])('%s: adopted %s', (_what, w, adopted) => {
     const agent = new FakeAgent();
-    agent.adoptable = [
-      {
-        name: 'w-0',
-        specHash: w.same ? specHash(workerSpec()) : 'other',
-        state: w.state,
-        pid: w.pid,
-        restarts: 4,
-        lastExit: null,
-        startedAt: 1,
-        since: 1,
-        message: null,
-        spooled: 0,
-        acked: 0,
-        containment: 'cgroup',
-      },
-    ];
+    agent.adoptable = [listedWorker('w-0', w.same ? workerSpec() : 'other', w.pid, { state: w.state, restarts: 4, containment: 'cgroup' })];
     const { replica, events } = harness({ agent });
     replica.start();
     expect(events.some((e) => e.kind === 'adopted')).toBe(adopted);
