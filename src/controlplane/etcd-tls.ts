@@ -125,8 +125,7 @@ function usable(cert: X509Certificate, ca: X509Certificate): boolean {
 
 /** A key and a certificate signed by the CA, written beside it as NAME.key / NAME.pem. */
 async function issue(f: ReturnType<typeof etcdTlsFiles>, name: 'server' | 'client', subject: string, ext: string[]): Promise<void> {
-  const key = join(f.dir, `${name}.key`);
-  const pem = join(f.dir, `${name}.pem`);
+  const [pem, key] = name === 'server' ? [f.server, f.serverKey] : [f.client, f.clientKey];
   const csr = join(f.dir, `${name}.csr.tmp`);
   const extFile = join(f.dir, `${name}.ext.tmp`);
   await writeFile(extFile, ['basicConstraints=critical,CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', ...ext, ''].join('\n'), {
